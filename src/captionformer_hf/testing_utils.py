@@ -1,0 +1,78 @@
+"""Tiny configurations built in code, for tests, benchmarks and offline demos (no Hub access needed)."""
+
+from __future__ import annotations
+
+from .modeling.configuration_captionformer import CaptionFormerConfig
+
+
+def tiny_config(**overrides) -> CaptionFormerConfig:
+    """A CaptionFormer small enough to run a forward/backward pass in well under a second on one CPU core:
+    ResNet backbone with 4 stages, 5 queries, 3 decoder layers, a 4x4-patch ViT, a 2-layer Q-Former and a 1-layer
+    OPT with a 64-token vocabulary. Keyword arguments override top-level config fields; sub-config overrides go in
+    ``segmenter_overrides`` / ``vision_overrides`` / ``qformer_overrides`` / ``text_overrides``."""
+    segmenter = {
+        "backbone_config": {
+            "model_type": "resnet",
+            "embedding_size": 8,
+            "hidden_sizes": [8, 16, 16, 16],
+            "depths": [1, 1, 1, 1],
+            "layer_type": "basic",
+            "out_features": ["stage1", "stage2", "stage3", "stage4"],
+        },
+        "feature_size": 32,
+        "mask_feature_size": 32,
+        "hidden_dim": 32,
+        "encoder_feedforward_dim": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 3,
+        "num_attention_heads": 2,
+        "dim_feedforward": 32,
+        "num_queries": 5,
+        "train_num_points": 256,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    qformer = {
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "cross_attention_frequency": 1,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+    text = {
+        "model_type": "opt",
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "ffn_dim": 32,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 128,
+        "word_embed_proj_dim": 16,
+        "pad_token_id": 1,
+        "bos_token_id": 2,
+        "eos_token_id": 2,
+        "dropout": 0.0,
+    }
+    segmenter.update(overrides.pop("segmenter_overrides", {}))
+    vision.update(overrides.pop("vision_overrides", {}))
+    qformer.update(overrides.pop("qformer_overrides", {}))
+    text.update(overrides.pop("text_overrides", {}))
+    kwargs = {
+        "segmenter_config": segmenter,
+        "vision_config": vision,
+        "qformer_config": qformer,
+        "text_config": text,
+        "num_labels": 3,
+        "num_query_tokens": 4,
+        "max_caption_length": 8,
+    }
+    kwargs.update(overrides)
+    return CaptionFormerConfig(**kwargs)

@@ -1,0 +1,41 @@
+import logging
+
+import pytest
+import torch
+import transformers
+
+transformers.logging.set_verbosity_error()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_config():
+    from captionformer_hf.testing_utils import tiny_config as make
+
+    return make
+
+
+def make_labels(batch_size, num_frames, num_objects=2, size=64, seed=0, with_captions=True):
+    """Targets of square objects at known places; captions of 5 tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = []
+    for _ in range(batch_size):
+        masks = torch.zeros(num_objects, num_frames, size, size)
+        boxes = torch.zeros(num_objects, num_frames, 4)
+        for n in range(num_objects):
+            for t in range(num_frames):
+                x0, y0 = (torch.randint(0, size // 2, (2,), generator=generator)).tolist()
+                w, h = (torch.randint(8, size // 2, (2,), generator=generator)).tolist()
+                masks[n, t, y0 : y0 + h, x0 : x0 + w] = 1
+                boxes[n, t] = torch.tensor([(x0 + w / 2) / size, (y0 + h / 2) / size, w / size, h / size])
+        target = {
+            "class_labels": torch.randint(0, 3, (num_objects,), generator=generator),
+            "mask_labels": masks,
+            "boxes": boxes,
+        }
+        if with_captions:
+            target["caption_ids"] = torch.randint(3, 64, (num_objects, 5), generator=generator)
+            target["caption_attention_mask"] = torch.ones(num_objects, 5, dtype=torch.long)
+        labels.append(target)
+    return labels

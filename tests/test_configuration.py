@@ -1,0 +1,89 @@
+import json
+
+import pytest
+from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, Mask2FormerConfig
+
+import captionformer_hf  # noqa: F401  (registers the Auto classes)
+from captionformer_hf import CaptionFormerConfig
+
+
+def test_defaults_follow_the_paper():
+    config = CaptionFormerConfig()
+    assert isinstance(config.segmenter_config, Mask2FormerConfig)
+    assert config.segmenter_config.backbone_config.model_type == "swin"
+    assert config.segmenter_config.num_queries == 100 and config.segmenter_config.decoder_layers == 10
+    assert isinstance(config.vision_config, Blip2VisionConfig)
+    assert isinstance(config.qformer_config, Blip2QFormerConfig)
+    assert config.text_config.model_type == "opt"
+    assert config.num_query_tokens == 32
+    weights = (
+        config.dice_weight,
+        config.mask_weight,
+        config.class_weight,
+        config.objectness_weight,
+        config.bbox_l1_weight,
+        config.giou_weight,
+        config.caption_weight,
+    )
+    assert weights == (5.0, 5.0, 2.0, 2.0, 5.0, 2.0, 1.0)
+    assert (config.k_match, config.t_match, config.hysteresis_low, config.hysteresis_high) == (7, 100, 0.4, 0.85)
+    assert config.hysteresis_min_length == 3 and config.t_agg == 32
+    # the Q-Former cross-attends to the vision encoder
+    assert config.qformer_config.encoder_hidden_size == config.vision_config.hidden_size
+
+
+def test_round_trip_through_json(tmp_path, tiny_config):
+    config = tiny_config(clip_length=3, k_match=2, t_match=5, aggregation="mean", id2label={0: "a", 1: "b", 2: "c"})
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "captionformer"
+    assert saved["auto_map"]["AutoConfig"] == "configuration_captionformer.CaptionFormerConfig"
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, CaptionFormerConfig)
+    drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731
+    assert drop(loaded.to_dict()) == drop(config.to_dict())
+    assert loaded.segmenter_config.backbone_config.model_type == "resnet"
+    assert loaded.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_any_causal_lm_as_text_config(tiny_config):
+    config = tiny_config(text_overrides={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2})
+    assert config.text_config.model_type == "gpt2"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("clip_length", 0),
+        ("clip_length", 1.5),
+        ("box_head_layers", 0),
+        ("num_query_tokens", -1),
+        ("k_match", 0),
+        ("t_agg", 0),
+        ("score_threshold", 1.5),
+        ("hysteresis_low", -0.1),
+        ("dice_weight", -1.0),
+        ("caption_weight", float("nan")),
+        ("aggregation", "median"),
+        ("caption_frame", "last"),
+        ("vision_image_std", [0.1, 0.0, 0.2]),
+        ("segmenter_image_mean", [0.5, 0.5]),
+        ("text_classifier_temperature", 0.0),
+    ],
+)
+def test_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        CaptionFormerConfig(**{field: value})
+
+
+def test_cross_field_validation():
+    with pytest.raises(ValueError, match="`hysteresis_low`"):
+        CaptionFormerConfig(hysteresis_low=0.9, hysteresis_high=0.5)
+    with pytest.raises(ValueError, match="`k_match`"):
+        CaptionFormerConfig(k_match=10, t_match=5)
+    with pytest.raises(ValueError, match="segmenter_config.hidden_dim"):
+        CaptionFormerConfig(segmenter_config={"hidden_dim": 30, "num_attention_heads": 8})
+    with pytest.raises(ValueError, match="vision_config.image_size"):
+        CaptionFormerConfig(vision_config={"image_size": 30, "patch_size": 14})
+    with pytest.raises(ValueError, match="`text_config`"):
+        CaptionFormerConfig(text_config={"model_type": "t5"})

@@ -1,0 +1,132 @@
+import pytest
+import torch
+from conftest import make_labels
+from transformers import Mask2FormerConfig
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+from captionformer_hf.modeling.loss_captionformer import CaptionFormerLoss, uncertain_point_coordinates
+from captionformer_hf.modeling.matching_captionformer import CaptionFormerHungarianMatcher, pair_wise_box_costs
+
+
+def predictions_from_targets(target, num_queries, permutation, num_labels=3, num_frames=1):
+    """Predictions whose queries `permutation[i]` reproduce target i exactly; other queries predict nothing."""
+    n, t, h, w = target["mask_labels"].shape
+    masks = torch.full((num_queries, t, h, w), -20.0)
+    classes = torch.full((num_queries, num_labels), -20.0)
+    boxes = torch.full((num_queries, t, 4), 0.5)
+    for i, q in enumerate(permutation):
+        masks[q] = target["mask_labels"][i] * 40.0 - 20.0
+        classes[q, target["class_labels"][i]] = 20.0
+        boxes[q] = target["boxes"][i]
+    return masks, classes, boxes
+
+
+def stack_outputs(samples):
+    masks, classes, boxes = zip(*samples)
+    return {
+        "masks_logits": torch.stack(masks),
+        "class_logits": torch.stack(classes),
+        "pred_boxes": torch.stack(boxes),
+        "objectness_logits": torch.zeros(len(samples), masks[0].shape[0]),
+    }
+
+
+def test_matcher_recovers_a_known_permutation():
+    labels = make_labels(1, 2, num_objects=3, size=32, seed=1)
+    permutation = [4, 0, 2]
+    outputs = stack_outputs([predictions_from_targets(labels[0], 6, permutation, num_frames=2)])
+    (src, tgt), = CaptionFormerHungarianMatcher(num_points=512)(outputs, labels)
+    assert dict(zip(src.tolist(), tgt.tolist())) == {4: 0, 0: 1, 2: 2}
+    assert src.tolist() == sorted(src.tolist())
+
+
+def test_matcher_batched_equals_per_sample_and_handles_empty_targets():
+    labels = make_labels(3, 2, num_objects=2, size=32, seed=2)
+    labels[1] = {
+        "class_labels": torch.zeros(0, dtype=torch.long),
+        "mask_labels": torch.zeros(0, 2, 32, 32),
+        "boxes": torch.zeros(0, 2, 4),
+    }
+    torch.manual_seed(0)
+    outputs = {
+        "masks_logits": torch.randn(3, 5, 2, 8, 8),
+        "class_logits": torch.randn(3, 5, 3),
+        "pred_boxes": torch.rand(3, 5, 2, 4) * 0.5 + 0.25,
+        "objectness_logits": torch.randn(3, 5),
+    }
+    matcher = CaptionFormerHungarianMatcher(num_points=64)
+    torch.manual_seed(7)
+    batched = matcher(outputs, labels)
+    for i in range(3):
+        torch.manual_seed(7)
+        single = matcher({k: v[i : i + 1] for k, v in outputs.items()}, labels[i : i + 1])[0]
+        assert torch.equal(batched[i][0], single[0]) and torch.equal(batched[i][1], single[1])
+    assert batched[1][0].numel() == 0 and batched[1][1].numel() == 0
+    assert len(batched[0][0]) == 2
+
+
+def test_matcher_rejects_mismatched_batch():
+    with pytest.raises(ValueError, match="targets"):
+        CaptionFormerHungarianMatcher()({"class_logits": torch.zeros(2, 5, 3)}, make_labels(1, 1))
+    with pytest.raises(ValueError, match="All matcher costs"):
+        CaptionFormerHungarianMatcher(0, 0, 0, 0, 0)
+
+
+def test_box_costs_by_hand():
+    pred = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]]])  # (Q=1, T=2, 4)
+    target = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2]]])  # (N=1, T=2, 4)
+    # only frame 1 valid: L1 = 0.1, boxes [0.4,0.4,0.6,0.6] vs [0.5,0.4,0.7,0.6]: IoU = 0.02/0.06, hull 0.06
+    l1, giou = pair_wise_box_costs(pred, target, torch.tensor([[False, True]]))
+    torch.testing.assert_close(l1, torch.tensor([[0.1]]))
+    torch.testing.assert_close(giou, torch.tensor([[-1 / 3]]))
+    # both valid: averaged over the 2 frames
+    l1, giou = pair_wise_box_costs(pred, target, torch.tensor([[True, True]]))
+    torch.testing.assert_close(l1, torch.tensor([[0.05]]))
+    torch.testing.assert_close(giou, torch.tensor([[-(1 + 1 / 3) / 2]]))
+
+
+def test_uncertain_points_match_mask2former_for_one_frame():
+    """Parity with transformers' Mask2FormerLoss.sample_points_using_uncertainty (adapted for T frames)."""
+    logits = torch.randn(4, 1, 16, 16)
+    reference = Mask2FormerLoss(Mask2FormerConfig(), weight_dict={})
+    torch.manual_seed(3)
+    expected = reference.sample_points_using_uncertainty(logits, reference.calculate_uncertainty, 100, 3.0, 0.75)
+    torch.manual_seed(3)
+    ours = uncertain_point_coordinates(logits, 100, 3.0, 0.75)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_perfect_predictions_have_near_zero_mask_and_box_loss(tiny_config):
+    config = tiny_config(clip_length=2, segmenter_overrides={"use_auxiliary_loss": False})
+    criterion = CaptionFormerLoss(config)
+    labels = make_labels(2, 2, num_objects=2, size=32, seed=4, with_captions=False)
+    outputs = stack_outputs([predictions_from_targets(t, 5, [3, 1], num_frames=2) for t in labels])
+    outputs["objectness_logits"] = torch.full((2, 5), -20.0)
+    outputs["objectness_logits"][:, [1, 3]] = 20.0
+    losses, indices = criterion([outputs], labels)
+    assert set(losses) == {"loss_class", "loss_objectness", "loss_mask", "loss_dice", "loss_bbox", "loss_giou"}
+    for key in ("loss_bbox", "loss_giou", "loss_objectness", "loss_class"):
+        assert losses[key].item() < 1e-4, (key, losses[key])
+    # point-sampled masks: only the (importance-sampled) bilinear edge points keep an error
+    inverted = dict(outputs)
+    inverted["masks_logits"] = -outputs["masks_logits"]
+    losses_inverted, _ = criterion([inverted], labels)
+    assert losses["loss_mask"] < 0.2 * losses_inverted["loss_mask"]
+    assert losses["loss_dice"] < 0.2 * losses_inverted["loss_dice"]
+    # a wrong box costs exactly weight * |error| (L1), averaged over visible boxes
+    shifted = dict(outputs)
+    shifted["pred_boxes"] = outputs["pred_boxes"].clone()
+    shifted["pred_boxes"][:, [1, 3], :, 0] += 0.01
+    losses_shifted, _ = criterion([shifted], labels)
+    torch.testing.assert_close(losses_shifted["loss_bbox"], torch.tensor(config.bbox_l1_weight * 0.01), atol=1e-5, rtol=1e-4)
+
+
+def test_objects_invisible_in_a_frame_do_not_count_for_boxes(tiny_config):
+    config = tiny_config(clip_length=2, segmenter_overrides={"use_auxiliary_loss": False})
+    criterion = CaptionFormerLoss(config)
+    labels = make_labels(1, 2, num_objects=1, size=32, seed=5, with_captions=False)
+    labels[0]["valid"] = torch.tensor([[True, False]])
+    outputs = stack_outputs([predictions_from_targets(labels[0], 3, [0], num_frames=2)])
+    outputs["pred_boxes"][0, 0, 1] = torch.tensor([0.9, 0.9, 0.1, 0.1])  # garbage in the invisible frame
+    losses, _ = criterion([outputs], labels)
+    assert losses["loss_bbox"].item() < 1e-5

@@ -1,0 +1,398 @@
+"""Model tests in the transformers ModelTester spirit, on tiny configs built in code."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import make_labels
+from transformers import AutoModel, Mask2FormerModel
+
+from captionformer_hf import (
+    CaptionFormerForDenseVideoObjectCaptioning,
+    CaptionFormerModel,
+)
+from captionformer_hf.modeling.captioning_captionformer import (
+    aggregate_caption_queries,
+    aggregation_weights,
+    object_cross_attention_mask,
+)
+
+SIZE = 64
+
+
+def build(config, seed=0):
+    torch.manual_seed(seed)
+    return CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+
+
+@pytest.mark.parametrize("clip_length", [1, 3])
+def test_output_shapes(tiny_config, clip_length):
+    config = tiny_config(clip_length=clip_length)
+    model = build(config)
+    pixel_values = torch.randn(2, clip_length, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = model(pixel_values)
+    q, c, d = config.segmenter_config.num_queries, config.num_labels, config.segmenter_config.hidden_dim
+    assert out.object_queries.shape == (2, q, d)
+    assert out.class_logits.shape == (2, q, c)
+    assert out.objectness_logits.shape == (2, q)
+    assert out.scores.shape == (2, q)
+    assert out.pred_boxes.shape == (2, q, clip_length, 4)
+    assert out.masks_logits.shape == (2, q, clip_length, SIZE // 4, SIZE // 4)
+    assert len(out.auxiliary_outputs) == config.segmenter_config.decoder_layers - 1
+    assert out.loss is None
+    assert ((out.pred_boxes >= 0) & (out.pred_boxes <= 1)).all()
+    expected = torch.sqrt(out.class_logits.sigmoid().amax(-1) * out.objectness_logits.sigmoid())
+    torch.testing.assert_close(out.scores, expected)
+
+
+def test_single_frame_segmenter_matches_mask2former(tiny_config):
+    """Parity: for T = 1 the clip segmenter computes exactly what transformers' Mask2FormerModel computes."""
+    config = tiny_config(clip_length=1)
+    model = build(config)
+    reference = Mask2FormerModel(config.segmenter_config).eval()
+    segmenter = model.model.segmenter
+    reference.pixel_level_module.load_state_dict(segmenter.pixel_level_module.state_dict())
+    reference.transformer_module.load_state_dict(segmenter.transformer_module.state_dict())
+    pixel_values = torch.randn(2, 1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ours = model(pixel_values)
+        theirs = reference(pixel_values[:, 0], output_hidden_states=True)
+    torch.testing.assert_close(
+        ours.object_queries, theirs.transformer_decoder_intermediate_states[-1].transpose(0, 1)
+    )
+    torch.testing.assert_close(ours.masks_logits[:, :, 0], theirs.masks_queries_logits[-1])
+
+
+def test_frames_of_a_clip_are_segmented_jointly(tiny_config):
+    """Changing one frame of a clip changes the masks of the other frames (queries attend to all T frames)."""
+    model = build(tiny_config(clip_length=3))
+    pixel_values = torch.randn(1, 3, 3, SIZE, SIZE)
+    altered = pixel_values.clone()
+    altered[:, 2] = torch.randn(3, SIZE, SIZE)
+    with torch.no_grad():
+        a, b = model(pixel_values), model(altered)
+    assert not torch.allclose(a.masks_logits[:, :, 0], b.masks_logits[:, :, 0])
+
+
+@pytest.mark.parametrize("clip_length", [1, 3])
+def test_loss_is_finite_and_reaches_every_trainable_parameter(tiny_config, clip_length):
+    config = tiny_config(clip_length=clip_length)
+    model = build(config).train()
+    out = model(torch.randn(2, clip_length, 3, SIZE, SIZE), labels=make_labels(2, clip_length))
+    expected_terms = {"loss_class", "loss_objectness", "loss_mask", "loss_dice", "loss_bbox", "loss_giou", "loss_caption"}
+    assert expected_terms <= set(out.loss_dict)
+    assert any(key.endswith("_0") for key in out.loss_dict)  # auxiliary losses
+    assert torch.isfinite(out.loss)
+    torch.testing.assert_close(out.loss, sum(out.loss_dict.values()))
+    out.loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("model.segmenter") for n in trainable)
+    assert any(n.startswith("model.caption_head.qformer") for n in trainable)
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert no_grad == []
+    # the release freezes the ViT and the LM
+    assert not any(p.requires_grad for p in model.model.caption_head.vision_model.parameters())
+    assert not any(p.requires_grad for p in model.language_model.parameters())
+
+
+def test_frozen_segmenter_gets_no_gradient(tiny_config):
+    model = build(tiny_config(clip_length=1))
+    model.freeze_segmenter()
+    model.train()
+    assert not model.model.segmenter.training  # kept in eval mode (no dropout / batch-norm updates)
+    out = model(torch.randn(2, 1, 3, SIZE, SIZE), labels=make_labels(2, 1))
+    assert set(out.loss_dict) == {"loss_caption"}
+    out.loss.backward()
+    assert all(p.grad is None for p in model.model.segmenter.parameters())
+    assert all(not p.requires_grad for p in model.model.segmenter.parameters())
+    caption_trainable = [p for p in model.model.caption_head.parameters() if p.requires_grad]
+    assert caption_trainable and all(p.grad is not None for p in caption_trainable)
+    model.freeze_segmenter(False)
+    assert all(p.requires_grad for p in model.model.segmenter.parameters())
+
+
+def test_frozen_segmenter_without_captions_is_an_error(tiny_config):
+    model = build(tiny_config(freeze_segmenter=True))
+    with pytest.raises(ValueError, match="nothing to train"):
+        model(torch.randn(1, 1, 3, SIZE, SIZE), labels=make_labels(1, 1, with_captions=False))
+
+
+def test_empty_targets_give_a_finite_loss(tiny_config):
+    model = build(tiny_config()).train()
+    labels = make_labels(2, 1)
+    labels[0] = {
+        "class_labels": torch.zeros(0, dtype=torch.long),
+        "mask_labels": torch.zeros(0, 1, SIZE, SIZE),
+        "boxes": torch.zeros(0, 1, 4),
+        "caption_ids": torch.zeros(0, 5, dtype=torch.long),
+    }
+    out = model(torch.randn(2, 1, 3, SIZE, SIZE), labels=labels)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert len(out.matched_indices[0][0]) == 0 and len(out.matched_indices[1][0]) == 2
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, tiny_config):
+    model = build(tiny_config(clip_length=3))
+    pixel_values = torch.randn(1, 3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        before = model(pixel_values)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, CaptionFormerForDenseVideoObjectCaptioning)
+    with torch.no_grad():
+        after = loaded(pixel_values)
+    for key in ("object_queries", "class_logits", "objectness_logits", "pred_boxes", "masks_logits"):
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    # generation too
+    torch.manual_seed(0)
+    generated = model.generate(pixel_values, threshold=0.0, max_new_tokens=4, do_sample=False)
+    generated_loaded = loaded.generate(pixel_values, threshold=0.0, max_new_tokens=4, do_sample=False)
+    assert torch.equal(generated["sequences"], generated_loaded["sequences"])
+
+
+def test_remote_code_load_without_the_package(tmp_path, tiny_config):
+    model = build(tiny_config(clip_length=1))
+    model.save_pretrained(tmp_path / "ckpt")
+    pixel_values = torch.randn(1, 1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model(pixel_values).masks_logits
+    torch.save({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.pt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert "modeling_captionformer.py" in files and "configuration_captionformer.py" in files
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_captionformer.CaptionFormerForDenseVideoObjectCaptioning"
+    script = textwrap.dedent(
+        f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "captionformer_hf":
+                    raise ImportError("captionformer_hf is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
+        assert "captionformer_hf" not in sys.modules
+        assert type(model).__name__ == "CaptionFormerForDenseVideoObjectCaptioning"
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        with torch.no_grad():
+            out = model(io["pixel_values"]).masks_logits
+        torch.testing.assert_close(out, io["expected"], rtol=0, atol=0)
+        print("REMOTE-OK")
+        """
+    )
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "shape, error",
+    [((2, 3, SIZE, SIZE), "5 dimensions"), ((2, 1, 1, 3, SIZE, SIZE), "5 dimensions"), ((1, 1, 4, SIZE, SIZE), "3 channels"),
+     ((1, 2, 3, SIZE, SIZE), "clip_length=1"), ((1, 1, 3, 8, 8), "at least 32x32")],
+)
+def test_bad_input_shape_is_a_clear_error(tiny_config, shape, error):
+    model = build(tiny_config(clip_length=1))
+    with pytest.raises(ValueError, match=error):
+        model(torch.randn(*shape))
+
+
+def test_bad_input_types_are_clear_errors(tiny_config):
+    model = build(tiny_config())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model([[0.0]])
+    with pytest.raises(TypeError, match="float tensor"):
+        model(torch.zeros(1, 1, 3, SIZE, SIZE, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="one dict per clip"):
+        model(torch.randn(2, 1, 3, SIZE, SIZE), labels=make_labels(1, 1))
+    labels = make_labels(1, 1)
+    labels[0]["boxes"] = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"\['boxes'\]"):
+        model(torch.randn(1, 1, 3, SIZE, SIZE), labels=labels)
+    with pytest.raises(ValueError, match="use_text_classifier"):
+        model(torch.randn(1, 1, 3, SIZE, SIZE), class_embeddings=torch.randn(3, 8))
+
+
+def test_open_vocabulary_classifier(tiny_config):
+    config = tiny_config(use_text_classifier=True, text_embedding_dim=8)
+    model = build(config)
+    pixel_values = torch.randn(1, 1, 3, SIZE, SIZE)
+    embeddings = torch.randn(7, 8)  # a different vocabulary at inference time
+    with torch.no_grad():
+        out = model(pixel_values, class_embeddings=embeddings)
+        stored = model(pixel_values)
+    assert out.class_logits.shape == (1, 5, 7)
+    assert stored.class_logits.shape == (1, 5, 3)
+    # cosine logits: scaling an embedding does not change its logits
+    with torch.no_grad():
+        scaled = model(pixel_values, class_embeddings=embeddings * torch.arange(1, 8)[:, None])
+    torch.testing.assert_close(scaled.class_logits, out.class_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_cross_attention_mask_is_additive_and_restricts_to_the_object():
+    masks = torch.full((1, 8, 8), -10.0)
+    masks[0, :4, :4] = 10.0  # top-left quarter -> patches (0,0), (0,1), (1,0), (1,1) of a 4x4 grid
+    additive = object_cross_attention_mask(masks, grid_size=4, threshold=0.5, dtype=torch.float32, num_queries=3)
+    assert additive.shape == (1, 1, 3, 17) and additive.dtype == torch.float32
+    visible = additive[0, 0, 0] == 0
+    expected = torch.zeros(17, dtype=torch.bool)
+    expected[0] = True  # CLS
+    expected[1 + torch.tensor([0, 1, 4, 5])] = True
+    assert torch.equal(visible, expected)
+    assert (additive[0, 0, 0][~expected] == torch.finfo(torch.float32).min).all()
+    # an empty mask sees everything
+    empty = object_cross_attention_mask(torch.full((1, 8, 8), -10.0), 4, 0.5, torch.float32, 3)
+    assert (empty == 0).all()
+
+
+def test_qformer_only_sees_the_object(tiny_config):
+    """Vision tokens outside the object's mask do not influence its caption query; tokens inside do."""
+    model = build(tiny_config())
+    head = model.model.caption_head
+    grid = head.grid_size
+    tokens = torch.randn(1, 1 + grid * grid, model.config.vision_config.hidden_size)
+    masks = torch.full((1, 16, 16), -10.0)
+    masks[0, :8, :8] = 10.0  # top-left quarter of the patch grid
+    query = torch.randn(1, model.config.segmenter_config.hidden_dim)
+    with torch.no_grad():
+        base = head(tokens, query, masks)
+        outside = tokens.clone()
+        outside[0, 1 + grid * grid - 1] += 5.0  # bottom-right patch
+        inside = tokens.clone()
+        inside[0, 1] += 5.0  # top-left patch
+        assert base.shape == (1, 1 + model.config.num_query_tokens, model.config.qformer_config.hidden_size)
+        torch.testing.assert_close(head(outside, query, masks), base)
+        assert not torch.allclose(head(inside, query, masks), base)
+
+
+def test_aggregation_weights_by_hand():
+    scores = torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.5, 0.0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    torch.testing.assert_close(aggregation_weights(scores, valid, "weighted"), torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.5, 0.0]]))
+    torch.testing.assert_close(
+        aggregation_weights(torch.tensor([[1.0, 3.0]]), method="weighted"), torch.tensor([[0.25, 0.75]])
+    )
+    torch.testing.assert_close(aggregation_weights(scores, valid, "mean"), torch.tensor([[1 / 3] * 3, [0.5, 0.5, 0.0]]))
+    torch.testing.assert_close(aggregation_weights(scores, valid, "best"), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    queries = torch.arange(2 * 3 * 1 * 2, dtype=torch.float32).view(2, 3, 1, 2)
+    aggregated = aggregate_caption_queries(queries, torch.tensor([[1.0, 3.0, 0.0], [1.0, 1.0, 2.0]]), method="weighted")
+    torch.testing.assert_close(aggregated[0, 0], 0.25 * queries[0, 0, 0] + 0.75 * queries[0, 1, 0])
+    torch.testing.assert_close(aggregated[1, 0], 0.25 * queries[1, 0, 0] + 0.25 * queries[1, 1, 0] + 0.5 * queries[1, 2, 0])
+    with pytest.raises(ValueError, match="`method`"):
+        aggregation_weights(scores, valid, "median")
+
+
+def test_generate_captions(tiny_config):
+    model = build(tiny_config())
+    queries = torch.randn(3, 1 + model.config.num_query_tokens, model.config.qformer_config.hidden_size)
+    sequences = model.generate_captions(queries, max_new_tokens=5, do_sample=False)
+    assert sequences.shape[0] == 3 and 1 <= sequences.shape[1] <= 5
+    # K clips per object, aggregated: identical clips aggregate to the clip itself
+    stacked = queries[:, None].expand(-1, 4, -1, -1)
+    aggregated = model.generate_captions(stacked, clip_scores=torch.rand(3, 4), max_new_tokens=5, do_sample=False)
+    assert torch.equal(aggregated, sequences)
+    with pytest.raises(ValueError, match="clip_scores"):
+        model.generate_captions(stacked)
+    with pytest.raises(ValueError, match="caption_queries"):
+        model.generate_captions(queries[0])
+    assert model.generate_captions(queries[:0]).shape == (0, 0)
+
+
+def test_generate_clip_level(tiny_config):
+    model = build(tiny_config(clip_length=3))
+    result = model.generate(torch.randn(2, 3, 3, SIZE, SIZE), threshold=0.0, max_new_tokens=3)
+    assert result["sequences"].shape[0] == 2 * model.config.segmenter_config.num_queries
+    assert result["batch_indices"].tolist() == [0] * 5 + [1] * 5
+    none = model.generate(torch.randn(1, 3, 3, SIZE, SIZE), threshold=1.0)
+    assert none["sequences"].shape[0] == 0
+
+
+def test_from_pretrained_components(tmp_path, tiny_config):
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Mask2FormerForUniversalSegmentation
+
+    config = tiny_config()
+    torch.manual_seed(1)
+    segmenter = Mask2FormerForUniversalSegmentation(config.segmenter_config).eval()
+    blip = Blip2ForConditionalGeneration(
+        Blip2Config(
+            vision_config=config.vision_config.to_dict(),
+            qformer_config=config.qformer_config.to_dict(),
+            text_config=config.text_config.to_dict(),
+            num_query_tokens=4,
+        )
+    ).eval()
+    segmenter.save_pretrained(tmp_path / "m2f")
+    blip.save_pretrained(tmp_path / "blip2")
+    model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained_components(
+        segmenter=str(tmp_path / "m2f"), blip2=str(tmp_path / "blip2"), clip_length=1
+    ).eval()
+    assert model.config.num_labels == config.segmenter_config.num_labels
+    pixel_values = torch.randn(1, 1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ours = model(pixel_values)
+        theirs = segmenter(pixel_values[:, 0])
+    torch.testing.assert_close(ours.masks_logits[:, :, 0], theirs.masks_queries_logits)
+    torch.testing.assert_close(
+        ours.class_logits, segmenter.class_predictor(ours.object_queries)[..., :-1], rtol=1e-5, atol=1e-5
+    )
+    for name, tensor in blip.qformer.state_dict().items():
+        torch.testing.assert_close(model.model.caption_head.qformer.state_dict()[name], tensor)
+    torch.testing.assert_close(model.model.caption_head.query_tokens, blip.query_tokens)
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.model.caption_head.vision_model(image).last_hidden_state, blip.vision_model(image).last_hidden_state
+        )
+    embeds = torch.randn(1, 4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.language_model(inputs_embeds=embeds).logits, blip.language_model(inputs_embeds=embeds).logits)
+
+
+def test_a_tiny_model_learns_one_clip(tiny_config):
+    """20 steps on one synthetic clip: the loss goes down."""
+    torch.manual_seed(0)
+    config = tiny_config(clip_length=2, freeze_language_model=False)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).train()
+    pixel_values = torch.zeros(1, 2, 3, SIZE, SIZE)
+    labels = make_labels(1, 2, num_objects=2, seed=3)
+    for t in range(2):  # draw the objects into the frames
+        for n in range(2):
+            pixel_values[0, t, n] += 2.0 * labels[0]["mask_labels"][n, t]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+def test_base_model_has_no_language_model(tiny_config):
+    model = CaptionFormerModel(tiny_config()).eval()
+    assert not hasattr(model, "language_model")
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 3, SIZE, SIZE))
+    assert out.scores.shape == (1, 5)
+
+
+def test_caption_head_renormalises_segmenter_input(tiny_config):
+    """The vision encoder sees the frame normalised with its own (CLIP) statistics, not the segmenter's."""
+    config = tiny_config()
+    model = build(config)
+    rgb = torch.rand(1, 3, 32, 32)
+    seg_mean, seg_std = torch.tensor(config.segmenter_image_mean), torch.tensor(config.segmenter_image_std)
+    vis_mean, vis_std = torch.tensor(config.vision_image_mean), torch.tensor(config.vision_image_std)
+    seg_input = (rgb - seg_mean[:, None, None]) / seg_std[:, None, None]
+    vis_input = (rgb - vis_mean[:, None, None]) / vis_std[:, None, None]
+    head = model.model.caption_head
+    with torch.no_grad():
+        torch.testing.assert_close(
+            head.encode_frames(seg_input), head.vision_model(vis_input).last_hidden_state, rtol=1e-5, atol=1e-5
+        )
