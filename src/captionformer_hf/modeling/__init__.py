@@ -1,19 +1,31 @@
-"""CaptionFormer modeling files (remote-code safe: single-dot imports only)."""
+"""CaptionFormer modeling files (remote-code safe: the files themselves use single-dot imports only).
+
+The configuration needs no torch; the model classes are exported where torch is installed."""
+
+import importlib.util
 
 from .configuration_captionformer import CaptionFormerConfig
-from .modeling_captionformer import (
-    CaptionFormerDenseCaptioningOutput,
-    CaptionFormerForDenseVideoObjectCaptioning,
-    CaptionFormerModel,
-    CaptionFormerModelOutput,
-    CaptionFormerPreTrainedModel,
-)
 
-__all__ = [
-    "CaptionFormerConfig",
-    "CaptionFormerDenseCaptioningOutput",
-    "CaptionFormerForDenseVideoObjectCaptioning",
-    "CaptionFormerModel",
-    "CaptionFormerModelOutput",
-    "CaptionFormerPreTrainedModel",
-]
+__all__ = ["CaptionFormerConfig"]
+
+try:
+    _HAS_TORCH = importlib.util.find_spec("torch") is not None
+except (ImportError, ValueError):
+    _HAS_TORCH = False
+
+if _HAS_TORCH:
+    from .modeling_captionformer import (
+        CaptionFormerDenseCaptioningOutput,
+        CaptionFormerForDenseVideoObjectCaptioning,
+        CaptionFormerModel,
+        CaptionFormerModelOutput,
+        CaptionFormerPreTrainedModel,
+    )
+
+    __all__ += [
+        "CaptionFormerDenseCaptioningOutput",
+        "CaptionFormerForDenseVideoObjectCaptioning",
+        "CaptionFormerModel",
+        "CaptionFormerModelOutput",
+        "CaptionFormerPreTrainedModel",
+    ]

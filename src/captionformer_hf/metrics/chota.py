@@ -1,0 +1,364 @@
+"""CHOTA = cbrt(DetA * AssA * CapA), as the published evaluators compute it (scenic densevoc ``chota.py`` and its
+CaptionFormer fork), on the trajectory format of DESIGN.md.
+
+- Predictions are kept iff their score > ``score_threshold`` (a frame's own ``score`` if given, else its
+  trajectory's). Similarity: box IoU on ``[x, y, w, h]`` (no +1) or mask IoU (pycocotools RLE).
+- DetA / AssA / LocA ... exactly as TrackEval's HOTA (:mod:`.hota`), per alpha.
+- CapA, per video and alpha: every matched (GT, prediction) detection pair whose GT caption is non-empty gives a
+  (GT caption, prediction caption) pair (the prediction's caption cut at its first newline); each caption metric is
+  summed over the video's pairs (CIDEr-D's idf per video and alpha) and divided by the number of pairs; videos
+  combine weighted by their pair counts; CapA is the mean over the chosen metrics. A video with no prediction or no
+  GT scores CapA 1 (as the reference); with no pairs anywhere CapA = 1.
+- Every field is computed per alpha and reported as the mean over alphas.
+
+No torch or evaluate import here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .caption_scores import SUPPORTED_CAPTION_METRICS, get_pair_scorer
+from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_sequence, pad_by_frame
+
+logger = logging.getLogger(__name__)
+
+_FIELDS_ORDER = (
+    "CHOTA", "DetA", "AssA", "CapA", "HOTA", "LocA", "DetRe", "DetPr", "AssRe", "AssPr",
+    "HOTA_TP", "HOTA_FN", "HOTA_FP", "TP_with_caps",
+)  # fmt: skip
+
+
+class _Detections:
+    """Detections of one side (GT or predictions) of one video, in input order."""
+
+    def __init__(self):
+        self.frames: list[int] = []
+        self.track_index: list[int] = []
+        self.boxes: list[list[float]] = []
+        self.masks: list = []
+        self.captions: list[str] = []
+
+
+def _where(video_id, side, track_id=None, frame=None) -> str:
+    parts = [f"video {video_id!r}", side]
+    if track_id is not None:
+        parts.append(f"track_id {track_id!r}")
+    if frame is not None:
+        parts.append(f"frame {frame!r}")
+    return ", ".join(parts)
+
+
+def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: float | None) -> tuple[int, _Detections, int]:
+    """Validate one video and collect its detections. Returns ``(num_frames, detections, num_tracks)``."""
+    if not isinstance(video, Mapping):
+        raise TypeError(f"each {side} video must be a dict, got {type(video).__name__}")
+    for key in ("video_id", "num_frames", "trajectories"):
+        if key not in video:
+            raise ValueError(f"{side} video {video.get('video_id', '?')!r} is missing `{key}`")
+    video_id = video["video_id"]
+    num_frames = video["num_frames"]
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"{_where(video_id, side)}: `num_frames` must be a positive integer, got {num_frames!r}")
+    trajectories = video["trajectories"]
+    if not isinstance(trajectories, Sequence) or isinstance(trajectories, (str, bytes)):
+        raise TypeError(f"{_where(video_id, side)}: `trajectories` must be a list, got {type(trajectories).__name__}")
+    height, width = video.get("height"), video.get("width")
+    detections = _Detections()
+    seen_tracks = set()
+    for track_index, trajectory in enumerate(trajectories):
+        if not isinstance(trajectory, Mapping):
+            raise TypeError(f"{_where(video_id, side)}: each trajectory must be a dict, got {type(trajectory).__name__}")
+        track_id = trajectory.get("track_id", track_index)
+        if track_id in seen_tracks:
+            raise ValueError(f"{_where(video_id, side, track_id)}: duplicate track_id in the same video")
+        seen_tracks.add(track_id)
+        caption = trajectory.get("caption") or ""
+        if not isinstance(caption, str):
+            raise TypeError(f"{_where(video_id, side, track_id)}: `caption` must be a string, got {type(caption).__name__}")
+        track_score = trajectory.get("score")
+        frames = trajectory.get("frames")
+        if not isinstance(frames, Sequence):
+            raise ValueError(f"{_where(video_id, side, track_id)}: `frames` must be a list of per-frame dicts")
+        seen_frames = set()
+        for entry in frames:
+            frame = entry.get("frame_index") if isinstance(entry, Mapping) else None
+            if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+                raise ValueError(f"{_where(video_id, side, track_id)}: every frame needs an integer `frame_index`")
+            if not 0 <= frame < num_frames:
+                raise ValueError(
+                    f"{_where(video_id, side, track_id, frame)}: frame_index out of range [0, {num_frames})"
+                )
+            if frame in seen_frames:
+                raise ValueError(
+                    f"{_where(video_id, side, track_id, frame)}: duplicate track id in one frame (the trajectory lists "
+                    "this frame twice)"
+                )
+            seen_frames.add(frame)
+            if score_threshold is not None:
+                score = entry.get("score", track_score)
+                if score is None:
+                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: predictions need a `score`")
+                score = float(score)
+                if math.isnan(score):
+                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: `score` is NaN")
+                if not score > score_threshold:
+                    continue
+            if iou_type == "box":
+                box = entry.get("box")
+                if box is None or len(box) != 4:
+                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: `box` must be [x, y, w, h]")
+                box = [float(v) for v in box]
+                if not all(math.isfinite(v) for v in box):
+                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} is not finite")
+                if box[2] < 0 or box[3] < 0:
+                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} has a negative width or height")
+                detections.boxes.append(box)
+            else:
+                detections.masks.append(_rle(entry.get("mask_rle"), height, width, _where(video_id, side, track_id, frame)))
+            frame_caption = entry.get("caption", caption) or ""
+            detections.frames.append(int(frame))
+            detections.track_index.append(track_index)
+            detections.captions.append(frame_caption)
+    return int(num_frames), detections, len(trajectories)
+
+
+def _rle(value, height, width, where: str):
+    if value is None:
+        raise ValueError(f"{where}: iou_type='mask' needs `mask_rle`")
+    if isinstance(value, Mapping):
+        if "counts" not in value or "size" not in value:
+            raise ValueError(f"{where}: an RLE dict needs `counts` and `size`")
+        counts = value["counts"]
+        size = [int(v) for v in value["size"]]
+    elif isinstance(value, (str, bytes)):
+        if height is None or width is None:
+            raise ValueError(f"{where}: a string `mask_rle` needs the video's `height` and `width`")
+        counts, size = value, [int(height), int(width)]
+    else:
+        raise ValueError(f"{where}: `mask_rle` must be a COCO RLE string or dict, got {type(value).__name__}")
+    if isinstance(counts, list):  # uncompressed RLE
+        from pycocotools import mask as mask_utils
+
+        return mask_utils.frPyObjects({"counts": counts, "size": size}, size[0], size[1])
+    return {"counts": counts.encode() if isinstance(counts, str) else counts, "size": size}
+
+
+def _similarity(num_frames: int, gt: _Detections, pred: _Detections, gt_slots, pred_slots, iou_type: str):
+    shape = (num_frames, gt_slots.shape[1], pred_slots.shape[1])
+    if iou_type == "box":
+        gt_boxes = np.zeros((num_frames, shape[1], 4))
+        pred_boxes = np.zeros((num_frames, shape[2], 4))
+        if len(gt.boxes):
+            gt_boxes[gt_slots >= 0] = np.asarray(gt.boxes)[gt_slots[gt_slots >= 0]]
+        if len(pred.boxes):
+            pred_boxes[pred_slots >= 0] = np.asarray(pred.boxes)[pred_slots[pred_slots >= 0]]
+        return box_iou(gt_boxes, pred_boxes)
+    from pycocotools import mask as mask_utils
+
+    similarity = np.zeros(shape)
+    for f in range(num_frames):
+        g = gt_slots[f][gt_slots[f] >= 0]
+        p = pred_slots[f][pred_slots[f] >= 0]
+        if len(g) and len(p):
+            gt_rles = [gt.masks[i] for i in g]
+            pred_rles = [pred.masks[i] for i in p]
+            for rle in (*gt_rles, *pred_rles):
+                if list(rle["size"]) != list(gt_rles[0]["size"]):
+                    raise ValueError(f"frame {f}: masks of different sizes {rle['size']} vs {gt_rles[0]['size']}")
+            try:
+                iou = mask_utils.iou(pred_rles, gt_rles, [0] * len(gt_rles))
+            except Exception as error:  # pycocotools raises bare Exceptions on corrupt RLE
+                raise ValueError(f"frame {f}: invalid mask RLE ({error})") from error
+            similarity[f, : len(g), : len(p)] = np.asarray(iou, dtype=np.float64).reshape(len(p), len(g)).T
+    return similarity
+
+
+def match_videos(refs_by_id: dict, preds_by_id: dict, iou_type: str, alphas: tuple, score_threshold: float):
+    """HOTA of every video and its caption pairs per alpha.
+
+    Returns ``(per_video_res, pairs, empty_videos)``: ``pairs[(video_id, alpha_index)]`` is the
+    ``(GT captions, predicted captions)`` of the matched detections whose GT caption is non-empty."""
+    num_alphas = len(alphas)
+    per_video_res = {}
+    pairs = {}  # (video_id, alpha index) -> (gt captions, pred captions)
+    empty_videos = set()
+    for video_id, reference in refs_by_id.items():
+        num_frames, gt, _ = _parse_video(reference, "reference", iou_type, None)
+        pred_num_frames, pred, _ = _parse_video(preds_by_id[video_id], "prediction", iou_type, score_threshold)
+        if pred_num_frames != num_frames:
+            raise ValueError(
+                f"video {video_id!r}: num_frames differs between prediction ({pred_num_frames}) and reference "
+                f"({num_frames})"
+            )
+        gt_slots, _ = pad_by_frame(np.asarray(gt.frames, dtype=np.int64), num_frames)
+        pred_slots, _ = pad_by_frame(np.asarray(pred.frames, dtype=np.int64), num_frames)
+        gt_track = np.asarray(gt.track_index, dtype=np.int64)
+        pred_track = np.asarray(pred.track_index, dtype=np.int64)
+        # dense ids over the tracks that have detections (TrackEval counts ids that appear)
+        gt_unique, gt_dense = np.unique(gt_track, return_inverse=True)
+        pred_unique, pred_dense = np.unique(pred_track, return_inverse=True)
+        gt_ids = np.where(gt_slots >= 0, gt_dense[np.maximum(gt_slots, 0)] if len(gt_dense) else -1, -1)
+        pred_ids = np.where(pred_slots >= 0, pred_dense[np.maximum(pred_slots, 0)] if len(pred_dense) else -1, -1)
+        similarity = _similarity(num_frames, gt, pred, gt_slots, pred_slots, iou_type)
+        res, matches = hota_sequence(similarity, gt_ids, pred_ids, len(gt_unique), len(pred_unique), alphas)
+        if len(gt.frames) == 0 or len(pred.frames) == 0:
+            empty_videos.add(video_id)
+        res["TP_with_caps"] = np.zeros(num_alphas)
+        for a, (frames, rows, cols) in enumerate(matches):
+            gt_det = gt_slots[frames, rows]
+            pred_det = pred_slots[frames, cols]
+            gt_caps = [gt.captions[i] for i in gt_det]
+            keep = [i for i, cap in enumerate(gt_caps) if cap]
+            pairs[(video_id, a)] = (
+                [gt_caps[i] for i in keep],
+                [pred.captions[pred_det[i]].split("\n")[0] for i in keep],
+            )
+            res["TP_with_caps"][a] = len(keep)
+        per_video_res[video_id] = res
+
+    return per_video_res, pairs, empty_videos
+
+
+def _check_arguments(predictions, references, iou_type, alphas, caption_metrics, score_threshold):
+    for name, value in (("predictions", predictions), ("references", references)):
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+            raise TypeError(f"`{name}` must be a list of videos, got {type(value).__name__}")
+    if iou_type not in ("box", "mask"):
+        raise ValueError(f"`iou_type` must be 'box' or 'mask', got {iou_type!r}")
+    alphas = tuple(float(a) for a in np.asarray(alphas, dtype=np.float64).reshape(-1))
+    if not alphas or not all(0.0 < a <= 1.0 for a in alphas):
+        raise ValueError(f"`alphas` must be a non-empty list of thresholds in (0, 1], got {alphas!r}")
+    if isinstance(caption_metrics, str):
+        caption_metrics = (caption_metrics,)
+    caption_metrics = tuple(caption_metrics)
+    for metric in caption_metrics:
+        if metric not in SUPPORTED_CAPTION_METRICS:
+            raise ValueError(f"`caption_metrics` entries must be among {SUPPORTED_CAPTION_METRICS}, got {metric!r}")
+    if len(set(caption_metrics)) != len(caption_metrics):
+        raise ValueError(f"`caption_metrics` has duplicates: {caption_metrics!r}")
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) or math.isnan(score_threshold):
+        raise ValueError(f"`score_threshold` must be a number, got {score_threshold!r}")
+    return alphas, caption_metrics
+
+
+def compute_chota(
+    predictions: Sequence[Mapping],
+    references: Sequence[Mapping],
+    iou_type: str = "box",
+    alphas=(0.5,),
+    caption_metrics=("cider", "meteor", "spice"),
+    score_threshold: float = 0.5,
+) -> dict:
+    """CHOTA of predicted against reference videos (see the module docstring for the definition).
+
+    Args:
+        predictions / references: lists of ``{"video_id", "num_frames", "trajectories": [...]}`` (trajectory format
+            of DESIGN.md; ``height``/``width`` needed for string mask RLEs), the same set of video ids on both sides.
+        iou_type: ``"box"`` or ``"mask"``.
+        alphas: similarity thresholds; ``(0.5,)`` as published, or :data:`~.hota.TRACKEVAL_ALPHAS` (0.05..0.95).
+        caption_metrics: any of ``"cider"``, ``"meteor"`` (Java), ``"spice"`` (Java + CoreNLP jars); CapA is
+            their mean (1 with none).
+        score_threshold: predictions are kept iff score > this.
+
+    Returns:
+        flat dict: ``CHOTA, DetA, AssA, CapA, HOTA, LocA, DetRe, DetPr, AssRe, AssPr, HOTA_TP, HOTA_FN, HOTA_FP,
+        TP_with_caps, CapA_<metric>...`` (means over alphas), ``per_alpha`` (field -> list over alphas, with
+        ``alpha``) and ``per_video`` (video_id -> the flat fields).
+    """
+    alphas, caption_metrics = _check_arguments(
+        predictions, references, iou_type, alphas, caption_metrics, score_threshold
+    )
+    num_alphas = len(alphas)
+    refs_by_id, preds_by_id = {}, {}
+    for side, videos, by_id in (("reference", references, refs_by_id), ("prediction", predictions, preds_by_id)):
+        for video in videos:
+            if not isinstance(video, Mapping) or "video_id" not in video:
+                raise ValueError(f"every {side} video must be a dict with a `video_id`")
+            if video["video_id"] in by_id:
+                raise ValueError(f"duplicate video_id {video['video_id']!r} in the {side}s")
+            by_id[video["video_id"]] = video
+    if set(refs_by_id) != set(preds_by_id):
+        missing = sorted(map(str, set(refs_by_id) - set(preds_by_id)))
+        extra = sorted(map(str, set(preds_by_id) - set(refs_by_id)))
+        raise ValueError(
+            f"video ids of predictions and references differ: missing predictions for {missing[:10]}, "
+            f"predictions for unknown videos {extra[:10]}"
+        )
+
+    per_video_res, pairs, empty_videos = match_videos(
+        refs_by_id, preds_by_id, iou_type, alphas, score_threshold
+    )
+
+    # ---------------------------------------------------------------- caption metrics
+    for metric in caption_metrics:
+        scorer = get_pair_scorer(metric)
+        sums = {}
+        if metric == "cider":
+            for key, (refs, cands) in pairs.items():
+                unique = {}
+                for pair in zip(refs, cands):
+                    unique[pair] = unique.get(pair, 0) + 1
+                if unique:
+                    scores = scorer([r for r, _ in unique], [c for _, c in unique], list(unique.values()))
+                    sums[key] = float(np.dot(scores, list(unique.values())))
+                else:
+                    sums[key] = 0.0
+        else:  # pair scores are independent of the corpus: score every unique pair once, all videos together
+            all_pairs = list(dict.fromkeys(p for refs, cands in pairs.values() for p in zip(refs, cands)))
+            scores = (
+                dict(zip(all_pairs, scorer([r for r, _ in all_pairs], [c for _, c in all_pairs])))
+                if all_pairs
+                else {}
+            )
+            for key, (refs, cands) in pairs.items():
+                sums[key] = float(sum(scores[p] for p in zip(refs, cands)))
+        for video_id, res in per_video_res.items():
+            if video_id in empty_videos:
+                res[f"CapA_{metric}"] = np.ones(num_alphas)
+            else:
+                res[f"CapA_{metric}"] = np.array([sums[(video_id, a)] for a in range(num_alphas)]) / np.maximum(
+                    1e-10, res["TP_with_caps"]
+                )
+
+    # ---------------------------------------------------------------- combine
+    def add_caption_fields(res, components):
+        for metric in caption_metrics:
+            res[f"CapA_{metric}"] = components[metric]
+        res["CapA"] = (
+            sum(res[f"CapA_{m}"] for m in caption_metrics) / len(caption_metrics)
+            if caption_metrics
+            else np.ones(num_alphas)
+        )
+        res["CHOTA"] = np.cbrt(res["DetA"] * res["AssA"] * res["CapA"])
+        return res
+
+    for res in per_video_res.values():
+        add_caption_fields(res, {m: res[f"CapA_{m}"] for m in caption_metrics})
+    all_res = list(per_video_res.values())
+    if all_res:
+        combined = combine_sequences(all_res)
+        combined["TP_with_caps"] = sum(r["TP_with_caps"] for r in all_res)
+    else:
+        combined = {field: np.zeros(num_alphas) for field in HOTA_FIELDS}
+        combined["LocA"] = np.ones(num_alphas)
+        combined["TP_with_caps"] = np.zeros(num_alphas)
+    components = {}
+    for metric in caption_metrics:
+        weighted = sum(r[f"CapA_{metric}"] * r["TP_with_caps"] for r in all_res) if all_res else np.zeros(num_alphas)
+        components[metric] = np.maximum(1e-10, weighted) / np.maximum(1e-10, combined["TP_with_caps"])
+    add_caption_fields(combined, components)
+
+    fields = list(_FIELDS_ORDER) + [f"CapA_{m}" for m in caption_metrics]
+
+    def flatten(res):
+        return {field: float(np.mean(res[field])) for field in fields}
+
+    result = flatten(combined)
+    result["per_alpha"] = {"alpha": list(alphas), **{field: [float(v) for v in combined[field]] for field in fields}}
+    result["per_video"] = {video_id: flatten(res) for video_id, res in per_video_res.items()}
+    return result
