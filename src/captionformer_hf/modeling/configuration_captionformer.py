@@ -38,6 +38,8 @@ class CaptionFormerConfig(PreTrainedConfig):
             prepended to them, as in the released code).
         score_threshold (`float`, defaults to 0.5): per-clip pruning threshold on S = sqrt(max_c p_c * p_obj).
         k_match (`int`, defaults to 7): memory clips used for association (K_match).
+        match_cost_threshold (`float`, defaults to 0.7): largest combined cosine cost (1 - cos) at which a query
+            joins an existing track; above it the query opens a new track.
         t_match (`int`, defaults to 100): memory-bank length per trajectory (T_match).
         hysteresis_low / hysteresis_high (`float`, defaults to 0.4 / 0.85): hysteresis thresholds on track scores.
         hysteresis_min_length (`int`, defaults to 3): minimum track length (frames) kept by the hysteresis filter.
@@ -78,6 +80,7 @@ class CaptionFormerConfig(PreTrainedConfig):
     score_threshold: float = 0.5
 
     k_match: int = 7
+    match_cost_threshold: float = 0.7
     t_match: int = 100
     hysteresis_low: float = 0.4
     hysteresis_high: float = 0.85
@@ -168,6 +171,12 @@ class CaptionFormerConfig(PreTrainedConfig):
             "focal_gamma",
         ):
             non_negative(name)
+        if (
+            isinstance(self.match_cost_threshold, bool)
+            or not isinstance(self.match_cost_threshold, (int, float))
+            or not 0.0 <= self.match_cost_threshold <= 2.0
+        ):
+            raise ValueError(f"`match_cost_threshold` must be a number in [0, 2], got {self.match_cost_threshold!r}")
         if not (isinstance(self.text_classifier_temperature, (int, float)) and self.text_classifier_temperature > 0):
             raise ValueError(
                 f"`text_classifier_temperature` must be a number > 0, got {self.text_classifier_temperature!r}"

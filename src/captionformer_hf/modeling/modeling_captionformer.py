@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -23,6 +24,7 @@ from .segmentation_captionformer import (
     CaptionFormerClipSegmenterMixin,
     clip_scores,
 )
+from .tracking_captionformer import CaptionFormerTrackingSession
 
 logger = logging.getLogger(__name__)
 
@@ -448,6 +450,229 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             "sequences": sequences,
             "outputs": outputs,
         }
+
+    # ------------------------------------------------------------------ video level
+    def _iter_clips(self, video):
+        """Yield ``(clip (T, 3, H, W), number of real frames)``; a short last clip is padded with its last frame."""
+        clip_length = self.config.clip_length
+
+        def pad(clip):
+            real = clip.shape[0]
+            if real > clip_length:
+                raise ValueError(f"a clip has {real} frames, more than config.clip_length={clip_length}")
+            if real < clip_length:
+                clip = torch.cat([clip, clip[-1:].expand(clip_length - real, *clip.shape[1:])])
+            return clip, real
+
+        if isinstance(video, torch.Tensor):
+            if video.ndim == 5:
+                if video.shape[0] != 1:
+                    raise ValueError(
+                        f"`video` must hold one video: (1, frames, 3, H, W) or (frames, 3, H, W), got {tuple(video.shape)}"
+                    )
+                video = video[0]
+            if video.ndim != 4 or video.shape[1] != 3:
+                raise ValueError(f"`video` must have shape (frames, 3, H, W), got {tuple(video.shape)}")
+            if video.shape[0] == 0:
+                raise ValueError("`video` has no frames")
+            for start in range(0, video.shape[0], clip_length):
+                yield pad(video[start : start + clip_length])
+            return
+        if not hasattr(video, "__iter__"):
+            raise TypeError(f"`video` must be a tensor or an iterable of clips, got {type(video).__name__}")
+        for clip in video:
+            if not isinstance(clip, torch.Tensor):
+                raise TypeError(f"each clip must be a torch.Tensor, got {type(clip).__name__}")
+            if clip.ndim == 5 and clip.shape[0] == 1:
+                clip = clip[0]
+            if clip.ndim != 4 or clip.shape[1] != 3 or clip.shape[0] == 0:
+                raise ValueError(f"each clip must have shape (T, 3, H, W) with 1 <= T <= clip_length, got {tuple(clip.shape)}")
+            yield pad(clip)
+
+    @torch.no_grad()
+    def track_video(
+        self,
+        video,
+        *,
+        original_size: tuple[int, int] | None = None,
+        content_size: tuple[int, int] | None = None,
+        threshold: float | None = None,
+        clip_batch_size: int = 1,
+        return_masks: bool = True,
+        caption: bool = True,
+        aggregation: str | None = None,
+        tokenizer=None,
+        session: CaptionFormerTrackingSession | None = None,
+        class_embeddings: torch.Tensor | None = None,
+        progress: bool = False,
+        **generate_kwargs,
+    ) -> dict:
+        """Streaming dense video object captioning: clips are segmented one batch at a time, linked into
+        trajectories by a :class:`CaptionFormerTrackingSession`, and each final trajectory gets one caption from its
+        temporally aggregated Q-Former queries. Only the tracker state (bounded) and the output (per-frame boxes and
+        RLE masks) are kept, so memory does not grow with the video beyond the output itself.
+
+        Args:
+            video: segmenter-normalised frames ``(frames, 3, H, W)`` or ``(1, frames, 3, H, W)``, or an iterable of
+                clips ``(T', 3, H, W)`` with ``T' <= config.clip_length`` (e.g. from a decoder); short clips are
+                padded with their last frame and the padding is dropped from the output.
+            original_size: ``(height, width)`` boxes and masks are returned at (default: the input size).
+            content_size: ``(height, width)`` of the input that holds the image (the rest is padding, bottom/right).
+            threshold: per-clip score pruning threshold (default ``config.score_threshold``).
+            clip_batch_size: clips per segmenter forward pass.
+            return_masks: encode per-frame masks as COCO RLE (pycocotools) in ``mask_rle``.
+            caption: generate one caption per trajectory (``caption_ids``; ``caption`` too with a ``tokenizer``).
+            aggregation: ``"weighted"`` / ``"mean"`` / ``"best"`` (default ``config.aggregation``).
+            session: a tracking session to use (default: one from the config).
+            generate_kwargs: passed to the LM's ``generate`` (``num_beams``, ``max_new_tokens``...).
+
+        Returns:
+            ``{"num_frames", "height", "width", "trajectories": [...]}`` with trajectories in the DESIGN.md format.
+        """
+        if clip_batch_size < 1:
+            raise ValueError(f"`clip_batch_size` must be >= 1, got {clip_batch_size}")
+        if session is None:
+            session = CaptionFormerTrackingSession.from_config(self.config, score_threshold=threshold)
+        aggregation = aggregation or self.config.aggregation
+        caption_frame = self._caption_frame(self.config.clip_length)
+        device = self.device
+        state = {"frames": 0, "input_size": None}
+        iterator = self._iter_clips(video)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="clips", unit="clip")
+
+        def flush(batch):
+            clips = torch.stack([c for c, _ in batch]).to(device=device, dtype=self.dtype)
+            self._check_pixel_values(clips, self.config.clip_length)
+            if state["input_size"] is None:
+                state["input_size"] = tuple(clips.shape[-2:])
+            elif tuple(clips.shape[-2:]) != state["input_size"]:
+                raise ValueError(f"all clips must have the same size {state['input_size']}, got {tuple(clips.shape[-2:])}")
+            outputs = self.model(clips, class_embeddings=class_embeddings)
+            for b, (_, real) in enumerate(batch):
+                self._track_clip(session, outputs, b, real, state, clips[b, caption_frame], caption, caption_frame,
+                                 original_size, content_size, return_masks)
+                state["frames"] += real
+            if bar is not None:
+                bar.update(len(batch))
+
+        batch = []
+        for item in iterator:
+            batch.append(item)
+            if len(batch) == clip_batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+        if bar is not None:
+            bar.close()
+        if state["frames"] == 0:
+            raise ValueError("`video` has no frames")
+        height, width = original_size or content_size or state["input_size"]
+        tracks = session.finalize()
+        trajectories = self._trajectories(session, tracks, caption, aggregation, tokenizer, generate_kwargs)
+        return {"num_frames": state["frames"], "height": int(height), "width": int(width), "trajectories": trajectories}
+
+    def _track_clip(self, session, outputs, b, real, state, caption_frame_pixels, caption, caption_frame,
+                    original_size, content_size, return_masks):
+        scores = outputs.scores[b]
+        keep = torch.nonzero(scores >= session.score_threshold).flatten()
+        payloads = [None] * scores.shape[0]
+        if len(keep):
+            in_h, in_w = state["input_size"]
+            content_h, content_w = content_size or (in_h, in_w)
+            out_h, out_w = original_size or (content_h, content_w)
+            boxes = outputs.pred_boxes[b, keep, :real].float()  # (K, real, 4) normalised to the padded input
+            scale = torch.tensor([in_w * out_w / content_w, in_h * out_h / content_h] * 2, device=boxes.device)
+            boxes = boxes * scale
+            xywh = torch.stack(
+                [boxes[..., 0] - boxes[..., 2] / 2, boxes[..., 1] - boxes[..., 3] / 2, boxes[..., 2], boxes[..., 3]], -1
+            ).cpu().tolist()
+            low_res = outputs.masks_logits[b, keep, :real]  # (K, real, h, w)
+            visible = (low_res > 0).flatten(2).any(-1).cpu()
+            rles = None
+            if return_masks:
+                rles = self._encode_masks(low_res, (in_h, in_w), (content_h, content_w), (out_h, out_w))
+            for k, query in enumerate(keep.tolist()):
+                frames = []
+                for t in range(real):
+                    if not visible[k, t]:
+                        continue
+                    entry = {"frame_index": state["frames"] + t, "box": [round(v, 2) for v in xywh[k][t]]}
+                    if rles is not None:
+                        entry["mask_rle"] = rles[k][t]
+                    frames.append(entry)
+                payloads[query] = {"frames": frames}
+        results = session.update(
+            outputs.object_queries[b], scores, outputs.class_logits[b].sigmoid(), payloads
+        )
+        wanting = [(q, track_id) for q, track_id, wants in results if wants and caption]
+        if wanting:
+            queries = torch.tensor([q for q, _ in wanting], device=scores.device)
+            caption_queries = self.model.encode_captions(
+                caption_frame_pixels[None],
+                torch.zeros(len(wanting), dtype=torch.long, device=scores.device),
+                outputs.object_queries[b, queries],
+                outputs.masks_logits[b, queries, caption_frame],
+            )
+            for (_, track_id), caption_query in zip(wanting, caption_queries):
+                session.set_caption_query(track_id, caption_query)
+
+    @staticmethod
+    def _encode_masks(low_res, input_size, content_size, output_size):
+        """Per-frame COCO RLE strings ``[K][T]`` of mask logits ``(K, T, h, w)`` at the output size."""
+        from pycocotools import mask as mask_utils
+
+        num, frames = low_res.shape[:2]
+        logits = nn.functional.interpolate(
+            low_res.float().flatten(0, 1)[:, None], size=input_size, mode="bilinear", align_corners=False
+        )[:, :, : content_size[0], : content_size[1]]
+        if tuple(content_size) != tuple(output_size):
+            logits = nn.functional.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+        binary = (logits[:, 0] > 0).cpu().numpy().astype(np.uint8)  # (K*T, H, W)
+        encoded = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        strings = [rle["counts"].decode("ascii") for rle in encoded]
+        return [strings[k * frames : (k + 1) * frames] for k in range(num)]
+
+    def _trajectories(self, session, tracks, caption, aggregation, tokenizer, generate_kwargs) -> list[dict]:
+        id2label = self.config.id2label or {}
+        trajectories, to_caption, queries = [], [], []
+        for track in tracks:
+            frames = []
+            for observation in track.observations:
+                for entry in observation.payload.get("frames", []):
+                    frames.append({**entry, "score": round(observation.score, 4)})
+            category = None
+            category_id = None
+            if track.class_prob_sum is not None:
+                category_id = int(track.class_prob_sum.argmax())
+                category = id2label.get(category_id, str(category_id))
+            trajectory = {
+                "track_id": int(track.track_id),
+                "score": round(float(np.mean([o.score for o in track.observations])), 4),
+                "category": category,
+                "category_id": category_id,
+                "caption": "",
+                "frames": frames,
+            }
+            trajectories.append(trajectory)
+            if caption:
+                samples, sample_scores = session.caption_samples(track)
+                if samples is not None:
+                    to_caption.append(len(trajectories) - 1)
+                    queries.append(aggregate_caption_queries(samples[None], sample_scores[None], method=aggregation)[0])
+        if to_caption:
+            stacked = torch.stack(queries).to(self.device)
+            sequences = self.generate_captions(stacked, **generate_kwargs)
+            for index, sequence in zip(to_caption, sequences):
+                trajectories[index]["caption_ids"] = sequence.tolist()
+                if tokenizer is not None:
+                    text = tokenizer.decode(sequence, skip_special_tokens=True)
+                    trajectories[index]["caption"] = text.split("\n")[0].strip()
+        return trajectories
 
     # ------------------------------------------------------------------ composition
     @classmethod
