@@ -164,8 +164,8 @@ def test_track_video_output_format(tiny_config):
     torch.manual_seed(0)
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=3)).eval()
     video = torch.randn(7, 3, 64, 64)  # 3 clips, the last one padded
-    result = model.track_video(video, original_size=(120, 160), max_new_tokens=3)
-    assert (result["num_frames"], result["height"], result["width"]) == (7, 120, 160)
+    result = model.track_video(video, max_new_tokens=3)
+    assert (result["num_frames"], result["input_size"]) == (7, [64, 64])
     assert result["trajectories"]
     from pycocotools import mask as mask_utils
 
@@ -175,9 +175,9 @@ def test_track_video_output_format(tiny_config):
         for frame in trajectory["frames"]:
             assert 0 <= frame["frame_index"] < 7
             frame_indices.add(frame["frame_index"])
-            mask = mask_utils.decode({"size": [120, 160], "counts": frame["mask_rle"].encode()})
-            assert mask.shape == (120, 160)
-            assert len(frame["box"]) == 4 and frame["score"] == pytest.approx(frame["score"])
+            mask = mask_utils.decode({"size": [64, 64], "counts": frame["mask_rle"].encode()})
+            assert mask.shape == (64, 64) and mask.any()
+            assert len(frame["box"]) == 4 and all(0 <= v <= 1 for v in frame["box"]) and frame["score"] == pytest.approx(frame["score"])
         assert len(trajectory["caption_ids"]) <= 3
     assert max(frame_indices) == 6  # the padded frames 7, 8 are not reported
 
@@ -240,3 +240,19 @@ def test_long_video_streams_with_bounded_state(tiny_config):
     assert result["num_frames"] == 2000
     assert sizes[1] <= max(sizes[0], 1) * 1.5
     assert all(len(t.memory) <= 8 and len(t.caption_pool) <= 8 for t in session.tracks)
+
+
+def test_track_video_encodes_masks_at_the_requested_size(tiny_config):
+    torch.manual_seed(0)
+    model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=1)).eval()
+    video = torch.randn(2, 3, 64, 96)
+    full = model.track_video(video, caption=False)
+    resized = model.track_video(video, caption=False, content_size=(64, 80), mask_size=(32, 40))
+    assert resized["mask_size"] == [32, 40] and full["mask_size"] == [64, 96]
+    from pycocotools import mask as mask_utils
+
+    for a, b in zip(full["trajectories"], resized["trajectories"]):
+        big = mask_utils.decode({"size": [64, 96], "counts": a["frames"][0]["mask_rle"].encode()})[:, :80]
+        small = mask_utils.decode({"size": [32, 40], "counts": b["frames"][0]["mask_rle"].encode()})
+        # the content region downsampled 2x: nearly the same mask
+        assert (big[::2, ::2] != small).mean() < 0.1

@@ -27,11 +27,35 @@ if _HAS_TORCH:
         CaptionFormerPreTrainedModel,
     )
 
+    from transformers import AutoProcessor, AutoVideoProcessor
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .processing import (
+        CaptionFormerProcessor,
+        CaptionFormerVideoProcessor,
+        DenseVideoObjectCaptioningPipeline,
+        VideoFrames,
+    )
+
     # AutoModel resolves to the full model (segmenter + caption head + LM): it is what every user of a CaptionFormer
     # checkpoint needs, and there is no dedicated Auto class for dense video object captioning.
     AutoModel.register(CaptionFormerConfig, CaptionFormerForDenseVideoObjectCaptioning, exist_ok=True)
     CaptionFormerForDenseVideoObjectCaptioning.register_for_auto_class("AutoModel")
+    AutoVideoProcessor.register(CaptionFormerConfig, CaptionFormerVideoProcessor, exist_ok=True)
+    CaptionFormerVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+    AutoProcessor.register(CaptionFormerConfig, CaptionFormerProcessor, exist_ok=True)
+    CaptionFormerProcessor.register_for_auto_class("AutoProcessor")
+    PIPELINE_REGISTRY.register_pipeline(
+        "dense-video-object-captioning",
+        pipeline_class=DenseVideoObjectCaptioningPipeline,
+        pt_model=AutoModel,
+        type="multimodal",
+    )
     __all__ += [
+        "CaptionFormerProcessor",
+        "CaptionFormerVideoProcessor",
+        "DenseVideoObjectCaptioningPipeline",
+        "VideoFrames",
         "CaptionFormerDenseCaptioningOutput",
         "CaptionFormerForDenseVideoObjectCaptioning",
         "CaptionFormerModel",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 
 from .utils import atomic_write_json
@@ -35,6 +35,58 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caption(args: argparse.Namespace) -> int:
+    from .defaults import load_pipeline
+
+    pipe = load_pipeline(args.model, device=args.device)
+    kwargs = {"return_masks": not args.no_masks, "progress": not args.quiet}
+    for name in ("threshold", "fps", "max_frames", "num_beams", "max_new_tokens", "clip_batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    result = pipe(args.video, **kwargs)
+    result = {"video_id": os.path.splitext(os.path.basename(str(args.video)))[0], **result}
+    out = args.out or os.path.splitext(os.path.basename(str(args.video)))[0] + ".captions.json"
+    atomic_write_json(out, result)
+    if args.render:
+        from .visualization import render_overlay
+
+        frames = pipe.processor.video_processor.open_video(args.video)
+        render_overlay(frames, result, args.render, fps=frames.video_fps)
+    for trajectory in result["trajectories"]:
+        first = trajectory["frames"][0]["frame_index"] if trajectory["frames"] else "-"
+        last = trajectory["frames"][-1]["frame_index"] if trajectory["frames"] else "-"
+        sys.stdout.write(
+            f"track {trajectory['track_id']:>3}  frames {first}-{last}  score {trajectory['score']:.2f}  "
+            f"{trajectory.get('category') or ''}: {trajectory['caption']}\n"
+        )
+    sys.stdout.write(f"{len(result['trajectories'])} trajectories -> {out}" + (f", overlay -> {args.render}" if args.render else "") + "\n")
+    return 0
+
+
+def _sample_video(args: argparse.Namespace) -> int:
+    import json
+
+    from .data.synthetic import SyntheticVideoConfig, generate_video, write_video
+
+    config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames, fps=args.fps)
+    video = generate_video(args.seed, config)
+    write_video(video["frames"], args.out, fps=video["fps"])
+    if args.annotations:
+        tracks = [
+            {k: v for k, v in t.items() if k != "frames"}
+            | {"frames": [{"frame_index": f["frame_index"], "box": f["box"]} for f in t["frames"]]}
+            for t in video["tracks"]
+        ]
+        reference = {"video_id": os.path.splitext(os.path.basename(args.out))[0], "num_frames": video["num_frames"],
+                     "height": video["height"], "width": video["width"], "fps": video["fps"], "trajectories": tracks}
+        atomic_write_json(args.annotations, reference)
+    for track in video["tracks"]:
+        sys.stdout.write(f"track {track['track_id']}: {track['caption']} ({len(track['frames'])} frames)\n")
+    sys.stdout.write(f"wrote {args.out}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionformer", description="CaptionFormer: dense video object captioning")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
@@ -57,6 +109,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--score-threshold", type=float, default=0.5)
     evaluate.add_argument("--out", help="write the full result (per alpha, per video) to this JSON file")
     evaluate.set_defaults(func=_evaluate)
+
+    caption = commands.add_parser("caption", help="segment, track and caption every object of a video")
+    caption.add_argument("video", help="video file (mp4, avi, webm...) or URL")
+    caption.add_argument("--model", help="model path or Hub id (default: the embedded model)")
+    caption.add_argument("--out", help="result JSON (default: <video name>.captions.json)")
+    caption.add_argument("--render", help="also write an overlay video (masks, boxes, ids, captions) here")
+    caption.add_argument("--threshold", type=float, help="per-clip score threshold")
+    caption.add_argument("--fps", type=float, help="sample frames at this rate")
+    caption.add_argument("--max-frames", type=int, help="process at most this many frames")
+    caption.add_argument("--num-beams", type=int)
+    caption.add_argument("--max-new-tokens", type=int)
+    caption.add_argument("--clip-batch-size", type=int)
+    caption.add_argument("--no-masks", action="store_true", help="boxes only (faster)")
+    caption.add_argument("--device", help="torch device, e.g. cuda:0")
+    caption.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    caption.set_defaults(func=_caption)
+
+    sample = commands.add_parser("sample-video", help="write a synthetic sample video (coloured shapes) to try")
+    sample.add_argument("out", help="output video path (.mp4, .avi or .webm)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--frames", type=int, default=48)
+    sample.add_argument("--height", type=int, default=192)
+    sample.add_argument("--width", type=int, default=256)
+    sample.add_argument("--fps", type=int, default=8)
+    sample.add_argument("--annotations", help="also write the ground-truth trajectories (JSON) here")
+    sample.set_defaults(func=_sample_video)
     return parser
 
 

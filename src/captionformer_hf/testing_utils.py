@@ -76,3 +76,35 @@ def tiny_config(**overrides) -> CaptionFormerConfig:
     }
     kwargs.update(overrides)
     return CaptionFormerConfig(**kwargs)
+
+
+TINY_WORDS = (
+    "a an the red green blue yellow purple orange white black square circle triangle star object moving "
+    "left right up down to bouncing growing shrinking standing still small large big of and is"
+).split()
+
+
+def tiny_tokenizer(words=TINY_WORDS):
+    """A word-level tokenizer built with the `tokenizers` library: ``<unk>`` 0, ``<pad>`` 1, ``</s>`` 2 (EOS, also
+    the end-of-caption token), then the words. Fits the 64-token vocabulary of :func:`tiny_config`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1, "</s>": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="</s>", bos_token="</s>"
+    )
+
+
+def tiny_processor(clip_length: int = 1, size: int = 64):
+    """A processor for :func:`tiny_config` models: frames resized so the short side is ``size``, padded to 32."""
+    from .processing import CaptionFormerProcessor, CaptionFormerVideoProcessor
+
+    video_processor = CaptionFormerVideoProcessor(
+        size={"shortest_edge": size, "longest_edge": size * 2}, clip_length=clip_length
+    )
+    return CaptionFormerProcessor(video_processor=video_processor, tokenizer=tiny_tokenizer(), max_caption_length=8)

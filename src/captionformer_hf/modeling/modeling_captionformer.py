@@ -6,6 +6,7 @@ Remote-code safe: imports only torch/transformers/scipy/torchvision and single-d
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -494,11 +495,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         self,
         video,
         *,
-        original_size: tuple[int, int] | None = None,
-        content_size: tuple[int, int] | None = None,
         threshold: float | None = None,
         clip_batch_size: int = 1,
         return_masks: bool = True,
+        mask_size: tuple[int, int] | None = None,
+        content_size: tuple[int, int] | None = None,
         caption: bool = True,
         aggregation: str | None = None,
         tokenizer=None,
@@ -516,18 +517,23 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             video: segmenter-normalised frames ``(frames, 3, H, W)`` or ``(1, frames, 3, H, W)``, or an iterable of
                 clips ``(T', 3, H, W)`` with ``T' <= config.clip_length`` (e.g. from a decoder); short clips are
                 padded with their last frame and the padding is dropped from the output.
-            original_size: ``(height, width)`` boxes and masks are returned at (default: the input size).
-            content_size: ``(height, width)`` of the input that holds the image (the rest is padding, bottom/right).
             threshold: per-clip score pruning threshold (default ``config.score_threshold``).
             clip_batch_size: clips per segmenter forward pass.
-            return_masks: encode per-frame masks as COCO RLE (pycocotools) in ``mask_rle``.
+            return_masks: encode per-frame masks as COCO RLE strings in ``mask_rle``.
+            mask_size: ``(height, width)`` the masks are encoded at (default: the input size); with
+                ``content_size`` (the part of the input holding the image, the rest being bottom/right padding), the
+                masks are cropped to the content and resized to ``mask_size`` (e.g. the original video size, which
+                saves the post-processing a decode/re-encode).
             caption: generate one caption per trajectory (``caption_ids``; ``caption`` too with a ``tokenizer``).
             aggregation: ``"weighted"`` / ``"mean"`` / ``"best"`` (default ``config.aggregation``).
             session: a tracking session to use (default: one from the config).
             generate_kwargs: passed to the LM's ``generate`` (``num_beams``, ``max_new_tokens``...).
 
         Returns:
-            ``{"num_frames", "height", "width", "trajectories": [...]}`` with trajectories in the DESIGN.md format.
+            ``{"num_frames", "input_size": [H, W], "trajectories": [...]}``: trajectories in the DESIGN.md format but
+            in the model's input space: ``box`` is normalised ``(cx, cy, w, h)`` and ``mask_rle`` is at the input
+            size. ``CaptionFormerVideoProcessor.post_process_dense_captions`` maps them to the original video
+            (absolute ``[x, y, w, h]``, masks at the original size) and the processor decodes the captions.
         """
         if clip_batch_size < 1:
             raise ValueError(f"`clip_batch_size` must be >= 1, got {clip_batch_size}")
@@ -554,7 +560,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             outputs = self.model(clips, class_embeddings=class_embeddings)
             for b, (_, real) in enumerate(batch):
                 self._track_clip(session, outputs, b, real, state, clips[b, caption_frame], caption, caption_frame,
-                                 original_size, content_size, return_masks)
+                                 return_masks, mask_size, content_size)
                 state["frames"] += real
             if bar is not None:
                 bar.update(len(batch))
@@ -571,44 +577,36 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             bar.close()
         if state["frames"] == 0:
             raise ValueError("`video` has no frames")
-        height, width = original_size or content_size or state["input_size"]
         tracks = session.finalize()
         trajectories = self._trajectories(session, tracks, caption, aggregation, tokenizer, generate_kwargs)
-        return {"num_frames": state["frames"], "height": int(height), "width": int(width), "trajectories": trajectories}
+        result = {"num_frames": state["frames"], "input_size": list(state["input_size"]), "trajectories": trajectories}
+        if return_masks:
+            result["mask_size"] = list(mask_size or state["input_size"])
+        return result
 
-    def _track_clip(self, session, outputs, b, real, state, caption_frame_pixels, caption, caption_frame,
-                    original_size, content_size, return_masks):
+    def _track_clip(self, session, outputs, b, real, state, caption_frame_pixels, caption, caption_frame, return_masks,
+                    mask_size=None, content_size=None):
         scores = outputs.scores[b]
         keep = torch.nonzero(scores >= session.score_threshold).flatten()
         payloads = [None] * scores.shape[0]
         if len(keep):
-            in_h, in_w = state["input_size"]
-            content_h, content_w = content_size or (in_h, in_w)
-            out_h, out_w = original_size or (content_h, content_w)
-            boxes = outputs.pred_boxes[b, keep, :real].float()  # (K, real, 4) normalised to the padded input
-            scale = torch.tensor([in_w * out_w / content_w, in_h * out_h / content_h] * 2, device=boxes.device)
-            boxes = boxes * scale
-            xywh = torch.stack(
-                [boxes[..., 0] - boxes[..., 2] / 2, boxes[..., 1] - boxes[..., 3] / 2, boxes[..., 2], boxes[..., 3]], -1
-            ).cpu().tolist()
+            boxes = outputs.pred_boxes[b, keep, :real].float().cpu().tolist()  # (K, real, 4) normalised cxcywh
             low_res = outputs.masks_logits[b, keep, :real]  # (K, real, h, w)
             visible = (low_res > 0).flatten(2).any(-1).cpu()
-            rles = None
-            if return_masks:
-                rles = self._encode_masks(low_res, (in_h, in_w), (content_h, content_w), (out_h, out_w))
+            rles = (
+                self._encode_masks(low_res, state["input_size"], content_size, mask_size) if return_masks else None
+            )
             for k, query in enumerate(keep.tolist()):
                 frames = []
                 for t in range(real):
                     if not visible[k, t]:
                         continue
-                    entry = {"frame_index": state["frames"] + t, "box": [round(v, 2) for v in xywh[k][t]]}
+                    entry = {"frame_index": state["frames"] + t, "box": [round(v, 5) for v in boxes[k][t]]}
                     if rles is not None:
                         entry["mask_rle"] = rles[k][t]
                     frames.append(entry)
                 payloads[query] = {"frames": frames}
-        results = session.update(
-            outputs.object_queries[b], scores, outputs.class_logits[b].sigmoid(), payloads
-        )
+        results = session.update(outputs.object_queries[b], scores, outputs.class_logits[b].sigmoid(), payloads)
         wanting = [(q, track_id) for q, track_id, wants in results if wants and caption]
         if wanting:
             queries = torch.tensor([q for q, _ in wanting], device=scores.device)
@@ -622,16 +620,23 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 session.set_caption_query(track_id, caption_query)
 
     @staticmethod
-    def _encode_masks(low_res, input_size, content_size, output_size):
-        """Per-frame COCO RLE strings ``[K][T]`` of mask logits ``(K, T, h, w)`` at the output size."""
+    def _encode_masks(low_res, input_size, content_size=None, mask_size=None):
+        """Per-frame COCO RLE strings ``[K][T]`` of mask logits ``(K, T, h, w)``: upsampled to the input size,
+        cropped to ``content_size`` and resized to ``mask_size`` (both default to the input size)."""
         from pycocotools import mask as mask_utils
 
         num, frames = low_res.shape[:2]
-        logits = nn.functional.interpolate(
-            low_res.float().flatten(0, 1)[:, None], size=input_size, mode="bilinear", align_corners=False
-        )[:, :, : content_size[0], : content_size[1]]
-        if tuple(content_size) != tuple(output_size):
-            logits = nn.functional.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+        logits = low_res.float().flatten(0, 1)[:, None]
+        input_size = tuple(input_size)
+        content_size = tuple(content_size or input_size)
+        mask_size = tuple(mask_size or content_size)
+        # one resize: the whole padded input at the scale that brings the content to mask_size, then a crop
+        full = (
+            round(mask_size[0] * input_size[0] / content_size[0]),
+            round(mask_size[1] * input_size[1] / content_size[1]),
+        )
+        logits = nn.functional.interpolate(logits, size=full, mode="bilinear", align_corners=False)
+        logits = logits[..., : mask_size[0], : mask_size[1]]
         binary = (logits[:, 0] > 0).cpu().numpy().astype(np.uint8)  # (K*T, H, W)
         encoded = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         strings = [rle["counts"].decode("ascii") for rle in encoded]

@@ -1,0 +1,70 @@
+"""Overlay rendering: masks, boxes, track ids and captions drawn on the video frames, encoded with PyAV."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from collections import defaultdict
+
+import numpy as np
+
+
+def track_color(track_id: int) -> tuple[int, int, int]:
+    hue = (track_id * 0.61803398875) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_frame(frame: np.ndarray, detections: list[dict], alpha: float = 0.45) -> np.ndarray:
+    """Draw ``detections`` (``track_id``, ``box`` [x, y, w, h], optional ``mask_rle``, ``caption``) on a
+    ``uint8 (H, W, 3)`` frame."""
+    from PIL import Image, ImageDraw
+
+    height, width = frame.shape[:2]
+    canvas = frame.astype(np.float32)
+    if any(d.get("mask_rle") for d in detections):
+        from pycocotools import mask as mask_utils
+
+        for det in detections:
+            if det.get("mask_rle"):
+                mask = mask_utils.decode({"size": [height, width], "counts": det["mask_rle"].encode()}).astype(bool)
+                color = np.array(track_color(det["track_id"]), dtype=np.float32)
+                canvas[mask] = (1 - alpha) * canvas[mask] + alpha * color
+    image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for det in detections:
+        x, y, w, h = det["box"]
+        color = track_color(det["track_id"])
+        draw.rectangle([x, y, x + w, y + h], outline=color, width=2)
+        label = f"{det['track_id']}: {det.get('caption') or det.get('category') or ''}".strip()
+        text_y = max(0, y - 11)
+        text_w = draw.textlength(label) if hasattr(draw, "textlength") else 6 * len(label)
+        draw.rectangle([x, text_y, x + text_w + 4, text_y + 11], fill=(0, 0, 0))
+        draw.text((x + 2, text_y), label, fill=color)
+    return np.asarray(image)
+
+
+def detections_by_frame(prediction: dict) -> dict[int, list[dict]]:
+    by_frame = defaultdict(list)
+    for trajectory in prediction["trajectories"]:
+        for entry in trajectory["frames"]:
+            by_frame[entry["frame_index"]].append(
+                {
+                    "track_id": trajectory["track_id"],
+                    "box": entry["box"],
+                    "mask_rle": entry.get("mask_rle"),
+                    "caption": trajectory.get("caption"),
+                    "category": trajectory.get("category"),
+                }
+            )
+    return by_frame
+
+
+def render_overlay(frames, prediction: dict, path: str | os.PathLike, fps: float | None = None) -> None:
+    """Write an overlay video of ``prediction`` (the pipeline's output) on ``frames`` (an iterable of
+    ``(frame_index, uint8 (H, W, 3))``, e.g. a :class:`VideoFrames`), atomically."""
+    from .data.synthetic import write_video
+
+    by_frame = detections_by_frame(prediction)
+    rendered = (draw_frame(frame, by_frame.get(index, [])) for index, frame in frames)
+    write_video(rendered, path, fps=int(round(fps or prediction.get("fps") or 8)))
