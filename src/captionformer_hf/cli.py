@@ -87,6 +87,52 @@ def _sample_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synthetic(args: argparse.Namespace) -> int:
+    from .data.schema import dataset_card, write_parquet_shards
+    from .data.synthetic import SYNTHETIC_CARD, SyntheticVideoConfig, build_synthetic_dataset
+
+    config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames)
+    out = os.path.abspath(args.out)
+    video_dir = out + ".videos-tmp"
+    dataset = build_synthetic_dataset(args.num_videos, seed=args.seed, config=config, video_dir=video_dir,
+                                      progress=not args.quiet)
+    card = dataset_card("Synthetic DVOC shapes", SYNTHETIC_CARD, {k: len(v) for k, v in dataset.items()},
+                        dataset["train"].features if "train" in dataset else next(iter(dataset.values())).features)
+    write_parquet_shards(dataset, out, max_shard_size=args.shard_size, card=card)
+    os.replace(video_dir, os.path.join(out, "videos"))
+    sys.stdout.write(f"wrote {sum(len(v) for v in dataset.values())} videos ({', '.join(f'{k}: {len(v)}' for k, v in dataset.items())}) to {out}\n")
+    return 0
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from .data.converters import convert
+
+    splits = {}
+    for item in args.split:
+        parts = item.split("=", 1)
+        if len(parts) != 2 or ":" not in parts[1]:
+            raise ValueError(f"--split must look like NAME=ANNOTATIONS.json:FRAMES_DIR, got {item!r}")
+        annotations, frames = parts[1].rsplit(":", 1)
+        splits[parts[0]] = (annotations, frames)
+    result = convert(args.format, splits, out=args.out, max_shard_size=args.shard_size)
+    sys.stdout.write(f"converted {', '.join(f'{k}: {len(v)}' for k, v in result.items())} -> {args.out}\n")
+    return 0
+
+
+def _data_push(args: argparse.Namespace) -> int:
+    from .data.schema import load_parquet_dataset
+
+    dataset = load_parquet_dataset(args.folder)
+    dataset.push_to_hub(args.repo_id, private=args.private, embed_external_files=True)
+    card = os.path.join(args.folder, "README.md")
+    if os.path.exists(card):
+        from huggingface_hub import HfApi
+
+        HfApi().upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=args.repo_id, repo_type="dataset")
+    sys.stdout.write(f"pushed {args.folder} to {args.repo_id}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionformer", description="CaptionFormer: dense video object captioning")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
@@ -135,6 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--fps", type=int, default=8)
     sample.add_argument("--annotations", help="also write the ground-truth trajectories (JSON) here")
     sample.set_defaults(func=_sample_video)
+
+    data = commands.add_parser("data", help="build, convert and push DVOC datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synthetic = data_commands.add_parser("synthetic", help="procedural shapes dataset (mp4 files + parquet)")
+    synthetic.add_argument("--num-videos", type=int, required=True)
+    synthetic.add_argument("--out", required=True)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--frames", type=int, default=24)
+    synthetic.add_argument("--height", type=int, default=96)
+    synthetic.add_argument("--width", type=int, default=128)
+    synthetic.add_argument("--shard-size", type=int, default=500)
+    synthetic.add_argument("-q", "--quiet", action="store_true")
+    synthetic.set_defaults(func=_data_synthetic)
+    convert = data_commands.add_parser("convert", help="official annotation format -> parquet dataset")
+    convert.add_argument("--format", required=True, choices=("lvvis", "ytvis", "lvis", "vidstg", "vln", "bensmot"))
+    convert.add_argument("--split", action="append", required=True, metavar="NAME=ANNOTATIONS.json:FRAMES_DIR")
+    convert.add_argument("--out", required=True)
+    convert.add_argument("--shard-size", type=int, default=500)
+    convert.set_defaults(func=_data_convert)
+    push = data_commands.add_parser("push", help="push a converted folder to the Hub (files embedded)")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_data_push)
     return parser
 
 
