@@ -133,6 +133,46 @@ def _data_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .training.trainer import TrainingConfig, train
+
+    overrides = {}
+    for f in dataclasses.fields(TrainingConfig):
+        value = getattr(args, f"cfg_{f.name}", None)
+        if value is not None:
+            overrides[f.name] = value
+    if args.config:
+        config = TrainingConfig.from_file(args.config, **overrides)
+    else:
+        config = TrainingConfig(**overrides)
+    logging.getLogger("captionformer_hf").setLevel(logging.INFO)
+    result = train(config)
+    last = result["history"][-1] if result["history"] else {}
+    sys.stdout.write(f"trained {result['steps']} steps in {result['seconds']:.0f} s; last log: {last}\n")
+    return 0
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    import dataclasses
+    import json as _json
+
+    from .training.trainer import TrainingConfig
+
+    for f in dataclasses.fields(TrainingConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default_type = type(f.default) if f.default is not None and f.default is not dataclasses.MISSING else str
+        if f.name == "model_overrides":
+            parser.add_argument(flag, dest=f"cfg_{f.name}", type=_json.loads, help="JSON object of config overrides")
+        elif default_type is bool:
+            parser.add_argument(flag, dest=f"cfg_{f.name}", type=lambda v: v.lower() in ("1", "true", "yes"))
+        elif f.name in ("clip_length", "stop_after_steps"):
+            parser.add_argument(flag, dest=f"cfg_{f.name}", type=int)
+        else:
+            parser.add_argument(flag, dest=f"cfg_{f.name}", type=default_type if default_type in (int, float) else str)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionformer", description="CaptionFormer: dense video object captioning")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
@@ -205,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True)
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_data_push)
+
+    train = commands.add_parser("train", help="train with accelerate (see captionformer_hf.training)")
+    train.add_argument("--config", help="JSON training recipe; flags override its values")
+    _add_training_flags(train)
+    train.set_defaults(func=_train)
     return parser
 
 

@@ -46,7 +46,7 @@ def clip_targets(example: dict, frame_indices: list[int], processor, padded_size
     content_h, content_w = content_size
     padded_h, padded_w = padded_size
     position = {f: t for t, f in enumerate(frame_indices)}
-    labels, masks, boxes, valid, captions = [], [], [], [], []
+    labels, masks, boxes, valid, captions, track_ids = [], [], [], [], [], []
     num_frames = len(frame_indices)
     for track in example["tracks"]:
         entries = [(position[f["frame_index"]], f) for f in track["frames"] if f["frame_index"] in position]
@@ -72,6 +72,7 @@ def clip_targets(example: dict, frame_indices: list[int], processor, padded_size
                 mask[y0 : int(round((y + h) * sy)), x0 : int(round((x + w) * sx))] = 1
             track_masks[t, :content_h, :content_w] = mask
         labels.append(int(track.get("category_id") or 0))
+        track_ids.append(int(track["track_id"]))
         masks.append(track_masks)
         boxes.append(track_boxes)
         valid.append(track_valid)
@@ -81,6 +82,7 @@ def clip_targets(example: dict, frame_indices: list[int], processor, padded_size
         "mask_labels": torch.stack(masks) if masks else torch.zeros(0, num_frames, padded_h, padded_w),
         "boxes": torch.stack(boxes) if boxes else torch.zeros(0, num_frames, 4),
         "valid": torch.stack(valid) if valid else torch.zeros(0, num_frames, dtype=torch.bool),
+        "track_ids": torch.tensor(track_ids, dtype=torch.long),
     }
     if processor is not None and getattr(processor, "tokenizer", None) is not None:
         tokens = processor.tokenize_captions(captions) if captions else {
@@ -144,10 +146,10 @@ def collate_clips(items: list[dict]) -> dict:
 class DVOCClipDataset(torch.utils.data.IterableDataset):
     """Clips of a `datasets` dataset (map-style or streaming), for a torch ``DataLoader`` with
     :func:`collate_clips`. With ``shuffle``, the example order (per epoch) and clip starts are random from
-    ``seed``; worker processes each take every ``num_workers``-th example."""
+    ``seed``; each of the ``world_size`` processes (and each DataLoader worker) takes its own share of examples."""
 
     def __init__(self, dataset, processor, clip_length: int, clips_per_video: int = 1, shuffle: bool = True,
-                 seed: int = 0, min_objects: int = 0):
+                 seed: int = 0, min_objects: int = 0, rank: int = 0, world_size: int = 1):
         if clip_length < 1:
             raise ValueError(f"`clip_length` must be >= 1, got {clip_length}")
         self.dataset = dataset
@@ -157,6 +159,8 @@ class DVOCClipDataset(torch.utils.data.IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.min_objects = min_objects
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -165,17 +169,19 @@ class DVOCClipDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, worker_id]) if self.shuffle else None
+        # shard over processes (data parallelism) and DataLoader workers
+        shard, num_shards = self.rank * num_workers + worker_id, self.world_size * num_workers
+        rng = np.random.default_rng([self.seed, self.epoch, shard]) if self.shuffle else None
         dataset = self.dataset
         if hasattr(dataset, "__len__") and hasattr(dataset, "select"):
             order = np.arange(len(dataset))
             if self.shuffle:
                 order = np.random.default_rng([self.seed, self.epoch]).permutation(len(dataset))
-            examples = (dataset[int(i)] for i in order[worker_id::num_workers])
+            examples = (dataset[int(i)] for i in order[shard::num_shards])
         else:  # streaming
             if self.shuffle and hasattr(dataset, "shuffle"):
                 dataset = dataset.shuffle(seed=self.seed + self.epoch, buffer_size=256)
-            examples = (ex for i, ex in enumerate(dataset) if i % num_workers == worker_id)
+            examples = (ex for i, ex in enumerate(dataset) if i % num_shards == shard)
         for example in examples:
             yield from example_to_clips(example, self.processor, self.clip_length, self.clips_per_video, rng,
                                         self.min_objects)

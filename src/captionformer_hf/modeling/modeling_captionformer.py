@@ -256,6 +256,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         labels: list[dict] | None = None,
         class_embeddings: torch.Tensor | None = None,
         num_masks: float | None = None,
+        caption_level: str = "clip",
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -271,6 +272,10 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
               `caption_attention_mask` `(N, L)`; objects whose mask row is all zero have no caption.
         num_masks (`float`, *optional*): number of target objects used to normalise the losses (pass the global
             count under data parallelism).
+        caption_level (`str`, defaults to `"clip"`): `"clip"`: one caption loss per matched object and clip;
+            `"video"`: the batch holds clips of one video and `labels` carry `track_ids`; each track's Q-Former
+            outputs over the clips where it is matched are aggregated (detection-score weighted, the paper's
+            temporal aggregation) into one video-level query with one LM loss.
         """
         outputs = self.model(
             pixel_values_videos, class_embeddings=class_embeddings, output_attentions=output_attentions
@@ -293,10 +298,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             loss_dict = {}
         else:
             loss_dict, indices = self.criterion(layers, labels, num_masks=num_masks)
+        if caption_level not in ("clip", "video"):
+            raise ValueError(f"`caption_level` must be 'clip' or 'video', got {caption_level!r}")
         if self.config.caption_weight > 0 and any("caption_ids" in t for t in labels):
-            loss_dict["loss_caption"] = self.config.caption_weight * self.caption_loss(
-                pixel_values_videos, outputs, labels, indices
-            )
+            loss_fn = self.caption_loss if caption_level == "clip" else self.video_caption_loss
+            loss_dict["loss_caption"] = self.config.caption_weight * loss_fn(pixel_values_videos, outputs, labels, indices)
         if not loss_dict:
             raise ValueError("nothing to train: the segmenter is frozen and `labels` carry no `caption_ids`")
         result.loss = sum(loss_dict.values())
@@ -361,6 +367,56 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         masks = outputs.masks_logits[rows, queries, frame_of_clip[rows]]
         caption_queries = self.model.encode_captions(frames, rows, outputs.object_queries[rows, queries], masks)
         return self.caption_lm_loss(caption_queries, caption_ids, caption_masks)
+
+    def video_caption_loss(self, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
+        """Video-level caption loss: the clips of the batch come from one video; per track (``track_ids``), the
+        Q-Former outputs of the clips where it is matched are summed with normalised detection-score weights and
+        the LM is trained on the track's caption once."""
+        device = pixel_values_videos.device
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        frame_of_clip = (
+            torch.randint(0, num_frames, (batch_size,), device=device)
+            if self.training
+            else torch.full((batch_size,), self._caption_frame(num_frames), device=device)
+        )
+        per_track = {}
+        for b, (src, tgt) in enumerate(indices):
+            target = labels[b]
+            if "track_ids" not in target or "caption_ids" not in target:
+                raise ValueError("`caption_level='video'` needs `track_ids` and `caption_ids` in every clip's labels")
+            mask = target.get("caption_attention_mask", torch.ones_like(target["caption_ids"]))
+            for q, j in zip(src.tolist(), tgt.tolist()):
+                if mask[j].sum() == 0:
+                    continue
+                entry = per_track.setdefault(int(target["track_ids"][j]), {"items": [], "ids": target["caption_ids"][j], "mask": mask[j]})
+                entry["items"].append((b, q))
+        if not per_track:
+            return sum(p.sum() * 0.0 for p in self.model.caption_head.parameters() if p.requires_grad)
+        items = [(b, q) for entry in per_track.values() for b, q in entry["items"]]
+        rows = torch.tensor([b for b, _ in items], device=device)
+        queries = torch.tensor([q for _, q in items], device=device)
+        frames = pixel_values_videos[torch.arange(batch_size, device=device), frame_of_clip]
+        caption_queries = self.model.encode_captions(
+            frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]]
+        )
+        scores = outputs.scores[rows, queries].detach()
+        aggregated, caption_ids, caption_masks, start = [], [], [], 0
+        for entry in per_track.values():
+            count = len(entry["items"])
+            aggregated.append(
+                aggregate_caption_queries(caption_queries[None, start : start + count], scores[None, start : start + count],
+                                          method=self.config.aggregation)[0]
+            )
+            caption_ids.append(entry["ids"])
+            caption_masks.append(entry["mask"])
+            start += count
+        length = max(x.shape[0] for x in caption_ids)
+        pad = lambda x: nn.functional.pad(x, (0, length - x.shape[0]))  # noqa: E731
+        return self.caption_lm_loss(
+            torch.stack(aggregated),
+            torch.stack([pad(x) for x in caption_ids]).to(device),
+            torch.stack([pad(x) for x in caption_masks]).to(device),
+        )
 
     def caption_lm_loss(self, caption_queries, caption_ids, caption_attention_mask) -> torch.Tensor:
         """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``."""
