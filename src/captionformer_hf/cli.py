@@ -69,7 +69,9 @@ def _sample_video(args: argparse.Namespace) -> int:
 
     from .data.synthetic import SyntheticVideoConfig, generate_video, write_video
 
-    config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames, fps=args.fps)
+    scale = min(args.height / 96, args.width / 128)  # objects as large, relative to the frame, as in training data
+    config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
+                                  min_size=max(4, round(14 * scale)), max_size=max(5, round(26 * scale)))
     video = generate_video(args.seed, config)
     write_video(video["frames"], args.out, fps=video["fps"])
     if args.annotations:
@@ -130,6 +132,44 @@ def _data_push(args: argparse.Namespace) -> int:
 
         HfApi().upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=args.repo_id, repo_type="dataset")
     sys.stdout.write(f"pushed {args.folder} to {args.repo_id}\n")
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    args.backend = args.backend or ["template"]
+    from .data.annotate import GeminiBackend, TemplateBackend, TransformersBackend, VotingBackend, annotate_dataset, merge_captions
+    from .data.schema import dataset_card, load_parquet_dataset, write_parquet_shards
+
+    def make(spec: str):
+        kind, _, name = spec.partition(":")
+        if kind == "template":
+            return TemplateBackend()
+        if kind == "gemini":
+            return GeminiBackend(name or "gemini-2.0-flash")
+        if kind == "transformers":
+            if not name:
+                raise ValueError("--backend transformers:<model id or path>")
+            return TransformersBackend(name)
+        raise ValueError(f"--backend must be template, gemini[:model] or transformers:<model>, got {spec!r}")
+
+    backends = [make(spec) for spec in args.backend]
+    backend = backends[0] if len(backends) == 1 else VotingBackend(backends)
+    data = load_parquet_dataset(args.dataset)
+    if args.split not in data:
+        raise ValueError(f"the dataset has no split {args.split!r} (has {list(data)})")
+    cache = annotate_dataset(data[args.split], backend, args.cache, num_frames=args.frames, visual=args.visual,
+                             concurrency=args.concurrency, requests_per_second=args.rate, limit=args.limit,
+                             progress=not args.quiet)
+    flagged = sum(e["status"] == "flagged" for e in cache.entries.values())
+    if args.out:
+        merged = {name: (merge_captions(ds, cache) if name == args.split else ds) for name, ds in data.items()}
+        import datasets
+
+        merged = datasets.DatasetDict(merged)
+        card = dataset_card("DVOC dataset with synthetic captions", f"Captions synthesised with {backend.name}.",
+                            {k: len(v) for k, v in merged.items()}, merged[args.split].features)
+        write_parquet_shards(merged, args.out, card=card)
+    sys.stdout.write(f"{len(cache.entries)} tracks captioned in {args.cache} ({flagged} flagged)\n")
     return 0
 
 
@@ -245,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True)
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_data_push)
+
+    annotate = commands.add_parser("annotate", help="synthesise object captions with VLMs (box drawing + prompts)")
+    annotate.add_argument("--dataset", required=True, help="folder of parquet shards (captionformer data ...)")
+    annotate.add_argument("--split", default="train")
+    annotate.add_argument("--backend", action="append", default=None,
+                          help="template | gemini[:model] | transformers:<model>; repeat for multi-VLM voting")
+    annotate.add_argument("--cache", required=True, help="JSONL cache (resumable)")
+    annotate.add_argument("--out", help="write the dataset with the new captions here")
+    annotate.add_argument("--frames", type=int, default=4)
+    annotate.add_argument("--visual", choices=("box", "contour"), default="box")
+    annotate.add_argument("--concurrency", type=int, default=4)
+    annotate.add_argument("--rate", type=float, help="requests per second")
+    annotate.add_argument("--limit", type=int, help="stop after this many new tracks")
+    annotate.add_argument("-q", "--quiet", action="store_true")
+    annotate.set_defaults(func=_annotate, backend=None)
 
     train = commands.add_parser("train", help="train with accelerate (see captionformer_hf.training)")
     train.add_argument("--config", help="JSON training recipe; flags override its values")
