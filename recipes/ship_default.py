@@ -33,7 +33,7 @@ def chota_on(model, processor, examples):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", default=os.path.join(ROOT, "runs", "default_synthetic", "final"))
-    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     args = parser.parse_args()
 
@@ -48,7 +48,7 @@ def main():
     data = build_synthetic_dataset(600, seed=0, config=SyntheticVideoConfig(num_frames=24))
     examples = list(data["validation"])[: args.videos]
     best = None
-    for threshold, high_delta, min_length in itertools.product((0.1, 0.15, 0.2, 0.3, 0.4), (0.0, 0.1, 0.2), (1, 3)):
+    for threshold, high_delta, min_length in itertools.product((0.15, 0.25, 0.35, 0.5), (0.0, 0.15), (1, 3)):
         model.config.score_threshold = threshold
         model.config.hysteresis_low = round(threshold * 0.75, 3)
         model.config.hysteresis_high = round(threshold + high_delta, 3)
@@ -76,6 +76,7 @@ def main():
             model = half
         else:
             print("fp16 loses quality: shipping fp32")
+    os.makedirs(os.path.dirname(TARGET), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-default-", dir=os.path.dirname(TARGET))
     try:
         model.save_pretrained(tmp)

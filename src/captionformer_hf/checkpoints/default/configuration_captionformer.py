@@ -1,0 +1,221 @@
+"""CaptionFormer configuration.
+
+Remote-code safe: this file imports only ``transformers`` (never torch) and nothing from this package.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, Mask2FormerConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+_AGGREGATIONS = ("weighted", "mean", "best")
+_CAPTION_FRAMES = ("middle", "first", "random")
+
+
+class CaptionFormerConfig(PreTrainedConfig):
+    r"""
+    Configuration of a CaptionFormer model (CVPR 2026): a Mask2Former-style clip segmenter with box, class and
+    objectness heads, a semi-online top-K tracker and a BLIP-2 caption head with temporal aggregation.
+
+    Args:
+        segmenter_config (`Mask2FormerConfig` or `dict`, *optional*):
+            Clip segmenter: backbone (``segmenter_config.backbone_config``, any AutoBackbone config), pixel decoder and
+            masked-attention decoder. ``num_queries``, ``decoder_layers``, ``hidden_dim`` and the point-sampling
+            settings (``train_num_points``, ``oversample_ratio``, ``importance_sample_ratio``) are read from it.
+        vision_config (`Blip2VisionConfig` or `dict`, *optional*): BLIP-2 vision encoder of the caption head.
+        qformer_config (`Blip2QFormerConfig` or `dict`, *optional*): Q-Former of the caption head.
+        text_config (`PreTrainedConfig` or `dict`, *optional*): any causal LM config (OPT by default).
+        clip_length (`int`, defaults to 1): frames per clip (T). ``1`` makes tracking fully online.
+        box_head_layers (`int`, defaults to 2): depth of the MLP box head (2 in the released code, 4 in the paper).
+        use_text_classifier (`bool`, defaults to `False`): open-vocabulary classifier: cosine similarity between a
+            projection of the query and class text embeddings (stored in the ``class_embeddings`` buffer or passed
+            to ``forward``) instead of a linear layer.
+        text_embedding_dim (`int`, defaults to 512): dimension of the class text embeddings.
+        text_classifier_temperature (`float`, defaults to 0.02): softmax temperature of the cosine classifier.
+        num_query_tokens (`int`, defaults to 32): learned Q-Former query tokens (one projected object query is
+            prepended to them, as in the released code).
+        score_threshold (`float`, defaults to 0.5): per-clip pruning threshold on S = sqrt(max_c p_c * p_obj).
+        k_match (`int`, defaults to 7): memory clips used for association (K_match).
+        match_cost_threshold (`float`, defaults to 0.7): largest combined cosine cost (1 - cos) at which a query
+            joins an existing track; above it the query opens a new track.
+        t_match (`int`, defaults to 100): memory-bank length per trajectory (T_match).
+        hysteresis_low / hysteresis_high (`float`, defaults to 0.4 / 0.85): hysteresis thresholds on track scores.
+        hysteresis_min_length (`int`, defaults to 3): minimum track length (frames) kept by the hysteresis filter.
+        t_agg (`int`, defaults to 32): clips sampled uniformly per trajectory for caption aggregation (T_agg).
+        aggregation (`str`, defaults to ``"weighted"``): ``"weighted"`` (detection-score weighted sum, the paper),
+            ``"mean"`` (arithmetic mean) or ``"best"`` (single best-scoring clip).
+        caption_frame (`str`, defaults to ``"middle"``): frame of a clip fed to the caption head at inference
+            (training samples one at random, as the released code).
+        caption_mask_threshold (`float`, defaults to 0.5): mask probability above which a vision patch is attended.
+        max_caption_length (`int`, defaults to 32): maximum caption length in LM tokens.
+        freeze_segmenter / freeze_vision_encoder / freeze_language_model (`bool`): parameters frozen at init
+            (two-stage training freezes the segmenter; the released code freezes the ViT and the LM).
+        class_weight, objectness_weight, mask_weight, dice_weight, bbox_l1_weight, giou_weight, caption_weight:
+            loss weights (paper: 2, 2, 5, 5, 5, 2, 1). The Hungarian matcher uses the same weights as costs.
+        segmenter_image_mean/std, vision_image_mean/std: normalisation of the two image encoders; the caption
+            head re-normalises the segmenter's input.
+    """
+
+    model_type = "captionformer"
+    sub_configs_defaults = {
+        "segmenter_config": Mask2FormerConfig,
+        "vision_config": Blip2VisionConfig,
+        "qformer_config": Blip2QFormerConfig,
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="opt"),
+    }
+
+    segmenter_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+
+    clip_length: int = 1
+    box_head_layers: int = 2
+    use_text_classifier: bool = False
+    text_embedding_dim: int = 512
+    text_classifier_temperature: float = 0.02
+    num_query_tokens: int = 32
+    score_threshold: float = 0.5
+
+    k_match: int = 7
+    match_cost_threshold: float = 0.7
+    t_match: int = 100
+    hysteresis_low: float = 0.4
+    hysteresis_high: float = 0.85
+    hysteresis_min_length: int = 3
+    t_agg: int = 32
+    aggregation: str = "weighted"
+
+    caption_frame: str = "middle"
+    caption_mask_threshold: float = 0.5
+    max_caption_length: int = 32
+
+    freeze_segmenter: bool = False
+    freeze_vision_encoder: bool = True
+    freeze_language_model: bool = True
+
+    class_weight: float = 2.0
+    objectness_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    bbox_l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    caption_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    segmenter_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
+    segmenter_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
+    vision_image_mean: list[float] | tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    vision_image_std: list[float] | tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The Q-Former cross-attends to the vision encoder: keep the two widths consistent.
+        self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+        for name in ("segmenter_image_mean", "segmenter_image_std", "vision_image_mean", "vision_image_std"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                setattr(self, name, list(value))
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        def positive_int(name: str, minimum: int = 1) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+        def probability(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
+
+        def non_negative(name: str) -> None:
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+
+        for name in (
+            "clip_length",
+            "box_head_layers",
+            "num_query_tokens",
+            "k_match",
+            "t_match",
+            "hysteresis_min_length",
+            "t_agg",
+            "max_caption_length",
+            "text_embedding_dim",
+        ):
+            positive_int(name)
+        for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha"):
+            probability(name)
+        for name in (
+            "class_weight",
+            "objectness_weight",
+            "mask_weight",
+            "dice_weight",
+            "bbox_l1_weight",
+            "giou_weight",
+            "caption_weight",
+            "focal_gamma",
+        ):
+            non_negative(name)
+        if (
+            isinstance(self.match_cost_threshold, bool)
+            or not isinstance(self.match_cost_threshold, (int, float))
+            or not 0.0 <= self.match_cost_threshold <= 2.0
+        ):
+            raise ValueError(f"`match_cost_threshold` must be a number in [0, 2], got {self.match_cost_threshold!r}")
+        if not (isinstance(self.text_classifier_temperature, (int, float)) and self.text_classifier_temperature > 0):
+            raise ValueError(
+                f"`text_classifier_temperature` must be a number > 0, got {self.text_classifier_temperature!r}"
+            )
+        if self.hysteresis_low > self.hysteresis_high:
+            raise ValueError(
+                f"`hysteresis_low` ({self.hysteresis_low}) must not exceed `hysteresis_high` ({self.hysteresis_high})"
+            )
+        if self.k_match > self.t_match:
+            raise ValueError(f"`k_match` ({self.k_match}) must not exceed `t_match` ({self.t_match})")
+        if self.aggregation not in _AGGREGATIONS:
+            raise ValueError(f"`aggregation` must be one of {_AGGREGATIONS}, got {self.aggregation!r}")
+        if self.caption_frame not in _CAPTION_FRAMES:
+            raise ValueError(f"`caption_frame` must be one of {_CAPTION_FRAMES}, got {self.caption_frame!r}")
+        for name in ("segmenter_image_mean", "segmenter_image_std", "vision_image_mean", "vision_image_std"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+                raise ValueError(f"`{name}` must be 3 numbers (one per RGB channel), got {value!r}")
+            if name.endswith("std") and any(v <= 0 for v in value):
+                raise ValueError(f"`{name}` must be > 0, got {value!r}")
+        if self.num_labels is None or self.num_labels < 1:
+            raise ValueError(f"`num_labels` must be >= 1, got {self.num_labels!r}")
+        seg = self.segmenter_config
+        if seg.num_queries < 1:
+            raise ValueError(f"`segmenter_config.num_queries` must be >= 1, got {seg.num_queries}")
+        if seg.hidden_dim % seg.num_attention_heads != 0:
+            raise ValueError(
+                f"`segmenter_config.hidden_dim` ({seg.hidden_dim}) must be divisible by "
+                f"`segmenter_config.num_attention_heads` ({seg.num_attention_heads})"
+            )
+        if self.vision_config.image_size % self.vision_config.patch_size != 0:
+            raise ValueError(
+                f"`vision_config.image_size` ({self.vision_config.image_size}) must be divisible by "
+                f"`vision_config.patch_size` ({self.vision_config.patch_size})"
+            )
+        if getattr(self.text_config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"`text_config` must describe a causal (decoder-only) LM, got model_type {self.text_config.model_type!r}"
+            )
+
+
+__all__ = ["CaptionFormerConfig"]

@@ -1,0 +1,100 @@
+"""CaptionFormer processor: the video processor and the LM tokenizer (captions in, captions out).
+
+Remote-code safe: single-dot imports only.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+
+class CaptionFormerProcessor(ProcessorMixin):
+    r"""
+    Wraps a [`CaptionFormerVideoProcessor`] and a tokenizer.
+
+    - ``processor(videos=..., text=...)``: video tensors (see the video processor) and/or caption token ids
+      (``caption_ids``, ``caption_attention_mask``): each caption is followed by ``caption_end_token`` (the
+      tokenizer's EOS by default; the released OPT model ends captions with ``"\n"``), the LM's training target.
+    - :meth:`post_process_dense_captions`: ``track_video`` outputs -> trajectories on the original video with caption
+      text.
+
+    Args:
+        video_processor ([`CaptionFormerVideoProcessor`]): the video processor.
+        tokenizer ([`PreTrainedTokenizerBase`]): the LM's tokenizer.
+        caption_end_token (`str`, *optional*): token that ends a caption (default: the tokenizer's EOS token).
+        max_caption_length (`int`, *optional*, defaults to 32): caption length (tokens, end token included).
+    """
+
+    def __init__(self, video_processor=None, tokenizer=None, caption_end_token=None, max_caption_length=32, **kwargs):
+        self.caption_end_token = caption_end_token
+        self.max_caption_length = max_caption_length
+        super().__init__(video_processor, tokenizer, **kwargs)
+
+    @property
+    def end_token(self) -> str:
+        token = self.caption_end_token or self.tokenizer.eos_token
+        if token is None:
+            raise ValueError("the tokenizer has no EOS token: set `caption_end_token` on the processor")
+        return token
+
+    def tokenize_captions(self, captions: list[str], max_length: int | None = None) -> dict:
+        """Caption token ids ``(N, L)`` ending with the end token, and their attention mask; an empty caption gives
+        an all-zero mask row (no caption loss for that object)."""
+        if isinstance(captions, str):
+            captions = [captions]
+        max_length = max_length or self.max_caption_length
+        end_id = self.tokenizer.convert_tokens_to_ids(self.end_token)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else end_id
+        rows = []
+        for caption in captions:
+            if not isinstance(caption, str):
+                raise TypeError(f"captions must be strings, got {type(caption).__name__}")
+            ids = self.tokenizer(caption.strip(), add_special_tokens=False)["input_ids"] if caption.strip() else []
+            rows.append(ids[: max_length - 1] + [end_id] if ids else [])
+        length = max([len(r) for r in rows] + [1])
+        caption_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            caption_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return {"caption_ids": caption_ids, "caption_attention_mask": mask}
+
+    def __call__(self, videos=None, text=None, **kwargs) -> BatchFeature:
+        if videos is None and text is None:
+            raise ValueError("give `videos`, `text` (captions) or both")
+        data = {}
+        if videos is not None:
+            data.update(self.video_processor(videos, **kwargs))
+        if text is not None:
+            data.update(self.tokenize_captions(text))
+        return BatchFeature(data=data)
+
+    def decode_caption(self, token_ids) -> str:
+        """Caption text of generated ids: special tokens dropped, cut at the end token."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        for token in (self.end_token, self.tokenizer.eos_token):
+            if token and token in text:
+                text = text.split(token)[0]
+        for token in self.tokenizer.all_special_tokens:
+            text = text.replace(token, "")
+        return " ".join(text.split())
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        return [self.decode_caption(s) for s in sequences]
+
+    def post_process_dense_captions(self, outputs: dict, original_size, content_size=None, frame_indices=None,
+                                    return_masks: bool = True) -> dict:
+        """Geometry to the original video (see the video processor) and caption ids to text."""
+        result = self.video_processor.post_process_dense_captions(
+            outputs, original_size, content_size=content_size, frame_indices=frame_indices, return_masks=return_masks
+        )
+        for trajectory in result["trajectories"]:
+            ids = trajectory.pop("caption_ids", None)
+            if ids is not None:
+                trajectory["caption"] = self.decode_caption(ids)
+        return result
+
+
+__all__ = ["CaptionFormerProcessor"]

@@ -1,0 +1,182 @@
+"""Clip-level segmenter of CaptionFormer.
+
+A Mask2Former (transformers blocks: AutoBackbone, ``Mask2FormerPixelLevelModule``, ``Mask2FormerTransformerModule``
+and its masked-attention decoder) extended to clips of T frames as in Mask2Former-VIS: the pixel level runs per
+frame, the decoder's queries attend to the features of all T frames (flattened over time, with a temporal sine
+embedding added to the 2D one), and every query predicts one mask per frame. For T = 1 the segmenter computes
+exactly what ``Mask2FormerModel`` computes (covered by a parity test), so image Mask2Former checkpoints load as is.
+
+On top: an MLP box head (per-frame boxes), a class head (linear, or cosine against class text embeddings for open
+vocabulary), an objectness head and the per-clip score S = sqrt(max_c sigmoid(cls) * sigmoid(obj)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerMaskPredictor,
+    Mask2FormerMLPPredictionHead,
+    Mask2FormerPixelLevelModule,
+    Mask2FormerTransformerModule,
+)
+
+
+class CaptionFormerVideoMaskPredictor(Mask2FormerMaskPredictor):
+    """Mask2Former's mask predictor for clips: pixel embeddings ``(B, T, C, H, W)`` give masks ``(B, Q, T, H, W)``
+    and an attention mask over the ``T * h * w`` keys of the next decoder layer (``True`` = not attended)."""
+
+    def forward(self, outputs, pixel_embeddings, attention_mask_target_size=None):
+        mask_embeddings = self.mask_embedder(outputs.transpose(0, 1))  # (B, Q, C)
+        outputs_mask = torch.einsum("bqc,btchw->bqthw", mask_embeddings, pixel_embeddings)
+        batch_size, num_queries, num_frames = outputs_mask.shape[:3]
+        attention_mask = nn.functional.interpolate(
+            outputs_mask.flatten(1, 2), size=attention_mask_target_size, mode="bilinear", align_corners=False
+        )
+        attention_mask = attention_mask.view(batch_size, num_queries, -1)  # (B, Q, T*h*w), (t, h, w) order
+        attention_mask = attention_mask.sigmoid().unsqueeze(1).repeat(1, self.num_heads, 1, 1)
+        attention_mask = (attention_mask.flatten(0, 1) < 0.5).bool().detach()
+        return outputs_mask, attention_mask
+
+
+def temporal_sine_embedding(num_frames: int, dim: int, device, dtype, temperature: int = 10000) -> torch.Tensor:
+    """Sine embedding of the frame index, ``(T, dim)``; zero when ``T == 1`` so single frames match Mask2Former."""
+    if num_frames == 1:
+        return torch.zeros(1, dim, device=device, dtype=dtype)
+    position = torch.arange(1, num_frames + 1, device=device, dtype=torch.float32) / num_frames * 2 * math.pi
+    dim_t = torch.arange(dim, device=device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / dim)
+    pos = position[:, None] / dim_t
+    pos = torch.stack((pos[:, 0::2].sin(), pos[:, 1::2].cos()), dim=2).flatten(1)
+    return pos.to(dtype)
+
+
+class CaptionFormerVideoTransformerModule(Mask2FormerTransformerModule):
+    """Mask2Former's transformer module over clips (same parameters and names as the image module)."""
+
+    def __init__(self, in_features: int, config):
+        super().__init__(in_features, config)
+        self.decoder.mask_predictor = CaptionFormerVideoMaskPredictor(
+            hidden_size=config.hidden_dim,
+            num_heads=config.num_attention_heads,
+            mask_feature_size=config.mask_feature_size,
+        )
+
+    def forward(self, multi_scale_features, mask_features, num_frames: int, output_attentions: bool = False):
+        """``multi_scale_features``: list of ``(B*T, C, h, w)``; ``mask_features``: ``(B*T, C, H, W)``."""
+        multi_stage_features, multi_stage_positional_embeddings, size_list = [], [], []
+        for i in range(self.num_feature_levels):
+            feature = multi_scale_features[i]
+            frames_batch, _, height, width = feature.shape
+            batch_size = frames_batch // num_frames
+            size_list.append((height, width))
+            pos = self.position_embedder(feature.shape, feature.device, feature.dtype, None)  # (B*T, C, h, w)
+            hidden_dim = pos.shape[1]
+            pos = pos.view(batch_size, num_frames, hidden_dim, height, width)
+            pos = pos + temporal_sine_embedding(num_frames, hidden_dim, feature.device, feature.dtype)[
+                None, :, :, None, None
+            ]
+            projected = self.input_projections[i](feature) + self.level_embed.weight[i][None, :, None, None]
+            projected = projected.view(batch_size, num_frames, hidden_dim, height, width)
+            # (B, T, C, h, w) -> (T*h*w, B, C), keys ordered (t, h, w)
+            multi_stage_positional_embeddings.append(pos.permute(1, 3, 4, 0, 2).flatten(0, 2))
+            multi_stage_features.append(projected.permute(1, 3, 4, 0, 2).flatten(0, 2))
+
+        batch_size = multi_stage_features[0].shape[1]
+        pixel_embeddings = mask_features.view(batch_size, num_frames, *mask_features.shape[1:])
+        query_embeddings = self.queries_embedder.weight.unsqueeze(1).repeat(1, batch_size, 1)
+        query_features = self.queries_features.weight.unsqueeze(1).repeat(1, batch_size, 1)
+        return self.decoder(
+            inputs_embeds=query_features,
+            multi_stage_positional_embeddings=multi_stage_positional_embeddings,
+            pixel_embeddings=pixel_embeddings,
+            encoder_hidden_states=multi_stage_features,
+            query_position_embeddings=query_embeddings,
+            feature_size_list=size_list,
+            output_hidden_states=False,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+
+
+class CaptionFormerClassHead(nn.Module):
+    """Linear sigmoid classifier, or (``use_text_classifier``) cosine similarity against class text embeddings."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.segmenter_config.hidden_dim
+        self.use_text_classifier = config.use_text_classifier
+        self.temperature = config.text_classifier_temperature
+        if self.use_text_classifier:
+            self.projection = nn.Linear(hidden, config.text_embedding_dim)
+            self.bias = nn.Parameter(torch.full((1,), -math.log((1 - 0.01) / 0.01)))
+            self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.text_embedding_dim))
+        else:
+            self.classifier = nn.Linear(hidden, config.num_labels)
+
+    def forward(self, queries: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.use_text_classifier:
+            return self.classifier(queries)
+        embeddings = self.class_embeddings if class_embeddings is None else class_embeddings
+        projected = nn.functional.normalize(self.projection(queries), dim=-1)
+        embeddings = nn.functional.normalize(embeddings.to(projected.dtype), dim=-1)
+        return projected @ embeddings.t() / self.temperature + self.bias
+
+
+class CaptionFormerClipSegmenterMixin:
+    """Clip segmenter: ``pixel_values_videos (B, T, 3, H, W)`` -> queries, per-frame masks and boxes, logits.
+
+    A mixin so that the module can be a ``Mask2FormerPreTrainedModel`` (see ``CaptionFormerSegmenter`` in
+    modeling_captionformer.py) and get Mask2Former's weight initialisation."""
+
+    def build(self, config) -> None:
+        seg_config = config.segmenter_config
+        self.clip_length = config.clip_length
+        self.pixel_level_module = Mask2FormerPixelLevelModule(seg_config)
+        self.transformer_module = CaptionFormerVideoTransformerModule(in_features=seg_config.feature_size, config=seg_config)
+        hidden = seg_config.hidden_dim
+        self.class_head = CaptionFormerClassHead(config)
+        self.objectness_head = nn.Linear(hidden, 1)
+        self.box_head = Mask2FormerMLPPredictionHead(hidden, hidden, 4 * config.clip_length, config.box_head_layers)
+
+    def predict_heads(self, queries: torch.Tensor, class_embeddings: torch.Tensor | None = None):
+        """Heads on layer-normed decoder states ``(B, Q, D)``: class ``(B, Q, C)``, objectness ``(B, Q)``,
+        boxes ``(B, Q, T, 4)`` (normalised cx, cy, w, h)."""
+        class_logits = self.class_head(queries, class_embeddings)
+        objectness_logits = self.objectness_head(queries).squeeze(-1)
+        boxes = self.box_head(queries).sigmoid().view(*queries.shape[:2], self.clip_length, 4)
+        return class_logits, objectness_logits, boxes
+
+    def forward(self, pixel_values_videos: torch.Tensor, class_embeddings: torch.Tensor | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False):
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        frames = pixel_values_videos.flatten(0, 1)
+        pixel_out = self.pixel_level_module(frames, output_hidden_states=output_hidden_states)
+        decoder_out = self.transformer_module(
+            list(pixel_out.decoder_hidden_states),
+            pixel_out.decoder_last_hidden_state,
+            num_frames=num_frames,
+            output_attentions=output_attentions,
+        )
+        # intermediate_hidden_states: tuple of (Q, B, D), layer-normed; masks_queries_logits: (B, Q, T, H, W)
+        layers = []
+        for hidden, masks in zip(decoder_out.intermediate_hidden_states, decoder_out.masks_queries_logits):
+            queries = hidden.transpose(0, 1)
+            class_logits, objectness_logits, boxes = self.predict_heads(queries, class_embeddings)
+            layers.append(
+                {
+                    "object_queries": queries,
+                    "class_logits": class_logits,
+                    "objectness_logits": objectness_logits,
+                    "pred_boxes": boxes,
+                    "masks_logits": masks,
+                }
+            )
+        return layers, pixel_out, decoder_out
+
+
+def clip_scores(class_logits: torch.Tensor, objectness_logits: torch.Tensor) -> torch.Tensor:
+    """Per-clip confidence S = sqrt(max_c sigmoid(cls_c) * sigmoid(obj)) (paper, Sec. 3.2)."""
+    return torch.sqrt(class_logits.sigmoid().amax(-1) * objectness_logits.sigmoid())
