@@ -7,6 +7,7 @@ Importing the package registers the model with the transformers Auto classes. Th
 
 from transformers import AutoConfig
 
+from . import defaults
 from .modeling import _HAS_TORCH, CaptionFormerConfig
 
 __version__ = "0.1.0.dev0"
