@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,6 @@ def main():
         out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(values)], capture_output=True, text=True, check=True)
         stats = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name:58s} {stats['steps_per_s']:6.2f} steps/s   peak RSS {stats['peak_rss_mb']:6.0f} MB")
-    del resource
 
 
 if __name__ == "__main__":

@@ -363,7 +363,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
                     f"`video`: frame {index} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
                     f"{frames.width}x{frames.height}; all frames must have one size"
                 )
-            buffer.append(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1))
+            buffer.append(torch.from_numpy(np.require(frame, requirements=["C", "W"])).permute(2, 0, 1))
             indices.append(index)
             if len(buffer) == clip_length:
                 yield self.transform_frames(torch.stack(buffer), padded), indices
