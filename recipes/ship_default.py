@@ -87,8 +87,19 @@ def main():
         with open(os.path.join(tmp, "config.json")) as f:
             config = json.load(f)
         config["dtype"] = "float32"
+        # the package is installed wherever the embedded model is used: no remote-code copies of the modeling files
+        config.pop("auto_map", None)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
+        with open(os.path.join(tmp, "processor_config.json")) as f:
+            processor_config = json.load(f)
+        processor_config.pop("auto_map", None)
+        processor_config.get("video_processor", {}).pop("auto_map", None)
+        with open(os.path.join(tmp, "processor_config.json"), "w") as f:
+            json.dump(processor_config, f, indent=2)
+        for name in os.listdir(tmp):
+            if name.endswith(".py"):
+                os.remove(os.path.join(tmp, name))
         if os.path.exists(os.path.join(TARGET, "README.md")):
             shutil.copy(os.path.join(TARGET, "README.md"), os.path.join(tmp, "README.md"))
         if os.path.exists(TARGET):
