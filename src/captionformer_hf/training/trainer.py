@@ -223,10 +223,8 @@ def predict_video(model, processor, example: dict, **kwargs) -> dict:
     video_processor = processor.video_processor
     height, width = frames.shape[1:3]
     content = video_processor.content_size(height, width)
-    padded = video_processor.padded_size(*content)
-    clip_length = model.config.clip_length
-    pixel = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    clips = (video_processor.transform_frames(pixel[i : i + clip_length], padded) for i in range(0, len(frames), clip_length))
+    # the same clip cutting and transforms as the pipeline
+    clips = (pixel for pixel, _ in video_processor.iter_clips(video_processor.open_video(frames), model.config.clip_length))
     raw = model.track_video(clips, mask_size=(height, width), content_size=content, **kwargs)
     result = processor.post_process_dense_captions(raw, (height, width), content_size=content)
     return {"video_id": example["video_id"], "num_frames": len(frames), **result}
