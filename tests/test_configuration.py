@@ -56,7 +56,10 @@ def test_any_causal_lm_as_text_config(tiny_config):
     [
         ("clip_length", 0),
         ("clip_length", 1.5),
-        ("box_head_layers", 0),
+        ("box_head_layers", -1),
+        ("objectness_head_layers", 0),
+        ("caption_mask_convention", "inside"),
+        ("single_frame_temporal_embedding", "yes"),
         ("num_query_tokens", -1),
         ("k_match", 0),
         ("t_agg", 0),

@@ -4,7 +4,8 @@ and the temporal aggregation of Q-Former outputs over the clips of a trajectory.
 As in the released code, the Q-Former's queries are ``[proj(object query), 32 learned query tokens]`` and its
 cross-attention over the vision tokens is restricted to the patches inside the object's predicted mask (the CLS
 token stays visible). The restriction is an *additive float* mask (0 / dtype min): a boolean 4D mask is added as
-0/1 by eager attention and silently restricts nothing.
+0/1 by eager attention and silently restricts nothing. ``caption_mask_convention="release"`` reproduces instead
+what the released code computes (see ``object_cross_attention_mask``), for converted official checkpoints.
 """
 
 from __future__ import annotations
@@ -15,19 +16,35 @@ from transformers import Blip2QFormerModel, Blip2VisionModel
 
 
 def object_cross_attention_mask(
-    masks_logits: torch.Tensor, grid_size: int, threshold: float, dtype: torch.dtype, num_queries: int
+    masks_logits: torch.Tensor,
+    grid_size: int,
+    threshold: float,
+    dtype: torch.dtype,
+    num_queries: int,
+    convention: str = "object",
 ) -> torch.Tensor:
     """Additive cross-attention mask ``(N, 1, num_queries, 1 + grid_size**2)`` from mask logits ``(N, H, W)``.
 
-    Patch ``p`` is visible iff ``sigmoid(mask)`` bilinearly resized to the patch grid is ``>= threshold``; the CLS
-    token (position 0, BLIP-2's layout) is always visible; an object whose mask selects no patch sees every patch
-    (as Mask2Former does for empty masks)."""
+    ``convention="object"``: patch ``p`` is visible iff ``sigmoid(mask)`` bilinearly resized to the patch grid is
+    ``>= threshold``; the CLS token (position 0, BLIP-2's layout) is always visible; an object whose mask selects
+    no patch sees every patch (as Mask2Former does for empty masks).
+
+    ``convention="release"``: the released code builds ``m = [sigmoid(mask_p) < threshold for p] + [True]`` and
+    hands it to LAVIS's Q-Former, whose ``invert_attention_mask`` keeps the keys where ``m`` is True. The vision
+    tokens are ``[CLS, patch_0, ..., patch_{P-1}]``, so key ``k`` is visible iff ``m[k]``: CLS iff patch 0 is
+    outside the object, patch ``k - 1`` iff patch ``k`` is outside, the last patch always."""
     resized = nn.functional.interpolate(
         masks_logits[:, None].float(), size=(grid_size, grid_size), mode="bilinear", align_corners=False
     )
-    visible = resized.sigmoid().flatten(1) >= threshold  # (N, P)
-    visible = visible | ~visible.any(dim=1, keepdim=True)
-    visible = torch.cat([torch.ones_like(visible[:, :1]), visible], dim=1)  # CLS first
+    if convention == "release":
+        outside = resized.sigmoid().flatten(1) < threshold  # (N, P)
+        visible = torch.cat([outside, torch.ones_like(outside[:, :1])], dim=1)
+    elif convention == "object":
+        visible = resized.sigmoid().flatten(1) >= threshold  # (N, P)
+        visible = visible | ~visible.any(dim=1, keepdim=True)
+        visible = torch.cat([torch.ones_like(visible[:, :1]), visible], dim=1)  # CLS first
+    else:
+        raise ValueError(f"`convention` must be 'object' or 'release', got {convention!r}")
     additive = torch.zeros(visible.shape, dtype=dtype, device=masks_logits.device)
     additive = additive.masked_fill(~visible, torch.finfo(dtype).min)
     return additive[:, None, None, :].expand(-1, 1, num_queries, -1)
@@ -84,7 +101,12 @@ class CaptionFormerCaptionHead(nn.Module):
         )
         qformer_dtype = self.qformer.layernorm.weight.dtype
         attention = object_cross_attention_mask(
-            masks_logits, self.grid_size, self.config.caption_mask_threshold, qformer_dtype, queries.shape[1]
+            masks_logits,
+            self.grid_size,
+            self.config.caption_mask_threshold,
+            qformer_dtype,
+            queries.shape[1],
+            convention=self.config.caption_mask_convention,
         )
         return self.qformer(
             query_embeds=queries, encoder_hidden_states=vision_tokens, encoder_attention_mask=attention

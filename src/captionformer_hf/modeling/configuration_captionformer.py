@@ -12,6 +12,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 _AGGREGATIONS = ("weighted", "mean", "best")
 _CAPTION_FRAMES = ("middle", "first", "random")
+_CAPTION_MASK_CONVENTIONS = ("object", "release")
 
 
 class CaptionFormerConfig(PreTrainedConfig):
@@ -29,6 +30,14 @@ class CaptionFormerConfig(PreTrainedConfig):
         text_config (`PreTrainedConfig` or `dict`, *optional*): any causal LM config (OPT by default).
         clip_length (`int`, defaults to 1): frames per clip (T). ``1`` makes tracking fully online.
         box_head_layers (`int`, defaults to 2): depth of the MLP box head (2 in the released code, 4 in the paper).
+            ``0``: no box head; boxes are the bounding boxes of the predicted masks (the released mask checkpoints,
+            trained with ``USE_BOXES: false``, have no box head) and the box losses are skipped.
+        objectness_head_layers (`int`, defaults to 1): depth of the MLP objectness head (the released code uses a
+            2-layer MLP with two logits; converted checkpoints store it as one logit, ``obj - no_obj``, which gives
+            the same probability: ``softmax([a, b])[0] == sigmoid(a - b)``).
+        single_frame_temporal_embedding (`bool`, defaults to `False`): add the temporal sine embedding to clips of
+            one frame too (the released Mask2Former-VIS ``PositionEmbeddingSine3D`` does); ``False`` keeps T = 1
+            exactly image Mask2Former.
         use_text_classifier (`bool`, defaults to `False`): open-vocabulary classifier: cosine similarity between a
             projection of the query and class text embeddings (stored in the ``class_embeddings`` buffer or passed
             to ``forward``) instead of a linear layer.
@@ -49,7 +58,17 @@ class CaptionFormerConfig(PreTrainedConfig):
         caption_frame (`str`, defaults to ``"middle"``): frame of a clip fed to the caption head at inference
             (training samples one at random, as the released code).
         caption_mask_threshold (`float`, defaults to 0.5): mask probability above which a vision patch is attended.
+        caption_mask_convention (`str`, defaults to ``"object"``): how the object mask restricts the Q-Former's
+            cross-attention. ``"object"`` (the paper): the patches inside the mask and the CLS token. ``"release"``:
+            what the released code computes, needed to reproduce converted official checkpoints: its boolean mask
+            (``sigmoid < threshold``, i.e. True *outside* the object) with one True appended *after* the patches
+            goes through LAVIS's ``invert_attention_mask``, which treats True as "attend"; EVA's CLS token is
+            first, so token ``k`` is attended iff patch ``k`` is outside the object (CLS reads patch 0's entry,
+            patch ``k - 1`` reads patch ``k``'s) and the last patch is always attended.
         max_caption_length (`int`, defaults to 32): maximum caption length in LM tokens.
+        caption_prompt_token_id (`int`, *optional*): token whose embedding follows the visual prefix in the LM input
+            (training and generation). The released code, like BLIP-2, appends OPT's BOS (``</s>``, id 2): converted
+            checkpoints set it; ``None`` (default) feeds the visual prefix alone.
         freeze_segmenter / freeze_vision_encoder / freeze_language_model (`bool`): parameters frozen at init
             (two-stage training freezes the segmenter; the released code freezes the ViT and the LM).
         class_weight, objectness_weight, mask_weight, dice_weight, bbox_l1_weight, giou_weight, caption_weight:
@@ -73,6 +92,8 @@ class CaptionFormerConfig(PreTrainedConfig):
 
     clip_length: int = 1
     box_head_layers: int = 2
+    objectness_head_layers: int = 1
+    single_frame_temporal_embedding: bool = False
     use_text_classifier: bool = False
     text_embedding_dim: int = 512
     text_classifier_temperature: float = 0.02
@@ -90,7 +111,9 @@ class CaptionFormerConfig(PreTrainedConfig):
 
     caption_frame: str = "middle"
     caption_mask_threshold: float = 0.5
+    caption_mask_convention: str = "object"
     max_caption_length: int = 32
+    caption_prompt_token_id: int | None = None
 
     freeze_segmenter: bool = False
     freeze_vision_encoder: bool = True
@@ -148,7 +171,7 @@ class CaptionFormerConfig(PreTrainedConfig):
 
         for name in (
             "clip_length",
-            "box_head_layers",
+            "objectness_head_layers",
             "num_query_tokens",
             "k_match",
             "t_match",
@@ -158,6 +181,7 @@ class CaptionFormerConfig(PreTrainedConfig):
             "text_embedding_dim",
         ):
             positive_int(name)
+        positive_int("box_head_layers", minimum=0)
         for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha"):
             probability(name)
         for name in (
@@ -191,6 +215,24 @@ class CaptionFormerConfig(PreTrainedConfig):
             raise ValueError(f"`aggregation` must be one of {_AGGREGATIONS}, got {self.aggregation!r}")
         if self.caption_frame not in _CAPTION_FRAMES:
             raise ValueError(f"`caption_frame` must be one of {_CAPTION_FRAMES}, got {self.caption_frame!r}")
+        if self.caption_mask_convention not in _CAPTION_MASK_CONVENTIONS:
+            raise ValueError(
+                f"`caption_mask_convention` must be one of {_CAPTION_MASK_CONVENTIONS}, "
+                f"got {self.caption_mask_convention!r}"
+            )
+        if self.caption_prompt_token_id is not None and (
+            isinstance(self.caption_prompt_token_id, bool)
+            or not isinstance(self.caption_prompt_token_id, int)
+            or not 0 <= self.caption_prompt_token_id < self.text_config.vocab_size
+        ):
+            raise ValueError(
+                f"`caption_prompt_token_id` must be None or a token id in [0, {self.text_config.vocab_size}), "
+                f"got {self.caption_prompt_token_id!r}"
+            )
+        if not isinstance(self.single_frame_temporal_embedding, bool):
+            raise ValueError(
+                f"`single_frame_temporal_embedding` must be a bool, got {self.single_frame_temporal_embedding!r}"
+            )
         for name in ("segmenter_image_mean", "segmenter_image_std", "vision_image_mean", "vision_image_std"):
             value = getattr(self, name)
             if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):

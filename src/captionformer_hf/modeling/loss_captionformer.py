@@ -49,6 +49,8 @@ class CaptionFormerLoss(nn.Module):
         self.focal_alpha = config.focal_alpha
         self.focal_gamma = config.focal_gamma
         self.use_auxiliary_loss = seg.use_auxiliary_loss
+        # without a box head the boxes are read off the masks: nothing to learn, no box loss or cost
+        self.use_box_losses = config.box_head_layers > 0
         self.weight_dict = {
             "loss_class": config.class_weight,
             "loss_objectness": config.objectness_weight,
@@ -61,8 +63,8 @@ class CaptionFormerLoss(nn.Module):
             cost_class=config.class_weight,
             cost_mask=config.mask_weight,
             cost_dice=config.dice_weight,
-            cost_bbox=config.bbox_l1_weight,
-            cost_giou=config.giou_weight,
+            cost_bbox=config.bbox_l1_weight if self.use_box_losses else 0.0,
+            cost_giou=config.giou_weight if self.use_box_losses else 0.0,
             num_points=seg.train_num_points,
         )
 
@@ -95,45 +97,46 @@ class CaptionFormerLoss(nn.Module):
 
         pred_masks = outputs["masks_logits"][batch_idx, src_idx].float()  # (M, T, H, W)
         target_masks = torch.cat([t["mask_labels"][j] for t, (_, j) in zip(targets, indices)]).to(pred_masks)
+        losses = {"loss_class": loss_class, "loss_objectness": loss_objectness}
         if pred_masks.shape[0] == 0:
-            zero = outputs["masks_logits"].sum() * 0.0 + outputs["pred_boxes"].sum() * 0.0
-            loss_mask = loss_dice = loss_bbox = loss_giou = zero
-        else:
-            with torch.no_grad():
-                coords = uncertain_point_coordinates(
-                    pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
-                )
-                point_labels = sample_point(target_masks, coords, align_corners=False).flatten(1)
-            point_logits = sample_point(pred_masks, coords, align_corners=False).flatten(1)
-            loss_mask = sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks)
-            loss_dice = dice_loss(point_logits, point_labels, num_masks)
+            zero = outputs["masks_logits"].sum() * 0.0
+            if self.use_box_losses:
+                zero = zero + outputs["pred_boxes"].sum() * 0.0
+            losses.update(loss_mask=zero, loss_dice=zero)
+            if self.use_box_losses:
+                losses.update(loss_bbox=zero, loss_giou=zero)
+            return losses
+        with torch.no_grad():
+            coords = uncertain_point_coordinates(
+                pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+            )
+            point_labels = sample_point(target_masks, coords, align_corners=False).flatten(1)
+        point_logits = sample_point(pred_masks, coords, align_corners=False).flatten(1)
+        losses["loss_mask"] = sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks)
+        losses["loss_dice"] = dice_loss(point_logits, point_labels, num_masks)
+        if not self.use_box_losses:
+            return losses
 
-            pred_boxes = outputs["pred_boxes"][batch_idx, src_idx].float()  # (M, T, 4)
-            target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(pred_boxes)
-            valid = torch.cat(
-                [
-                    (t["valid"] if "valid" in t else t["mask_labels"].flatten(2).amax(-1) > 0)[j]
-                    for t, (_, j) in zip(targets, indices)
-                ]
-            ).to(device)
-            num_boxes = valid.sum().clamp(min=1).float()
-            pred_valid, target_valid = pred_boxes[valid], target_boxes[valid]
-            loss_bbox = nn.functional.l1_loss(pred_valid, target_valid, reduction="sum") / num_boxes
-            loss_giou = generalized_box_iou_loss(
-                box_convert(pred_valid, "cxcywh", "xyxy"), box_convert(target_valid, "cxcywh", "xyxy"),
-                reduction="sum",
-            ) / num_boxes
-            if not valid.any():  # keep the graph connected
-                loss_bbox = loss_bbox + pred_boxes.sum() * 0.0
-                loss_giou = loss_giou + pred_boxes.sum() * 0.0
-        return {
-            "loss_class": loss_class,
-            "loss_objectness": loss_objectness,
-            "loss_mask": loss_mask,
-            "loss_dice": loss_dice,
-            "loss_bbox": loss_bbox,
-            "loss_giou": loss_giou,
-        }
+        pred_boxes = outputs["pred_boxes"][batch_idx, src_idx].float()  # (M, T, 4)
+        target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(pred_boxes)
+        valid = torch.cat(
+            [
+                (t["valid"] if "valid" in t else t["mask_labels"].flatten(2).amax(-1) > 0)[j]
+                for t, (_, j) in zip(targets, indices)
+            ]
+        ).to(device)
+        num_boxes = valid.sum().clamp(min=1).float()
+        pred_valid, target_valid = pred_boxes[valid], target_boxes[valid]
+        loss_bbox = nn.functional.l1_loss(pred_valid, target_valid, reduction="sum") / num_boxes
+        loss_giou = generalized_box_iou_loss(
+            box_convert(pred_valid, "cxcywh", "xyxy"), box_convert(target_valid, "cxcywh", "xyxy"),
+            reduction="sum",
+        ) / num_boxes
+        if not valid.any():  # keep the graph connected
+            loss_bbox = loss_bbox + pred_boxes.sum() * 0.0
+            loss_giou = loss_giou + pred_boxes.sum() * 0.0
+        losses.update(loss_bbox=loss_bbox, loss_giou=loss_giou)
+        return losses
 
     def forward(self, layers: list[dict], targets: list[dict], num_masks: float | None = None):
         """``layers``: per decoder layer (last = final) the head outputs; returns ``(weighted losses, indices of

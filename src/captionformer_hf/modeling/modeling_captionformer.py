@@ -418,11 +418,22 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             torch.stack([pad(x) for x in caption_masks]).to(device),
         )
 
+    def language_prefix(self, caption_queries: torch.Tensor) -> torch.Tensor:
+        """LM input embeddings ``(N, L_q [+ 1], D_lm)`` that precede a caption: the projected Q-Former outputs, then
+        ``config.caption_prompt_token_id``'s embedding when set (the release, like BLIP-2, appends OPT's BOS)."""
+        prefix = self.model.caption_head.language_projection(caption_queries)
+        embeddings = self.get_input_embeddings()
+        prefix = prefix.to(embeddings.weight.dtype)
+        token_id = self.config.caption_prompt_token_id
+        if token_id is not None:
+            prompt = embeddings(torch.full((prefix.shape[0], 1), token_id, dtype=torch.long, device=prefix.device))
+            prefix = torch.cat([prefix, prompt], dim=1)
+        return prefix
+
     def caption_lm_loss(self, caption_queries, caption_ids, caption_attention_mask) -> torch.Tensor:
         """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``."""
-        prefix = self.model.caption_head.language_projection(caption_queries)
+        prefix = self.language_prefix(caption_queries)
         token_embeds = self.get_input_embeddings()(caption_ids)
-        prefix = prefix.to(token_embeds.dtype)
         inputs_embeds = torch.cat([prefix, token_embeds], dim=1)
         attention_mask = torch.cat(
             [torch.ones(prefix.shape[:2], dtype=caption_attention_mask.dtype, device=prefix.device), caption_attention_mask],
@@ -468,10 +479,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             raise ValueError(
                 f"`caption_queries` must have shape (N, L, D) or (N, K, L, D), got {tuple(caption_queries.shape)}"
             )
-        prefix = self.model.caption_head.language_projection(caption_queries)
-        prefix = prefix.to(self.get_input_embeddings().weight.dtype)
+        prefix = self.language_prefix(caption_queries)
         attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         generate_kwargs.setdefault("max_new_tokens", self.config.max_caption_length)
+        # this model's generation config (saved with it: beams, end tokens) rather than the bare LM's
+        generate_kwargs.setdefault("generation_config", self.generation_config)
         if prefix.shape[0] == 0:
             return torch.zeros(0, 0, dtype=torch.long, device=prefix.device)
         return self.language_model.generate(inputs_embeds=prefix, attention_mask=attention_mask, **generate_kwargs)

@@ -41,11 +41,16 @@ class CaptionFormerVideoMaskPredictor(Mask2FormerMaskPredictor):
         return outputs_mask, attention_mask
 
 
-def temporal_sine_embedding(num_frames: int, dim: int, device, dtype, temperature: int = 10000) -> torch.Tensor:
-    """Sine embedding of the frame index, ``(T, dim)``; zero when ``T == 1`` so single frames match Mask2Former."""
-    if num_frames == 1:
+def temporal_sine_embedding(
+    num_frames: int, dim: int, device, dtype, temperature: int = 10000, single_frame: bool = False
+) -> torch.Tensor:
+    """Sine embedding of the frame index, ``(T, dim)``: the z term of Mask2Former-VIS's ``PositionEmbeddingSine3D``
+    (position ``(t + 1) / T * 2 pi``, interleaved sin / cos over ``dim`` channels). It is zero when ``T == 1``
+    unless ``single_frame`` (the released code adds it to single frames too), so that by default single frames
+    match image Mask2Former."""
+    if num_frames == 1 and not single_frame:
         return torch.zeros(1, dim, device=device, dtype=dtype)
-    position = torch.arange(1, num_frames + 1, device=device, dtype=torch.float32) / num_frames * 2 * math.pi
+    position = torch.arange(1, num_frames + 1, device=device, dtype=torch.float32) / (num_frames + 1e-6) * 2 * math.pi
     dim_t = torch.arange(dim, device=device, dtype=torch.float32)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / dim)
     pos = position[:, None] / dim_t
@@ -56,8 +61,9 @@ def temporal_sine_embedding(num_frames: int, dim: int, device, dtype, temperatur
 class CaptionFormerVideoTransformerModule(Mask2FormerTransformerModule):
     """Mask2Former's transformer module over clips (same parameters and names as the image module)."""
 
-    def __init__(self, in_features: int, config):
+    def __init__(self, in_features: int, config, single_frame_temporal_embedding: bool = False):
         super().__init__(in_features, config)
+        self.single_frame_temporal_embedding = single_frame_temporal_embedding
         self.decoder.mask_predictor = CaptionFormerVideoMaskPredictor(
             hidden_size=config.hidden_dim,
             num_heads=config.num_attention_heads,
@@ -75,9 +81,10 @@ class CaptionFormerVideoTransformerModule(Mask2FormerTransformerModule):
             pos = self.position_embedder(feature.shape, feature.device, feature.dtype, None)  # (B*T, C, h, w)
             hidden_dim = pos.shape[1]
             pos = pos.view(batch_size, num_frames, hidden_dim, height, width)
-            pos = pos + temporal_sine_embedding(num_frames, hidden_dim, feature.device, feature.dtype)[
-                None, :, :, None, None
-            ]
+            pos = pos + temporal_sine_embedding(
+                num_frames, hidden_dim, feature.device, feature.dtype,
+                single_frame=self.single_frame_temporal_embedding,
+            )[None, :, :, None, None]
             projected = self.input_projections[i](feature) + self.level_embed.weight[i][None, :, None, None]
             projected = projected.view(batch_size, num_frames, hidden_dim, height, width)
             # (B, T, C, h, w) -> (T*h*w, B, C), keys ordered (t, h, w)
@@ -135,18 +142,30 @@ class CaptionFormerClipSegmenterMixin:
         seg_config = config.segmenter_config
         self.clip_length = config.clip_length
         self.pixel_level_module = Mask2FormerPixelLevelModule(seg_config)
-        self.transformer_module = CaptionFormerVideoTransformerModule(in_features=seg_config.feature_size, config=seg_config)
+        self.transformer_module = CaptionFormerVideoTransformerModule(
+            in_features=seg_config.feature_size,
+            config=seg_config,
+            single_frame_temporal_embedding=config.single_frame_temporal_embedding,
+        )
         hidden = seg_config.hidden_dim
         self.class_head = CaptionFormerClassHead(config)
-        self.objectness_head = nn.Linear(hidden, 1)
-        self.box_head = Mask2FormerMLPPredictionHead(hidden, hidden, 4 * config.clip_length, config.box_head_layers)
+        if config.objectness_head_layers == 1:
+            self.objectness_head = nn.Linear(hidden, 1)
+        else:  # the released code's MLP (its 2 logits folded into one by the converter)
+            self.objectness_head = Mask2FormerMLPPredictionHead(hidden, hidden, 1, config.objectness_head_layers)
+        if config.box_head_layers > 0:
+            self.box_head = Mask2FormerMLPPredictionHead(hidden, hidden, 4 * config.clip_length, config.box_head_layers)
+        else:
+            self.box_head = None
 
     def predict_heads(self, queries: torch.Tensor, class_embeddings: torch.Tensor | None = None):
         """Heads on layer-normed decoder states ``(B, Q, D)``: class ``(B, Q, C)``, objectness ``(B, Q)``,
-        boxes ``(B, Q, T, 4)`` (normalised cx, cy, w, h)."""
+        boxes ``(B, Q, T, 4)`` (normalised cx, cy, w, h; ``None`` without a box head)."""
         class_logits = self.class_head(queries, class_embeddings)
         objectness_logits = self.objectness_head(queries).squeeze(-1)
-        boxes = self.box_head(queries).sigmoid().view(*queries.shape[:2], self.clip_length, 4)
+        boxes = None
+        if self.box_head is not None:
+            boxes = self.box_head(queries).sigmoid().view(*queries.shape[:2], self.clip_length, 4)
         return class_logits, objectness_logits, boxes
 
     def forward(self, pixel_values_videos: torch.Tensor, class_embeddings: torch.Tensor | None = None,
@@ -165,6 +184,8 @@ class CaptionFormerClipSegmenterMixin:
         for hidden, masks in zip(decoder_out.intermediate_hidden_states, decoder_out.masks_queries_logits):
             queries = hidden.transpose(0, 1)
             class_logits, objectness_logits, boxes = self.predict_heads(queries, class_embeddings)
+            if boxes is None:
+                boxes = boxes_from_mask_logits(masks)
             layers.append(
                 {
                     "object_queries": queries,
@@ -175,6 +196,27 @@ class CaptionFormerClipSegmenterMixin:
                 }
             )
         return layers, pixel_out, decoder_out
+
+
+def boxes_from_mask_logits(masks_logits: torch.Tensor) -> torch.Tensor:
+    """Bounding boxes of ``masks_logits > 0``: ``(..., H, W)`` -> ``(..., 4)`` normalised (cx, cy, w, h) of the
+    mask grid (pixel ``i`` spans ``[i, i + 1)``); an empty mask gives an all-zero box. Not differentiable."""
+    with torch.no_grad():
+        binary = masks_logits > 0
+        height, width = binary.shape[-2:]
+        rows, cols = binary.any(-1), binary.any(-2)  # (..., H), (..., W)
+
+        def extent(occupied: torch.Tensor, size: int):
+            index = torch.arange(size, device=occupied.device)
+            low = torch.where(occupied, index, size).amin(-1)
+            high = torch.where(occupied, index + 1, 0).amax(-1)
+            return low.float() / size, high.float() / size
+
+        y0, y1 = extent(rows, height)
+        x0, x1 = extent(cols, width)
+        empty = ~rows.any(-1)
+        boxes = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+        return boxes.masked_fill(empty[..., None], 0.0).to(masks_logits.dtype)
 
 
 def clip_scores(class_logits: torch.Tensor, objectness_logits: torch.Tensor) -> torch.Tensor:
