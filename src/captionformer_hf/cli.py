@@ -173,6 +173,12 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert_captionformer_original_to_hf import main as convert_main
+
+    return convert_main(args)
+
+
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -305,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON training recipe; flags override its values")
     _add_training_flags(train)
     train.set_defaults(func=_train)
+
+    from .convert_captionformer_original_to_hf import build_parser as build_convert_parser
+
+    convert_checkpoint = commands.add_parser(
+        "convert", help="official CaptionFormer checkpoint (.pth) -> safetensors + config + processor"
+    )
+    build_convert_parser(convert_checkpoint)
+    convert_checkpoint.set_defaults(func=_convert)
     return parser
 
 

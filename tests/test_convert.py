@@ -1,0 +1,477 @@
+"""Conversion of official CaptionFormer checkpoints (gabfstr/CaptionFormer).
+
+The official state dict is built here from the release's parameter names and shapes (detectron2 D2 Swin,
+MSDeformAttnPixelDecoder, VideoMultiScaleMaskedTransformerDecoder, LAVIS EVA ViT-g / BERT Q-Former, transformers OPT),
+with tiny sizes; reference computations below re-implement the release's formulas, not this package's code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+from captionformer_hf.convert_captionformer_original_to_hf import (
+    RELEASE_PRESETS,
+    config_from_original,
+    convert_original_checkpoint,
+    load_original_state_dict,
+    write_converted,
+)
+from captionformer_hf.modeling.captioning_captionformer import object_cross_attention_mask
+from captionformer_hf.modeling.segmentation_captionformer import temporal_sine_embedding
+
+HEADS = {"segmenter": 2, "vision": 2, "qformer": 2, "text": 2}
+SWIN = {"embed": 32, "depths": [1, 1, 2, 1], "heads": [1, 2, 2, 4], "window": 2}
+HIDDEN, QUERIES, DEC_LAYERS, NUM_CLASSES = 32, 5, 3, 3
+VISION, VISION_PATCHES, QFORMER, TEXT = 16, 16, 16, 16
+
+
+def _relative_position_index(window: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += window - 1
+    rel[:, :, 1] += window - 1
+    rel[:, :, 0] *= 2 * window - 1
+    return rel.sum(-1)
+
+
+def official_state_dict(seed: int = 0, box_layers: int = 0, with_lm: bool = True) -> dict[str, torch.Tensor]:
+    """A tiny state dict with the release's names (VLN-style: masks, linear classifier, no box head)."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    def linear(name, out_features, in_features, bias=True):
+        sd[f"{name}.weight"] = t(out_features, in_features)
+        if bias:
+            sd[f"{name}.bias"] = t(out_features)
+
+    def norm(name, dim):
+        sd[f"{name}.weight"] = 1 + t(dim)
+        sd[f"{name}.bias"] = t(dim)
+
+    # D2SwinTransformer
+    e, w = SWIN["embed"], SWIN["window"]
+    sd["backbone.patch_embed.proj.weight"] = t(e, 3, 4, 4)
+    sd["backbone.patch_embed.proj.bias"] = t(e)
+    norm("backbone.patch_embed.norm", e)
+    for i, depth in enumerate(SWIN["depths"]):
+        dim = e * 2**i
+        for j in range(depth):
+            b = f"backbone.layers.{i}.blocks.{j}."
+            norm(b + "norm1", dim)
+            linear(b + "attn.qkv", 3 * dim, dim)
+            sd[b + "attn.relative_position_bias_table"] = t((2 * w - 1) ** 2, SWIN["heads"][i])
+            sd[b + "attn.relative_position_index"] = _relative_position_index(w)
+            linear(b + "attn.proj", dim, dim)
+            norm(b + "norm2", dim)
+            linear(b + "mlp.fc1", 4 * dim, dim)
+            linear(b + "mlp.fc2", dim, 4 * dim)
+        if i < 3:
+            sd[f"backbone.layers.{i}.downsample.reduction.weight"] = t(2 * dim, 4 * dim)
+            norm(f"backbone.layers.{i}.downsample.norm", 4 * dim)
+        norm(f"backbone.norm{i}", dim)
+    # MSDeformAttnPixelDecoder (res3-res5 in the deformable encoder, res2 in the FPN)
+    p = "sem_seg_head.pixel_decoder."
+    for i, channels in enumerate([e * 8, e * 4, e * 2]):
+        sd[f"{p}input_proj.{i}.0.weight"] = t(HIDDEN, channels, 1, 1)
+        sd[f"{p}input_proj.{i}.0.bias"] = t(HIDDEN)
+        norm(f"{p}input_proj.{i}.1", HIDDEN)
+    sd[p + "transformer.level_embed"] = t(3, HIDDEN)
+    le = p + "transformer.encoder.layers.0."
+    heads, levels, points = HEADS["segmenter"], 3, 4
+    linear(le + "self_attn.sampling_offsets", heads * levels * points * 2, HIDDEN)
+    linear(le + "self_attn.attention_weights", heads * levels * points, HIDDEN)
+    linear(le + "self_attn.value_proj", HIDDEN, HIDDEN)
+    linear(le + "self_attn.output_proj", HIDDEN, HIDDEN)
+    norm(le + "norm1", HIDDEN)
+    linear(le + "linear1", 64, HIDDEN)
+    linear(le + "linear2", HIDDEN, 64)
+    norm(le + "norm2", HIDDEN)
+    sd[p + "mask_features.weight"] = t(HIDDEN, HIDDEN, 1, 1)
+    sd[p + "mask_features.bias"] = t(HIDDEN)
+    sd[p + "adapter_1.weight"] = t(HIDDEN, e, 1, 1)
+    norm(p + "adapter_1.norm", HIDDEN)
+    sd[p + "layer_1.weight"] = t(HIDDEN, HIDDEN, 3, 3)
+    norm(p + "layer_1.norm", HIDDEN)
+    # VideoMultiScaleMaskedTransformerDecoder (DEC_LAYERS - 1 layers)
+    q = "sem_seg_head.predictor."
+    sd[q + "query_feat.weight"] = t(QUERIES, HIDDEN)
+    sd[q + "query_embed.weight"] = t(QUERIES, HIDDEN)
+    sd[q + "level_embed.weight"] = t(3, HIDDEN)
+    for i in range(DEC_LAYERS - 1):
+        for kind, attn in (("self_attention", "self_attn"), ("cross_attention", "multihead_attn")):
+            b = f"{q}transformer_{kind}_layers.{i}."
+            sd[b + f"{attn}.in_proj_weight"] = t(3 * HIDDEN, HIDDEN)
+            sd[b + f"{attn}.in_proj_bias"] = t(3 * HIDDEN)
+            linear(b + f"{attn}.out_proj", HIDDEN, HIDDEN)
+            norm(b + "norm", HIDDEN)
+        b = f"{q}transformer_ffn_layers.{i}."
+        linear(b + "linear1", 48, HIDDEN)
+        linear(b + "linear2", HIDDEN, 48)
+        norm(b + "norm", HIDDEN)
+    norm(q + "decoder_norm", HIDDEN)
+    linear(q + "class_embed", NUM_CLASSES + 1, HIDDEN)
+    linear(q + "object_embed.layers.0", HIDDEN, HIDDEN)
+    linear(q + "object_embed.layers.1", 2, HIDDEN)
+    for k in range(3):
+        linear(f"{q}mask_embed.layers.{k}", HIDDEN, HIDDEN)
+    for k in range(box_layers):
+        linear(f"{q}box_embed.layers.{k}", 4 if k == box_layers - 1 else HIDDEN, HIDDEN)
+    sd["criterion.empty_weight"] = torch.ones(NUM_CLASSES + 1)
+    # Blip2OPTVideo: EVA ViT, ln_vision, LAVIS BERT Q-Former, projections, transformers OPT
+    c = "captioning_head."
+    v = c + "visual_encoder."
+    sd[v + "cls_token"] = t(1, 1, VISION)
+    sd[v + "pos_embed"] = t(1, VISION_PATCHES + 1, VISION)
+    sd[v + "patch_embed.proj.weight"] = t(VISION, 3, 8, 8)
+    sd[v + "patch_embed.proj.bias"] = t(VISION)
+    b = v + "blocks.0."
+    norm(b + "norm1", VISION)
+    sd[b + "attn.qkv.weight"] = t(3 * VISION, VISION)
+    sd[b + "attn.q_bias"] = t(VISION)
+    sd[b + "attn.v_bias"] = t(VISION)
+    linear(b + "attn.proj", VISION, VISION)
+    norm(b + "norm2", VISION)
+    linear(b + "mlp.fc1", 40, VISION)
+    linear(b + "mlp.fc2", VISION, 40)
+    norm(c + "ln_vision", VISION)
+    bert = c + "Qformer.bert."
+    sd[bert + "embeddings.word_embeddings.weight"] = t(30, QFORMER)
+    sd[bert + "embeddings.position_embeddings.weight"] = t(8, QFORMER)
+    sd[bert + "embeddings.position_ids"] = torch.arange(8)[None]
+    norm(bert + "embeddings.LayerNorm", QFORMER)
+    for i in range(2):  # cross_attention_freq 2: layer 0 cross-attends
+        b = f"{bert}encoder.layer.{i}."
+        blocks = ["attention", "crossattention"] if i == 0 else ["attention"]
+        for block in blocks:
+            width = VISION if block == "crossattention" else QFORMER
+            linear(f"{b}{block}.self.query", QFORMER, QFORMER)
+            linear(f"{b}{block}.self.key", QFORMER, width)
+            linear(f"{b}{block}.self.value", QFORMER, width)
+            linear(f"{b}{block}.output.dense", QFORMER, QFORMER)
+            norm(f"{b}{block}.output.LayerNorm", QFORMER)
+        for suffix in ("", "_query"):
+            linear(f"{b}intermediate{suffix}.dense", 32, QFORMER)
+            linear(f"{b}output{suffix}.dense", QFORMER, 32)
+            norm(f"{b}output{suffix}.LayerNorm", QFORMER)
+    sd[c + "query_tokens"] = t(1, 4, QFORMER)
+    linear(c + "obj_linear_proj", QFORMER, HIDDEN)
+    linear(c + "opt_proj", TEXT, QFORMER)
+    if with_lm:
+        from transformers import OPTConfig, OPTForCausalLM
+
+        torch.manual_seed(seed)
+        opt = OPTForCausalLM(
+            OPTConfig(vocab_size=64, hidden_size=TEXT, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                      max_position_embeddings=128, word_embed_proj_dim=TEXT, pad_token_id=1, bos_token_id=2,
+                      eos_token_id=2)
+        )
+        for key, value in opt.state_dict().items():
+            sd[c + "opt_model." + key] = value.clone()
+    return sd
+
+
+def convert(sd, **kwargs):
+    kwargs.setdefault("num_heads", HEADS)
+    return convert_original_checkpoint(sd, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    sd = official_state_dict()
+    model, report = convert(sd, preset="vln")
+    return sd, model, report
+
+
+def test_every_official_key_is_mapped_or_dropped_for_a_reason(converted):
+    sd, model, report = converted
+    assert report.ok
+    assert report.unmapped == [] and report.missing == [] and report.unexpected == [] and report.shape_mismatches == []
+    dropped = set(report.dropped)
+    assert "criterion.empty_weight" in dropped
+    assert "backbone.layers.2.blocks.1.attn.relative_position_index" in dropped
+    assert "captioning_head.Qformer.bert.embeddings.word_embeddings.weight" in dropped
+    assert "captioning_head.Qformer.bert.encoder.layer.1.intermediate.dense.weight" in dropped
+    assert "captioning_head.Qformer.bert.encoder.layer.1.intermediate_query.dense.weight" not in dropped
+    assert report.mapped == len(model.state_dict()) - 2  # every parameter but swin.layernorm (unused)
+    assert set(report.unused_target) == {
+        "model.segmenter.pixel_level_module.encoder.swin.layernorm.weight",
+        "model.segmenter.pixel_level_module.encoder.swin.layernorm.bias",
+    }
+
+
+def test_config_is_read_from_shapes_and_follows_the_release(converted):
+    _, model, _ = converted
+    config = model.config
+    seg = config.segmenter_config
+    assert seg.backbone_config.depths == SWIN["depths"]
+    assert seg.backbone_config.num_heads == SWIN["heads"]
+    assert seg.backbone_config.window_size == SWIN["window"]
+    assert seg.backbone_config.embed_dim == SWIN["embed"]
+    assert (seg.decoder_layers, seg.num_queries, seg.hidden_dim, seg.dim_feedforward) == (DEC_LAYERS, QUERIES, 32, 48)
+    assert (seg.encoder_layers, seg.encoder_feedforward_dim) == (1, 64)
+    assert len(model.model.segmenter.transformer_module.decoder.layers) == DEC_LAYERS - 1
+    assert config.num_labels == NUM_CLASSES
+    assert (config.objectness_head_layers, config.box_head_layers) == (2, 0)
+    assert model.model.segmenter.box_head is None
+    assert config.single_frame_temporal_embedding is True
+    assert config.caption_mask_convention == "release"
+    assert config.vision_image_mean == config.segmenter_image_mean
+    assert (config.vision_config.image_size, config.vision_config.patch_size) == (32, 8)
+    assert config.vision_config.intermediate_size == 40
+    assert config.qformer_config.cross_attention_frequency == 2
+    assert config.num_query_tokens == 4
+    for key, value in RELEASE_PRESETS["vln"].items():
+        assert getattr(config, key) == value
+    assert model.generation_config.num_beams == 5
+
+
+def test_tensors_land_where_the_release_uses_them(converted):
+    sd, model, _ = converted
+    ours = model.state_dict()
+    swin = "model.segmenter.pixel_level_module.encoder.swin.encoder.layers.1.blocks.0.attention."
+    qkv = sd["backbone.layers.1.blocks.0.attn.qkv.weight"]
+    assert torch.equal(ours[swin + "q_proj.weight"], qkv[:64])
+    assert torch.equal(ours[swin + "k_proj.weight"], qkv[64:128])
+    assert torch.equal(ours[swin + "v_proj.weight"], qkv[128:])
+    assert torch.equal(
+        ours["model.segmenter.pixel_level_module.encoder.hidden_states_norms.stage3.weight"], sd["backbone.norm2.weight"]
+    )
+    dec = "model.segmenter.transformer_module.decoder.layers.1."
+    in_proj = sd["sem_seg_head.predictor.transformer_self_attention_layers.1.self_attn.in_proj_weight"]
+    assert torch.equal(ours[dec + "self_attn.k_proj.weight"], in_proj[32:64])
+    assert torch.equal(
+        ours[dec + "cross_attn.in_proj_weight"],
+        sd["sem_seg_head.predictor.transformer_cross_attention_layers.1.multihead_attn.in_proj_weight"],
+    )
+    vit = "model.caption_head.vision_model.encoder.layers.0.self_attn.qkv.bias"
+    b = "captioning_head.visual_encoder.blocks.0.attn."
+    assert torch.equal(ours[vit], torch.cat([sd[b + "q_bias"], torch.zeros(VISION), sd[b + "v_bias"]]))
+    assert torch.equal(
+        ours["model.caption_head.qformer.encoder.layer.0.crossattention.attention.key.weight"],
+        sd["captioning_head.Qformer.bert.encoder.layer.0.crossattention.self.key.weight"],
+    )
+    assert torch.equal(ours["model.caption_head.vision_model.post_layernorm.bias"], sd["captioning_head.ln_vision.bias"])
+    assert torch.equal(ours["language_model.model.decoder.layers.0.fc1.weight"],
+                       sd["captioning_head.opt_model.model.decoder.layers.0.fc1.weight"])
+
+
+def _official_mlp(sd, prefix, layers, x):
+    for k in range(layers):
+        x = nn.functional.linear(x, sd[f"{prefix}.layers.{k}.weight"], sd[f"{prefix}.layers.{k}.bias"])
+        if k < layers - 1:
+            x = x.relu()
+    return x
+
+
+def test_heads_score_as_the_release(converted):
+    sd, model, _ = converted
+    seg = model.model.segmenter
+    queries = torch.randn(2, QUERIES, HIDDEN)
+    with torch.no_grad():
+        class_logits, objectness_logits, boxes = seg.predict_heads(queries)
+    pr = "sem_seg_head.predictor."
+    official_class = nn.functional.linear(queries, sd[pr + "class_embed.weight"], sd[pr + "class_embed.bias"])
+    torch.testing.assert_close(class_logits, official_class[..., :-1])
+    # release: S = sqrt(max sigmoid(cls[:-1]) * softmax(object_embed)[0])
+    official_object = _official_mlp(sd, pr + "object_embed", 2, queries).softmax(-1)[..., 0]
+    torch.testing.assert_close(objectness_logits.sigmoid(), official_object)
+    assert boxes is None
+
+
+def test_box_head_is_tiled_over_the_clip():
+    sd = official_state_dict(seed=1, box_layers=2)
+    model, report = convert(sd, clip_length=3)
+    assert report.ok and model.config.box_head_layers == 2
+    queries = torch.randn(1, QUERIES, HIDDEN)
+    with torch.no_grad():
+        _, _, boxes = model.model.segmenter.predict_heads(queries)
+    official = _official_mlp(sd, "sem_seg_head.predictor.box_embed", 2, queries).sigmoid()  # same box every frame
+    assert boxes.shape == (1, QUERIES, 3, 4)
+    for frame in range(3):
+        torch.testing.assert_close(boxes[:, :, frame], official)
+
+
+def _release_position_embedding_3d(num_frames: int, dim: int) -> torch.Tensor:
+    """PositionEmbeddingSine3D's temporal term (normalize=True, scale 2 pi, eps 1e-6), from its formula."""
+    z = torch.arange(1, num_frames + 1, dtype=torch.float32)
+    z = z / (z[-1:] + 1e-6) * 2 * math.pi
+    dim_t = torch.arange(dim, dtype=torch.float32)
+    dim_t = 10000 ** (2 * (dim_t // 2) / dim)
+    pos = z[:, None] / dim_t
+    return torch.stack((pos[:, 0::2].sin(), pos[:, 1::2].cos()), dim=2).flatten(1)
+
+
+@pytest.mark.parametrize("num_frames", [1, 3])
+def test_temporal_embedding_matches_the_release(num_frames):
+    ours = temporal_sine_embedding(num_frames, 32, "cpu", torch.float32, single_frame=True)
+    torch.testing.assert_close(ours, _release_position_embedding_3d(num_frames, 32))
+    if num_frames == 1:  # the package default keeps single frames equal to image Mask2Former
+        assert not temporal_sine_embedding(1, 32, "cpu", torch.float32).any()
+
+
+def test_release_caption_mask_convention():
+    """Reference: the release's boolean mask with CLS appended last, through LAVIS's invert_attention_mask."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 20, 20) * 4
+    grid = 4
+    resized = nn.functional.interpolate(logits[:, None], size=(grid, grid), mode="bilinear", align_corners=False)
+    release = (resized.sigmoid().flatten(-2, -1) < 0.5).bool()[:, 0]  # (N, P)
+    release = torch.cat([release, torch.ones(3, 1, dtype=torch.bool)], dim=1)
+    inverted = (1.0 - release.float()) * torch.finfo(torch.float32).min  # transformers' invert_attention_mask
+    ours = object_cross_attention_mask(logits, grid, 0.5, torch.float32, num_queries=5, convention="release")
+    assert ours.shape == (3, 1, 5, grid * grid + 1)
+    for n in range(3):
+        for query in range(5):
+            assert torch.equal(ours[n, 0, query], inverted[n])
+    # the paper's convention attends the inside instead, CLS first
+    paper = object_cross_attention_mask(logits, grid, 0.5, torch.float32, num_queries=1)[:, 0, 0]
+    assert torch.equal(paper[:, 0], torch.zeros(3))
+    assert torch.equal(paper[:, 1:] == 0, (resized.sigmoid().flatten(1) >= 0.5) | ~(resized.sigmoid().flatten(1) >= 0.5).any(1, keepdim=True))
+
+
+def test_converted_model_runs_and_round_trips(converted, tmp_path):
+    from captionformer_hf.testing_utils import tiny_tokenizer
+
+    _, model, _ = converted
+    torch.manual_seed(0)
+    clip = torch.randn(1, 1, 3, 64, 64)
+    with torch.no_grad():
+        outputs = model.model(clip)
+    assert outputs.masks_logits.shape[:3] == (1, QUERIES, 1)
+    assert outputs.pred_boxes.shape == (1, QUERIES, 1, 4)
+    assert torch.isfinite(outputs.scores).all()
+    # boxes are read off the masks (box_head_layers=0)
+    mask = outputs.masks_logits[0, 0, 0] > 0
+    if mask.any():
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        h, w = mask.shape
+        expected = torch.tensor([(xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h,
+                                 (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h])
+        torch.testing.assert_close(outputs.pred_boxes[0, 0, 0], expected)
+    result = model.generate(clip, threshold=0.0, num_beams=1, max_new_tokens=3)
+    assert result["sequences"].shape[0] == QUERIES
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 10:30, 5:40] = 1
+    output = model(clip, labels=[{
+        "class_labels": torch.tensor([0]), "mask_labels": target, "boxes": torch.tensor([[[0.35, 0.31, 0.55, 0.31]]]),
+        "caption_ids": torch.tensor([[5, 2]]), "caption_attention_mask": torch.ones(1, 2, dtype=torch.long),
+    }])
+    assert torch.isfinite(output.loss)
+    assert "loss_mask" in output.loss_dict and "loss_caption" in output.loss_dict
+    assert not any("bbox" in key or "giou" in key for key in output.loss_dict)  # no box head, no box loss
+
+    out = write_converted(model, tmp_path / "converted", tokenizer=tiny_tokenizer())
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    reloaded = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(out)
+    with torch.no_grad():
+        again = reloaded.model(clip)
+    torch.testing.assert_close(again.masks_logits, outputs.masks_logits)
+    torch.testing.assert_close(again.scores, outputs.scores)
+    assert reloaded.generation_config.num_beams == 5
+    from captionformer_hf import CaptionFormerProcessor
+
+    processor = CaptionFormerProcessor.from_pretrained(out)
+    assert processor.video_processor.size.shortest_edge == 480
+    assert processor.video_processor.size_divisor == 32
+
+
+def test_detectron2_checkpoint_file_and_cli(tmp_path):
+    from captionformer_hf.cli import main
+
+    sd = official_state_dict(seed=2)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}, "iteration": 7}, path)
+    loaded = load_original_state_dict(path)
+    assert set(loaded) == set(sd)
+    code = main(["convert", "--checkpoint", str(path), "--output", str(tmp_path / "out"), "--preset", "vln",
+                 "--num-heads", "segmenter=2", "vision=2", "qformer=2", "text=2"])
+    assert code == 0
+    model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(
+        model.model.caption_head.query_tokens, sd["captioning_head.query_tokens"]
+    )
+
+
+def test_problems_fail_with_the_offending_keys():
+    sd = official_state_dict(seed=3, with_lm=False)
+    with pytest.raises(ValueError, match="no captioning_head.opt_model"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    sd["sem_seg_head.predictor.extra_head.weight"] = torch.zeros(2)
+    with pytest.raises(ValueError, match=r"official keys matching no rule \(1\):\n  sem_seg_head.predictor.extra_head"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    del sd["sem_seg_head.predictor.transformer_ffn_layers.1.norm.bias"]
+    with pytest.raises(ValueError, match="decoder.layers.1.final_layer_norm.bias"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    sd["backbone.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="relative position index"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    sd["sem_seg_head.predictor.class_embed.linear.0.weight"] = torch.zeros(128, HIDDEN)
+    with pytest.raises(ValueError, match="ZeroShotClassifier"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    for key in [k for k in sd if "mask_features" in k]:
+        del sd[key]
+    with pytest.raises(ValueError, match="box-only"):
+        convert(sd)
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        convert(official_state_dict(seed=3), preset="coco")
+    with pytest.raises(ValueError, match=r"attention heads of the vision \(width 16\).*--num-heads vision=N"):
+        config_from_original(official_state_dict(seed=3), num_heads={"segmenter": 2, "qformer": 2, "text": 2})
+
+
+def test_missing_vit_and_lm_come_from_a_base_blip2_checkpoint(converted):
+    """Checkpoints trained from saved ViT features lack the EVA weights: they come from a transformers BLIP-2
+    state dict, the position embedding resized (bicubic) when the base ViT ran at another size."""
+    _, model, _ = converted
+    sd = official_state_dict(seed=4)
+    for key in [k for k in sd if k.startswith(("captioning_head.visual_encoder.", "captioning_head.opt_model."))]:
+        del sd[key]
+    base = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.caption_head.vision_model."):
+            base["vision_model." + key[len("model.caption_head.vision_model."):]] = value
+        elif key.startswith("language_model."):
+            base[key] = value
+    # the base ViT ran at 16 px (2x2 patches): its position embedding gets resized to 4x4
+    base["vision_model.embeddings.position_embedding"] = torch.randn(1, 5, VISION)
+    converted_model, report = convert(sd, base_state_dict=base, vision_config=model.config.vision_config)
+    assert report.ok
+    assert any(k.endswith("position_embedding") for k in report.filled_from_base)
+    assert converted_model.model.caption_head.vision_model.embeddings.position_embedding.shape == (1, 17, VISION)
+    torch.testing.assert_close(converted_model.language_model.lm_head.weight, model.language_model.lm_head.weight)
+    # ln_vision still comes from the official checkpoint
+    torch.testing.assert_close(
+        converted_model.model.caption_head.vision_model.post_layernorm.weight, sd["captioning_head.ln_vision.weight"]
+    )
+
+
+def test_language_model_reads_queries_then_bos_as_the_release(converted):
+    """Release (BLIP-2): OPT.generate(inputs_embeds=[opt_proj(queries), embed(</s>)]) with beam search."""
+    _, model, _ = converted
+    assert model.config.caption_prompt_token_id == 2
+    torch.manual_seed(1)
+    queries = torch.randn(2, 5, QFORMER)
+    with torch.no_grad():
+        ours = model.generate_captions(queries, num_beams=2, max_new_tokens=4)
+        prefix = model.model.caption_head.language_projection(queries)
+        bos = model.language_model.get_input_embeddings()(torch.full((2, 1), 2))
+        inputs = torch.cat([prefix, bos], dim=1)
+        reference = model.language_model.generate(
+            inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long), num_beams=2,
+            max_new_tokens=4, eos_token_id=model.generation_config.eos_token_id,
+            pad_token_id=model.generation_config.pad_token_id,
+        )
+    assert torch.equal(ours, reference)
+    with pytest.raises(ValueError, match="caption_prompt_token_id"):
+        type(model.config)(**{**model.config.to_dict(), "caption_prompt_token_id": 10**6})
