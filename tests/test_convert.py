@@ -38,8 +38,13 @@ def _relative_position_index(window: int) -> torch.Tensor:
     return rel.sum(-1)
 
 
-def official_state_dict(seed: int = 0, box_layers: int = 0, with_lm: bool = True) -> dict[str, torch.Tensor]:
-    """A tiny state dict with the release's names (VLN-style: masks, linear classifier, no box head)."""
+def official_state_dict(
+    seed: int = 0, box_layers: int = 0, with_lm: bool = True, box_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """A tiny state dict with the release's names: VLN-style (masks, linear classifier, no box head) or, with
+    ``box_only``, BenSMOT-style (BOX_ONLY: res3-res5 only, no mask branch, a 2-layer box head)."""
+    if box_only:
+        box_layers = 2
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
 
@@ -75,7 +80,8 @@ def official_state_dict(seed: int = 0, box_layers: int = 0, with_lm: bool = True
         if i < 3:
             sd[f"backbone.layers.{i}.downsample.reduction.weight"] = t(2 * dim, 4 * dim)
             norm(f"backbone.layers.{i}.downsample.norm", 4 * dim)
-        norm(f"backbone.norm{i}", dim)
+        if not (box_only and i == 0):
+            norm(f"backbone.norm{i}", dim)
     # MSDeformAttnPixelDecoder (res3-res5 in the deformable encoder, res2 in the FPN)
     p = "sem_seg_head.pixel_decoder."
     for i, channels in enumerate([e * 8, e * 4, e * 2]):
@@ -93,12 +99,13 @@ def official_state_dict(seed: int = 0, box_layers: int = 0, with_lm: bool = True
     linear(le + "linear1", 64, HIDDEN)
     linear(le + "linear2", HIDDEN, 64)
     norm(le + "norm2", HIDDEN)
-    sd[p + "mask_features.weight"] = t(HIDDEN, HIDDEN, 1, 1)
-    sd[p + "mask_features.bias"] = t(HIDDEN)
-    sd[p + "adapter_1.weight"] = t(HIDDEN, e, 1, 1)
-    norm(p + "adapter_1.norm", HIDDEN)
-    sd[p + "layer_1.weight"] = t(HIDDEN, HIDDEN, 3, 3)
-    norm(p + "layer_1.norm", HIDDEN)
+    if not box_only:
+        sd[p + "mask_features.weight"] = t(HIDDEN, HIDDEN, 1, 1)
+        sd[p + "mask_features.bias"] = t(HIDDEN)
+        sd[p + "adapter_1.weight"] = t(HIDDEN, e, 1, 1)
+        norm(p + "adapter_1.norm", HIDDEN)
+        sd[p + "layer_1.weight"] = t(HIDDEN, HIDDEN, 3, 3)
+        norm(p + "layer_1.norm", HIDDEN)
     # VideoMultiScaleMaskedTransformerDecoder (DEC_LAYERS - 1 layers)
     q = "sem_seg_head.predictor."
     sd[q + "query_feat.weight"] = t(QUERIES, HIDDEN)
@@ -119,7 +126,7 @@ def official_state_dict(seed: int = 0, box_layers: int = 0, with_lm: bool = True
     linear(q + "class_embed", NUM_CLASSES + 1, HIDDEN)
     linear(q + "object_embed.layers.0", HIDDEN, HIDDEN)
     linear(q + "object_embed.layers.1", 2, HIDDEN)
-    for k in range(3):
+    for k in range(0 if box_only else 3):
         linear(f"{q}mask_embed.layers.{k}", HIDDEN, HIDDEN)
     for k in range(box_layers):
         linear(f"{q}box_embed.layers.{k}", 4 if k == box_layers - 1 else HIDDEN, HIDDEN)
@@ -292,7 +299,9 @@ def test_box_head_is_tiled_over_the_clip():
     queries = torch.randn(1, QUERIES, HIDDEN)
     with torch.no_grad():
         _, _, boxes = model.model.segmenter.predict_heads(queries)
-    official = _official_mlp(sd, "sem_seg_head.predictor.box_embed", 2, queries).sigmoid()  # same box every frame
+    # release: raw normalised (x, y, w, h), the same box on every frame of the clip
+    x, y, w, h = _official_mlp(sd, "sem_seg_head.predictor.box_embed", 2, queries).unbind(-1)
+    official = torch.stack([x + w / 2, y + h / 2, w, h], dim=-1)
     assert boxes.shape == (1, QUERIES, 3, 4)
     for frame in range(3):
         torch.testing.assert_close(boxes[:, :, frame], official)
@@ -380,6 +389,27 @@ def test_converted_model_runs_and_round_trips(converted, tmp_path):
     processor = CaptionFormerProcessor.from_pretrained(out)
     assert processor.video_processor.size.shortest_edge == 480
     assert processor.video_processor.size_divisor == 32
+    _check_pipeline(out)
+
+
+def _check_pipeline(folder):
+    """The converted folder serves pipeline("dense-video-object-captioning") as is."""
+    import numpy as np
+    from transformers import pipeline
+
+    pipe = pipeline("dense-video-object-captioning", model=str(folder))
+    # an untrained model: let every track through the hysteresis filter
+    pipe.model.config.hysteresis_low = pipe.model.config.hysteresis_high = 0.0
+    pipe.model.config.hysteresis_min_length = 1
+    video = (np.random.default_rng(0).random((3, 24, 32, 3)) * 255).astype(np.uint8)
+    result = pipe(video, threshold=0.0, max_new_tokens=2, num_beams=1)
+    assert result["num_frames"] == 3
+    assert result["trajectories"]
+    for trajectory in result["trajectories"]:
+        assert isinstance(trajectory["caption"], str)
+        for frame in trajectory["frames"]:
+            x, y, w, h = frame["box"]
+            assert 0 <= frame["frame_index"] < 3 and w >= 0 and h >= 0
 
 
 def test_detectron2_checkpoint_file_and_cli(tmp_path):
@@ -422,7 +452,7 @@ def test_problems_fail_with_the_offending_keys():
     sd = official_state_dict(seed=3)
     for key in [k for k in sd if "mask_features" in k]:
         del sd[key]
-    with pytest.raises(ValueError, match="box-only"):
+    with pytest.raises(ValueError, match="for a box-only checkpoint"):
         convert(sd)
     with pytest.raises(ValueError, match="`preset` must be one of"):
         convert(official_state_dict(seed=3), preset="coco")
@@ -475,3 +505,69 @@ def test_language_model_reads_queries_then_bos_as_the_release(converted):
     assert torch.equal(ours, reference)
     with pytest.raises(ValueError, match="caption_prompt_token_id"):
         type(model.config)(**{**model.config.to_dict(), "caption_prompt_token_id": 10**6})
+
+
+def _release_box_attention(boxes_xywh: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """attn_masking_from_bbox (True = not attended) from its formula, boxes ``(..., 4)`` raw (x, y, w, h)."""
+    h, w = size
+    x_min = (boxes_xywh[..., 0] * w).clamp(0, w - 1).long()
+    y_min = (boxes_xywh[..., 1] * h).clamp(0, h - 1).long()
+    x_max = (x_min + boxes_xywh[..., 2] * w).clamp(0, w - 1).long()
+    y_max = (y_min + boxes_xywh[..., 3] * h).clamp(0, h - 1).long()
+    out = torch.ones(*boxes_xywh.shape[:-1], h, w, dtype=torch.bool)
+    for index in torch.cartesian_prod(*[torch.arange(n) for n in boxes_xywh.shape[:-1]]).reshape(-1, boxes_xywh.ndim - 1):
+        i = tuple(index.tolist())
+        out[i][y_min[i]:y_max[i], x_min[i]:x_max[i]] = False
+    return out
+
+
+def test_box_only_checkpoint_attends_to_its_boxes(tmp_path):
+    """BOX_ONLY (BenSMOT / VidSTG-style): no mask branch; the decoder and the caption head attend to the boxes."""
+    sd = official_state_dict(seed=5, box_only=True)
+    model, report = convert(sd, preset="bensmot")
+    assert report.ok
+    config = model.config
+    assert config.box_only and config.box_format == "xywh" and config.box_head_layers == 2
+    assert config.segmenter_config.backbone_config.out_features == ["stage2", "stage3", "stage4"]
+    assert config.segmenter_config.feature_strides == [8, 16, 32]
+    assert any("mask_embedder" in key for key in report.unused_target)
+    assert any("adapter_1" in key for key in report.unused_target)
+
+    # decoder attention masks: the release's rasterisation of each query's box at each level's size
+    predictor = model.model.segmenter.transformer_module.decoder.mask_predictor
+    hidden = torch.randn(QUERIES, 1, HIDDEN)  # (Q, B, D), layer-normed decoder states
+    pixel_embeddings = torch.randn(1, 1, HIDDEN, 16, 16)
+    with torch.no_grad():
+        box_masks, attention = predictor(hidden, pixel_embeddings, (4, 6))
+    raw = _official_mlp(sd, "sem_seg_head.predictor.box_embed", 2, hidden.transpose(0, 1))[:, :, None]  # (1, Q, 1, 4)
+    expected = _release_box_attention(raw, (4, 6)).flatten(2)  # (1, Q, 24)
+    assert attention.shape == (HEADS["segmenter"], QUERIES, 24)
+    for head in range(HEADS["segmenter"]):
+        assert torch.equal(attention[head], expected[0])
+    assert torch.equal(box_masks[0, :, 0] > 0, ~_release_box_attention(raw, (16, 16))[0, :, 0])
+
+    # caption head: the box rasterised on the ViT grid, release convention
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.25], [0.2, 0.3, 0.9, 0.9]])
+    logits = torch.randn(2, 8, 8)
+    ours = object_cross_attention_mask(logits, 4, 0.5, torch.float32, 1, convention="release", boxes=boxes)[:, 0, 0]
+    xywh = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], dim=1)
+    outside = _release_box_attention(xywh, (4, 4)).flatten(1)
+    release = torch.cat([outside, torch.ones(2, 1, dtype=torch.bool)], dim=1)
+    assert torch.equal(ours == 0, release)
+
+    # the converted model runs end to end: segment, caption from boxes, box losses only
+    torch.manual_seed(0)
+    clip = torch.randn(1, 1, 3, 64, 64)
+    result = model.generate(clip, threshold=0.0, num_beams=1, max_new_tokens=2)
+    assert result["sequences"].shape[0] == QUERIES
+    output = model(clip, labels=[{
+        "class_labels": torch.tensor([0]), "mask_labels": torch.ones(1, 1, 64, 64),
+        "boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]]]),
+    }])
+    assert set(output.loss_dict) >= {"loss_bbox", "loss_giou", "loss_class"}
+    assert not any(key.startswith(("loss_mask", "loss_dice")) for key in output.loss_dict)
+    from captionformer_hf.testing_utils import tiny_tokenizer
+
+    _check_pipeline(write_converted(model, tmp_path / "box_only", tokenizer=tiny_tokenizer()))
+    with pytest.raises(ValueError, match="`boxes` are needed"):
+        model.model.encode_captions(clip[:, 0], torch.tensor([0]), torch.randn(1, HIDDEN), torch.randn(1, 16, 16))

@@ -30,10 +30,14 @@ Where the released code differs from the paper text, the converted config follow
   the Q-Former's cross-attention mask follows the release convention (``caption_mask_convention="release"``, see
   ``object_cross_attention_mask``: it attends to the patches *outside* the object, shifted by the CLS token).
 
+- the box head predicts raw normalised ``(x, y, w, h)`` (no sigmoid; ``box_format="xywh"``); box-only checkpoints
+  (``BOX_ONLY: true``, VidSTG / BenSMOT) have no mask branch: ``box_only=True`` takes the decoder's and the caption
+  head's attention masks from the boxes, rasterised as ``attn_masking_from_bbox`` does.
+
 Not convertible (the conversion stops with a message naming the component): the open-vocabulary
-``ZeroShotClassifier`` (``CLIP_CLASSIFIER: true``; it cross-attends to per-frame CLIP image features read from a
-dataset file), box-only checkpoints (``BOX_ONLY: true``; no mask branch, box attention masks) and the experimental
-aggregation modules (``agg_linear``, ``agg_self_attention``, ``agg_transformer``).
+``ZeroShotClassifier`` (``CLIP_CLASSIFIER: true``, the LV-VIS and VidSTG checkpoints; it cross-attends to
+per-frame CLIP image features read from a dataset file) and the experimental aggregation modules
+(``agg_linear``, ``agg_self_attention``, ``agg_transformer``).
 """
 
 from __future__ import annotations
@@ -106,10 +110,19 @@ DROPPED_KEYS: dict[str, str] = {
     r"captioning_head\.Qformer\.cls\.": "Q-Former LM head (set to None by the release)",
 }
 
-# Parameters of this package with no official counterpart that do not change any output.
+# Parameters of this package with no official counterpart that do not change any output (they keep their
+# initial values).
 UNUSED_TARGET_KEYS: dict[str, str] = {
     r"model\.segmenter\.pixel_level_module\.encoder\.swin\.layernorm\.(weight|bias)": (
-        "SwinModel's final norm, not used by SwinBackbone (initialised to identity)"
+        "SwinModel's final norm, not used by SwinBackbone"
+    ),
+}
+UNUSED_BOX_ONLY_TARGET_KEYS: dict[str, str] = {
+    r"model\.segmenter\.pixel_level_module\.decoder\.(mask_projection|adapter_\d+|layer_\d+)\..*": (
+        "mask branch of the pixel decoder: box-only models do not read the mask features"
+    ),
+    r"model\.segmenter\.transformer_module\.decoder\.mask_predictor\.mask_embedder\..*": (
+        "mask embedding: box-only models take their attention masks from the boxes"
     ),
 }
 
@@ -279,10 +292,6 @@ def _check_supported(state: dict) -> list[str]:
             "ZeroShotClassifier (CLIP_CLASSIFIER: true): cross-attends to per-frame CLIP image features read from a "
             "dataset file; not convertible"
         )
-    if "sem_seg_head.pixel_decoder.mask_features.weight" not in state:
-        problems.append(
-            "box-only checkpoint (BOX_ONLY: true, no mask branch: box attention masks); not convertible"
-        )
     for name in ("agg_linear", "agg_self_attention", "agg_transformer", "agg_pos_embedding"):
         if any(k.startswith(f"captioning_head.{name}") for k in state):
             problems.append(f"experimental caption aggregation module captioning_head.{name}; not convertible")
@@ -329,12 +338,17 @@ def config_from_original(
     swin_heads = [state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]
                   for i in range(num_stages)]
     mlp_ratio = need("backbone.layers.0.blocks.0.mlp.fc1.weight").shape[0] / embed_dim
-    out_features = [f"stage{i + 1}" for i in range(num_stages) if f"backbone.norm{i}.weight" in state]
-    if out_features != [f"stage{i + 1}" for i in range(num_stages)]:
+    pd = "sem_seg_head.pixel_decoder."
+    pr = "sem_seg_head.predictor."
+    box_only = pd + "mask_features.weight" not in state  # BOX_ONLY: no mask branch, res3-res5 only
+    out_indices = [i for i in range(num_stages) if f"backbone.norm{i}.weight" in state]
+    wanted = list(range(num_stages - 3, num_stages)) if box_only else list(range(num_stages))
+    if out_indices != wanted:
         raise ValueError(
-            f"the Swin backbone must output all {num_stages} stages (res2..res5) for the mask branch, got norms for "
-            f"{out_features}"
+            f"the Swin backbone must output stages {[i + 2 for i in wanted]} (res*) for a "
+            f"{'box-only' if box_only else 'mask'} checkpoint, got norms for res{[i + 2 for i in out_indices]}"
         )
+    out_features = [f"stage{i + 1}" for i in out_indices]
     backbone_config = {
         "model_type": "swin",
         "image_size": 384,
@@ -350,14 +364,12 @@ def config_from_original(
     }
 
     # --- pixel decoder and masked-attention decoder
-    pd = "sem_seg_head.pixel_decoder."
-    pr = "sem_seg_head.predictor."
     feature_size = need(pd + "input_proj.0.0.weight").shape[0]
     hidden_dim = need(pr + "query_feat.weight").shape[1]
     segmenter_config = {
         "backbone_config": backbone_config,
         "feature_size": int(feature_size),
-        "mask_feature_size": int(need(pd + "mask_features.weight").shape[0]),
+        "mask_feature_size": int(feature_size if box_only else need(pd + "mask_features.weight").shape[0]),
         "hidden_dim": int(hidden_dim),
         "encoder_layers": _count(state, re.escape(pd) + r"transformer\.encoder\.layers\.(\d+)\."),
         "encoder_feedforward_dim": int(need(pd + "transformer.encoder.layers.0.linear1.weight").shape[0]),
@@ -368,7 +380,7 @@ def config_from_original(
         "enforce_input_projection": pr + "input_proj.0.weight" in state,
         "pre_norm": False,
         "common_stride": 4,
-        "feature_strides": [4, 8, 16, 32],
+        "feature_strides": [patch_size * 2**i for i in out_indices],
     }
     num_labels = int(need(pr + "class_embed.weight").shape[0]) - 1
     if num_labels < 1:
@@ -457,6 +469,8 @@ def config_from_original(
         "num_query_tokens": int(need(ch + "query_tokens").shape[1]),
         "objectness_head_layers": objectness_layers,
         "box_head_layers": box_layers,
+        "box_only": box_only,
+        "box_format": "xywh",  # the release's box_embed: raw normalised (x, y, w, h)
         "single_frame_temporal_embedding": True,
         "caption_mask_convention": "release",
         "caption_mask_threshold": 0.5,
@@ -531,7 +545,8 @@ def _map_swin(m: _Mapper, config: CaptionFormerConfig) -> None:
         if i < len(swin.depths) - 1:
             m.rename(f"{src}layers.{i}.downsample.reduction.weight", f"{dst}swin.encoder.layers.{i}.downsample.reduction.weight")
             m.rename_prefix(f"{src}layers.{i}.downsample.norm", f"{dst}swin.encoder.layers.{i}.downsample.norm")
-        m.rename_prefix(f"{src}norm{i}", f"{dst}hidden_states_norms.stage{i + 1}")
+        if f"stage{i + 1}" in swin.out_features:
+            m.rename_prefix(f"{src}norm{i}", f"{dst}hidden_states_norms.stage{i + 1}")
 
 
 def _map_pixel_decoder(m: _Mapper, config: CaptionFormerConfig) -> None:
@@ -548,6 +563,8 @@ def _map_pixel_decoder(m: _Mapper, config: CaptionFormerConfig) -> None:
         m.rename_prefix(s + "linear1", d + "fc1")
         m.rename_prefix(s + "linear2", d + "fc2")
         m.rename_prefix(s + "norm2", d + "final_layer_norm")
+    if config.box_only:  # no mask branch in the release
+        return
     m.rename_prefix(src + "mask_features", dst + "mask_projection")
     m.rename(src + "adapter_1.weight", dst + "adapter_1.0.weight")
     m.rename_prefix(src + "adapter_1.norm", dst + "adapter_1.1")
@@ -580,8 +597,9 @@ def _map_decoder_and_heads(m: _Mapper, config: CaptionFormerConfig) -> None:
         m.rename_prefix(s + "linear2", d + "fc2")
         m.rename_prefix(s + "norm", d + "final_layer_norm")
     m.rename_prefix(src + "decoder_norm", dst + "decoder.layernorm")
-    for k in range(3):
-        m.rename_prefix(f"{src}mask_embed.layers.{k}", f"{dst}decoder.mask_predictor.mask_embedder.{k}.0")
+    if not config.box_only:
+        for k in range(3):
+            m.rename_prefix(f"{src}mask_embed.layers.{k}", f"{dst}decoder.mask_predictor.mask_embedder.{k}.0")
 
     heads = "model.segmenter."
     # class: drop the no-object logit (inference reads sigmoid(logits[:, :-1]) only)
@@ -725,7 +743,8 @@ def convert_state_dict(
                     f"{key}: converted {tuple(target[key].shape)}, model {tuple(value.shape)}"
                 )
             continue
-        reason = next((r for p, r in UNUSED_TARGET_KEYS.items() if re.fullmatch(p, key)), None)
+        unused = {**UNUSED_TARGET_KEYS, **(UNUSED_BOX_ONLY_TARGET_KEYS if config.box_only else {})}
+        reason = next((r for p, r in unused.items() if re.fullmatch(p, key)), None)
         if reason is not None:
             report.unused_target[key] = reason
         else:
@@ -766,11 +785,8 @@ def convert_original_checkpoint(
     expected = model.state_dict()
     converted, report = convert_state_dict(state, config, expected, base_state_dict)
     report.raise_for_problems()
-    for key, reason in report.unused_target.items():
-        if key.endswith("weight"):
-            converted[key] = torch.ones_like(expected[key])
-        else:
-            converted[key] = torch.zeros_like(expected[key])
+    for key in report.unused_target:
+        converted[key] = expected[key]
     model.load_state_dict(converted, strict=True)
     if dtype is not None:
         model = model.to(dtype)

@@ -22,26 +22,34 @@ def object_cross_attention_mask(
     dtype: torch.dtype,
     num_queries: int,
     convention: str = "object",
+    boxes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Additive cross-attention mask ``(N, 1, num_queries, 1 + grid_size**2)`` from mask logits ``(N, H, W)``.
 
-    ``convention="object"``: patch ``p`` is visible iff ``sigmoid(mask)`` bilinearly resized to the patch grid is
-    ``>= threshold``; the CLS token (position 0, BLIP-2's layout) is always visible; an object whose mask selects
-    no patch sees every patch (as Mask2Former does for empty masks).
+    A patch is *inside* the object iff ``sigmoid(mask)`` bilinearly resized to the patch grid is ``>= threshold``
+    or, when ``boxes`` ``(N, 4)`` (normalised cx, cy, w, h) are given (box-only models), iff it lies in the box
+    rasterised as the release does (``rasterize_boxes``).
 
-    ``convention="release"``: the released code builds ``m = [sigmoid(mask_p) < threshold for p] + [True]`` and
-    hands it to LAVIS's Q-Former, whose ``invert_attention_mask`` keeps the keys where ``m`` is True. The vision
-    tokens are ``[CLS, patch_0, ..., patch_{P-1}]``, so key ``k`` is visible iff ``m[k]``: CLS iff patch 0 is
-    outside the object, patch ``k - 1`` iff patch ``k`` is outside, the last patch always."""
-    resized = nn.functional.interpolate(
-        masks_logits[:, None].float(), size=(grid_size, grid_size), mode="bilinear", align_corners=False
-    )
+    ``convention="object"``: the patches inside and the CLS token (position 0, BLIP-2's layout) are visible; an
+    object with no patch inside sees every patch (as Mask2Former does for empty masks).
+
+    ``convention="release"``: the released code builds ``m = [patch p outside for p] + [True]`` and hands it to
+    LAVIS's Q-Former, whose ``invert_attention_mask`` keeps the keys where ``m`` is True. The vision tokens are
+    ``[CLS, patch_0, ..., patch_{P-1}]``, so key ``k`` is visible iff ``m[k]``: CLS iff patch 0 is outside the
+    object, patch ``k - 1`` iff patch ``k`` is outside, the last patch always."""
+    if boxes is not None:
+        from .segmentation_captionformer import rasterize_boxes
+
+        inside = rasterize_boxes(boxes.float(), (grid_size, grid_size)).flatten(1)  # (N, P)
+    else:
+        resized = nn.functional.interpolate(
+            masks_logits[:, None].float(), size=(grid_size, grid_size), mode="bilinear", align_corners=False
+        )
+        inside = resized.sigmoid().flatten(1) >= threshold  # (N, P)
     if convention == "release":
-        outside = resized.sigmoid().flatten(1) < threshold  # (N, P)
-        visible = torch.cat([outside, torch.ones_like(outside[:, :1])], dim=1)
+        visible = torch.cat([~inside, torch.ones_like(inside[:, :1])], dim=1)
     elif convention == "object":
-        visible = resized.sigmoid().flatten(1) >= threshold  # (N, P)
-        visible = visible | ~visible.any(dim=1, keepdim=True)
+        visible = inside | ~inside.any(dim=1, keepdim=True)
         visible = torch.cat([torch.ones_like(visible[:, :1]), visible], dim=1)  # CLS first
     else:
         raise ValueError(f"`convention` must be 'object' or 'release', got {convention!r}")
@@ -83,7 +91,11 @@ class CaptionFormerCaptionHead(nn.Module):
         return self.vision_model(pixel_values=frames.to(dtype)).last_hidden_state
 
     def forward(
-        self, vision_tokens: torch.Tensor, object_queries: torch.Tensor, masks_logits: torch.Tensor
+        self,
+        vision_tokens: torch.Tensor,
+        object_queries: torch.Tensor,
+        masks_logits: torch.Tensor,
+        boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Q-Former outputs ``(N, 1 + num_query_tokens, D_qformer)`` for N objects.
 
@@ -91,6 +103,8 @@ class CaptionFormerCaptionHead(nn.Module):
             vision_tokens: ``(N, 1 + P, D_vision)`` tokens of the frame each object is captioned from.
             object_queries: ``(N, D_segmenter)`` object queries from the segmenter.
             masks_logits: ``(N, H, W)`` the objects' mask logits on that frame.
+            boxes: ``(N, 4)`` their boxes on that frame (normalised cx, cy, w, h); box-only models restrict the
+                cross-attention to them.
         """
         queries = torch.cat(
             [
@@ -107,6 +121,7 @@ class CaptionFormerCaptionHead(nn.Module):
             qformer_dtype,
             queries.shape[1],
             convention=self.config.caption_mask_convention,
+            boxes=boxes if self.config.box_only else None,
         )
         return self.qformer(
             query_embeds=queries, encoder_hidden_states=vision_tokens, encoder_attention_mask=attention

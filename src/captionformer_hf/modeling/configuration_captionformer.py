@@ -32,6 +32,13 @@ class CaptionFormerConfig(PreTrainedConfig):
         box_head_layers (`int`, defaults to 2): depth of the MLP box head (2 in the released code, 4 in the paper).
             ``0``: no box head; boxes are the bounding boxes of the predicted masks (the released mask checkpoints,
             trained with ``USE_BOXES: false``, have no box head) and the box losses are skipped.
+        box_only (`bool`, defaults to `False`): no mask branch, as the released box checkpoints (``BOX_ONLY: true``,
+            VidSTG / BenSMOT): the decoder's masked attention and the caption head's cross-attention are restricted
+            to the predicted boxes (rasterised as the release does) and ``masks_logits`` are the rasterised boxes.
+            Needs a box head.
+        box_format (`str`, defaults to ``"cxcywh"``): what the box head predicts: ``"cxcywh"`` (sigmoid, normalised
+            centre and size) or ``"xywh"`` (the release: raw normalised top-left corner and size, no sigmoid); both
+            are returned as normalised (cx, cy, w, h).
         objectness_head_layers (`int`, defaults to 1): depth of the MLP objectness head (the released code uses a
             2-layer MLP with two logits; converted checkpoints store it as one logit, ``obj - no_obj``, which gives
             the same probability: ``softmax([a, b])[0] == sigmoid(a - b)``).
@@ -92,6 +99,8 @@ class CaptionFormerConfig(PreTrainedConfig):
 
     clip_length: int = 1
     box_head_layers: int = 2
+    box_only: bool = False
+    box_format: str = "cxcywh"
     objectness_head_layers: int = 1
     single_frame_temporal_embedding: bool = False
     use_text_classifier: bool = False
@@ -229,6 +238,12 @@ class CaptionFormerConfig(PreTrainedConfig):
                 f"`caption_prompt_token_id` must be None or a token id in [0, {self.text_config.vocab_size}), "
                 f"got {self.caption_prompt_token_id!r}"
             )
+        if self.box_format not in ("cxcywh", "xywh"):
+            raise ValueError(f"`box_format` must be 'cxcywh' or 'xywh', got {self.box_format!r}")
+        if not isinstance(self.box_only, bool):
+            raise ValueError(f"`box_only` must be a bool, got {self.box_only!r}")
+        if self.box_only and self.box_head_layers == 0:
+            raise ValueError("`box_only` needs a box head: `box_head_layers` must be >= 1")
         if not isinstance(self.single_frame_temporal_embedding, bool):
             raise ValueError(
                 f"`single_frame_temporal_embedding` must be a bool, got {self.single_frame_temporal_embedding!r}"

@@ -49,8 +49,10 @@ class CaptionFormerLoss(nn.Module):
         self.focal_alpha = config.focal_alpha
         self.focal_gamma = config.focal_gamma
         self.use_auxiliary_loss = seg.use_auxiliary_loss
-        # without a box head the boxes are read off the masks: nothing to learn, no box loss or cost
+        # without a box head the boxes are read off the masks: nothing to learn, no box loss or cost; box-only
+        # models have no mask branch (their "masks" are the rasterised boxes): no mask loss or cost
         self.use_box_losses = config.box_head_layers > 0
+        self.use_mask_losses = not config.box_only
         self.weight_dict = {
             "loss_class": config.class_weight,
             "loss_objectness": config.objectness_weight,
@@ -61,8 +63,8 @@ class CaptionFormerLoss(nn.Module):
         }
         self.matcher = CaptionFormerHungarianMatcher(
             cost_class=config.class_weight,
-            cost_mask=config.mask_weight,
-            cost_dice=config.dice_weight,
+            cost_mask=config.mask_weight if self.use_mask_losses else 0.0,
+            cost_dice=config.dice_weight if self.use_mask_losses else 0.0,
             cost_bbox=config.bbox_l1_weight if self.use_box_losses else 0.0,
             cost_giou=config.giou_weight if self.use_box_losses else 0.0,
             num_points=seg.train_num_points,
@@ -102,18 +104,20 @@ class CaptionFormerLoss(nn.Module):
             zero = outputs["masks_logits"].sum() * 0.0
             if self.use_box_losses:
                 zero = zero + outputs["pred_boxes"].sum() * 0.0
-            losses.update(loss_mask=zero, loss_dice=zero)
+            if self.use_mask_losses:
+                losses.update(loss_mask=zero, loss_dice=zero)
             if self.use_box_losses:
                 losses.update(loss_bbox=zero, loss_giou=zero)
             return losses
-        with torch.no_grad():
-            coords = uncertain_point_coordinates(
-                pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
-            )
-            point_labels = sample_point(target_masks, coords, align_corners=False).flatten(1)
-        point_logits = sample_point(pred_masks, coords, align_corners=False).flatten(1)
-        losses["loss_mask"] = sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks)
-        losses["loss_dice"] = dice_loss(point_logits, point_labels, num_masks)
+        if self.use_mask_losses:
+            with torch.no_grad():
+                coords = uncertain_point_coordinates(
+                    pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+                )
+                point_labels = sample_point(target_masks, coords, align_corners=False).flatten(1)
+            point_logits = sample_point(pred_masks, coords, align_corners=False).flatten(1)
+            losses["loss_mask"] = sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks)
+            losses["loss_dice"] = dice_loss(point_logits, point_labels, num_masks)
         if not self.use_box_losses:
             return losses
 

@@ -81,10 +81,11 @@ class CaptionFormerHungarianMatcher(nn.Module):
             raise ValueError(
                 f"targets `mask_labels` have {target_masks.shape[1]} frames but the clip has {pred_masks.shape[1]}"
             )
-        pred_points = sample_clip_masks(pred_masks, point_coordinates)
-        target_points = sample_clip_masks(target_masks, point_coordinates)
-        cost = cost + self.cost_mask * pair_wise_sigmoid_cross_entropy_loss(pred_points, target_points)
-        cost = cost + self.cost_dice * pair_wise_dice_loss(pred_points, target_points)
+        if self.cost_mask or self.cost_dice:
+            pred_points = sample_clip_masks(pred_masks, point_coordinates)
+            target_points = sample_clip_masks(target_masks, point_coordinates)
+            cost = cost + self.cost_mask * pair_wise_sigmoid_cross_entropy_loss(pred_points, target_points)
+            cost = cost + self.cost_dice * pair_wise_dice_loss(pred_points, target_points)
         if (self.cost_bbox or self.cost_giou) and "boxes" in target:
             valid = target.get("valid")
             if valid is None:

@@ -184,6 +184,7 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         frame_indices: torch.Tensor,
         object_queries: torch.Tensor,
         masks_logits: torch.Tensor,
+        boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Q-Former outputs ``(N, 1 + num_query_tokens, D_qformer)`` of N objects.
 
@@ -191,12 +192,15 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             frames: ``(F, 3, H, W)`` segmenter-normalised frames (each encoded once by the vision encoder).
             frame_indices: ``(N,)`` index into ``frames`` of the frame each object is captioned from.
             object_queries: ``(N, D)`` object queries. masks_logits: ``(N, h, w)`` their masks on that frame.
+            boxes: ``(N, 4)`` their boxes on that frame (needed by box-only models, ``config.box_only``).
         """
+        if self.config.box_only and boxes is None:
+            raise ValueError("`boxes` are needed: this box-only model restricts the caption head to boxes")
         if object_queries.shape[0] == 0:
             hidden = self.config.qformer_config.hidden_size
             return object_queries.new_zeros(0, 1 + self.config.num_query_tokens, hidden)
         vision_tokens = self.caption_head.encode_frames(frames)
-        return self.caption_head(vision_tokens[frame_indices], object_queries, masks_logits)
+        return self.caption_head(vision_tokens[frame_indices], object_queries, masks_logits, boxes)
 
 
 class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, GenerationMixin):
@@ -365,7 +369,10 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             frame_of_clip = torch.full((batch_size,), self._caption_frame(num_frames), device=device)
         frames = pixel_values_videos[torch.arange(batch_size, device=device), frame_of_clip]
         masks = outputs.masks_logits[rows, queries, frame_of_clip[rows]]
-        caption_queries = self.model.encode_captions(frames, rows, outputs.object_queries[rows, queries], masks)
+        caption_queries = self.model.encode_captions(
+            frames, rows, outputs.object_queries[rows, queries], masks,
+            outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
+        )
         return self.caption_lm_loss(caption_queries, caption_ids, caption_masks)
 
     def video_caption_loss(self, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
@@ -397,7 +404,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         queries = torch.tensor([q for _, q in items], device=device)
         frames = pixel_values_videos[torch.arange(batch_size, device=device), frame_of_clip]
         caption_queries = self.model.encode_captions(
-            frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]]
+            frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
+            outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
         )
         scores = outputs.scores[rows, queries].detach()
         aggregated, caption_ids, caption_masks, start = [], [], [], 0
@@ -452,9 +460,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         return {"first": 0, "middle": num_frames // 2}.get(self.config.caption_frame, num_frames // 2)
 
     # ------------------------------------------------------------------ inference
-    def encode_captions(self, frames, frame_indices, object_queries, masks_logits) -> torch.Tensor:
+    def encode_captions(self, frames, frame_indices, object_queries, masks_logits, boxes=None) -> torch.Tensor:
         """See :meth:`CaptionFormerModel.encode_captions`."""
-        return self.model.encode_captions(frames, frame_indices, object_queries, masks_logits)
+        return self.model.encode_captions(frames, frame_indices, object_queries, masks_logits, boxes)
 
     @torch.no_grad()
     def generate_captions(
@@ -510,6 +518,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             batch_indices,
             outputs.object_queries[batch_indices, query_indices],
             outputs.masks_logits[batch_indices, query_indices, frame],
+            outputs.pred_boxes[batch_indices, query_indices, frame],
         )
         sequences = self.generate_captions(caption_queries, **generate_kwargs)
         return {
@@ -683,6 +692,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 torch.zeros(len(wanting), dtype=torch.long, device=scores.device),
                 outputs.object_queries[b, queries],
                 outputs.masks_logits[b, queries, caption_frame],
+                outputs.pred_boxes[b, queries, caption_frame],
             )
             for (_, track_id), caption_query in zip(wanting, caption_queries):
                 session.set_caption_query(track_id, caption_query)

@@ -24,11 +24,42 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 
+def rasterize_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Cells of an ``h x w`` grid inside normalised (cx, cy, w, h) boxes ``(..., 4)`` -> bool ``(..., h, w)``.
+
+    The release's ``attn_masking_from_bbox``: with (x, y) the top-left corner, columns ``[x0, x1)`` with
+    ``x0 = floor(clamp(x * w, 0, w - 1))`` and ``x1 = floor(clamp(x0 + box_w * w, 0, w - 1))`` (so the last column
+    and row are never inside), rows likewise."""
+    height, width = size
+    x = boxes[..., 0] - boxes[..., 2] / 2
+    y = boxes[..., 1] - boxes[..., 3] / 2
+    x0 = (x * width).clamp(0, width - 1).long()
+    y0 = (y * height).clamp(0, height - 1).long()
+    x1 = (x0 + boxes[..., 2] * width).clamp(0, width - 1).long()
+    y1 = (y0 + boxes[..., 3] * height).clamp(0, height - 1).long()
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    in_y = (rows >= y0[..., None]) & (rows < y1[..., None])  # (..., h)
+    in_x = (cols >= x0[..., None]) & (cols < x1[..., None])  # (..., w)
+    return in_y[..., :, None] & in_x[..., None, :]
+
+
 class CaptionFormerVideoMaskPredictor(Mask2FormerMaskPredictor):
     """Mask2Former's mask predictor for clips: pixel embeddings ``(B, T, C, H, W)`` give masks ``(B, Q, T, H, W)``
-    and an attention mask over the ``T * h * w`` keys of the next decoder layer (``True`` = not attended)."""
+    and an attention mask over the ``T * h * w`` keys of the next decoder layer (``True`` = not attended).
+
+    Box-only models (``box_predictor`` set): the attention mask keeps the keys inside each query's predicted box
+    and the "masks" are the rasterised boxes (logit +/- ``BOX_MASK_LOGIT``)."""
+
+    BOX_MASK_LOGIT = 20.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.box_predictor = None  # callable (B, Q, D) -> (B, Q, T, 4) boxes; set on box-only segmenters
 
     def forward(self, outputs, pixel_embeddings, attention_mask_target_size=None):
+        if self.box_predictor is not None:
+            return self._box_forward(outputs, pixel_embeddings, attention_mask_target_size)
         mask_embeddings = self.mask_embedder(outputs.transpose(0, 1))  # (B, Q, C)
         outputs_mask = torch.einsum("bqc,btchw->bqthw", mask_embeddings, pixel_embeddings)
         batch_size, num_queries, num_frames = outputs_mask.shape[:3]
@@ -39,6 +70,16 @@ class CaptionFormerVideoMaskPredictor(Mask2FormerMaskPredictor):
         attention_mask = attention_mask.sigmoid().unsqueeze(1).repeat(1, self.num_heads, 1, 1)
         attention_mask = (attention_mask.flatten(0, 1) < 0.5).bool().detach()
         return outputs_mask, attention_mask
+
+    def _box_forward(self, outputs, pixel_embeddings, attention_mask_target_size):
+        boxes = self.box_predictor(outputs.transpose(0, 1)).detach()  # (B, Q, T, 4)
+        batch_size, num_queries = boxes.shape[:2]
+        inside = rasterize_boxes(boxes, tuple(attention_mask_target_size))  # (B, Q, T, h, w)
+        attention_mask = (~inside).view(batch_size, num_queries, -1).unsqueeze(1).repeat(1, self.num_heads, 1, 1)
+        box_masks = rasterize_boxes(boxes, tuple(pixel_embeddings.shape[-2:]))
+        logit = torch.tensor(self.BOX_MASK_LOGIT, dtype=pixel_embeddings.dtype, device=boxes.device)
+        outputs_mask = torch.where(box_masks, logit, -logit)
+        return outputs_mask, attention_mask.flatten(0, 1)
 
 
 def temporal_sine_embedding(
@@ -153,19 +194,27 @@ class CaptionFormerClipSegmenterMixin:
             self.objectness_head = nn.Linear(hidden, 1)
         else:  # the released code's MLP (its 2 logits folded into one by the converter)
             self.objectness_head = Mask2FormerMLPPredictionHead(hidden, hidden, 1, config.objectness_head_layers)
+        self.box_format = config.box_format
         if config.box_head_layers > 0:
             self.box_head = Mask2FormerMLPPredictionHead(hidden, hidden, 4 * config.clip_length, config.box_head_layers)
         else:
             self.box_head = None
+        if config.box_only:  # no mask branch: attention masks from the boxes
+            self.transformer_module.decoder.mask_predictor.box_predictor = self.predict_boxes
+
+    def predict_boxes(self, queries: torch.Tensor) -> torch.Tensor:
+        """Box head on layer-normed decoder states ``(B, Q, D)`` -> ``(B, Q, T, 4)`` normalised (cx, cy, w, h)."""
+        boxes = self.box_head(queries).view(*queries.shape[:2], -1, 4)
+        if self.box_format == "xywh":  # the release: raw top-left corner and size
+            return torch.cat([boxes[..., :2] + boxes[..., 2:] / 2, boxes[..., 2:]], dim=-1)
+        return boxes.sigmoid()
 
     def predict_heads(self, queries: torch.Tensor, class_embeddings: torch.Tensor | None = None):
         """Heads on layer-normed decoder states ``(B, Q, D)``: class ``(B, Q, C)``, objectness ``(B, Q)``,
         boxes ``(B, Q, T, 4)`` (normalised cx, cy, w, h; ``None`` without a box head)."""
         class_logits = self.class_head(queries, class_embeddings)
         objectness_logits = self.objectness_head(queries).squeeze(-1)
-        boxes = None
-        if self.box_head is not None:
-            boxes = self.box_head(queries).sigmoid().view(*queries.shape[:2], self.clip_length, 4)
+        boxes = self.predict_boxes(queries) if self.box_head is not None else None
         return class_logits, objectness_logits, boxes
 
     def forward(self, pixel_values_videos: torch.Tensor, class_embeddings: torch.Tensor | None = None,
