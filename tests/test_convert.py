@@ -21,7 +21,7 @@ from captionformer_hf.convert_captionformer_original_to_hf import (
     write_converted,
 )
 from captionformer_hf.modeling.captioning_captionformer import object_cross_attention_mask
-from captionformer_hf.modeling.segmentation_captionformer import temporal_sine_embedding
+from captionformer_hf.modeling.segmentation_captionformer import clip_pixel_values, temporal_sine_embedding
 
 HEADS = {"segmenter": 2, "vision": 2, "qformer": 2, "text": 2}
 SWIN = {"embed": 32, "depths": [1, 1, 2, 1], "heads": [1, 2, 2, 4], "window": 2}
@@ -446,8 +446,8 @@ def test_problems_fail_with_the_offending_keys():
     with pytest.raises(ValueError, match="relative position index"):
         convert(sd)
     sd = official_state_dict(seed=3)
-    sd["sem_seg_head.predictor.class_embed.linear.0.weight"] = torch.zeros(128, HIDDEN)
-    with pytest.raises(ValueError, match="ZeroShotClassifier"):
+    sd["captioning_head.agg_linear.weight"] = torch.zeros(4, 4)
+    with pytest.raises(ValueError, match="aggregation module captioning_head.agg_linear"):
         convert(sd)
     sd = official_state_dict(seed=3)
     for key in [k for k in sd if "mask_features" in k]:
@@ -571,3 +571,103 @@ def test_box_only_checkpoint_attends_to_its_boxes(tmp_path):
     _check_pipeline(write_converted(model, tmp_path / "box_only", tokenizer=tiny_tokenizer()))
     with pytest.raises(ValueError, match="`boxes` are needed"):
         model.model.encode_captions(clip[:, 0], torch.tensor([0]), torch.randn(1, HIDDEN), torch.randn(1, 16, 16))
+
+
+def _tiny_clip():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=16, projection_dim=24)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def _zero_shot_state_dict(seed=6):
+    """The release's ZeroShotClassifier (OVFormer) in place of class_embed: 24-d text embeddings, 3 classes."""
+    sd = official_state_dict(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    pr = "sem_seg_head.predictor.class_embed."
+    del sd[pr + "weight"], sd[pr + "bias"]
+    dim = 24
+    sd[pr + "linear.0.weight"] = torch.randn(dim // 2, HIDDEN, generator=g) * 0.3
+    sd[pr + "linear.0.bias"] = torch.randn(dim // 2, generator=g) * 0.1
+    sd[pr + "linear.2.weight"] = torch.randn(dim, dim // 2, generator=g) * 0.3
+    sd[pr + "linear.2.bias"] = torch.randn(dim, generator=g) * 0.1
+    sd[pr + "cross_attention.multihead_attn.in_proj_weight"] = torch.randn(3 * dim, dim, generator=g) * 0.3
+    sd[pr + "cross_attention.multihead_attn.in_proj_bias"] = torch.randn(3 * dim, generator=g) * 0.1
+    sd[pr + "cross_attention.multihead_attn.out_proj.weight"] = torch.randn(dim, dim, generator=g) * 0.3
+    sd[pr + "cross_attention.multihead_attn.out_proj.bias"] = torch.randn(dim, generator=g) * 0.1
+    sd[pr + "cross_attention.norm.weight"] = 1 + torch.randn(dim, generator=g) * 0.1
+    sd[pr + "cross_attention.norm.bias"] = torch.randn(dim, generator=g) * 0.1
+    zs = torch.cat([torch.randn(dim, NUM_CLASSES, generator=g), torch.zeros(dim, 1)], dim=1)
+    sd[pr + "zs_weight"] = nn.functional.normalize(zs, p=2, dim=0)
+    return sd
+
+
+def test_zero_shot_classifier_with_clip_image_context(tmp_path):
+    sd = _zero_shot_state_dict()
+    with pytest.raises(ValueError, match="--clip-model openai/clip-vit-base-patch32"):
+        convert(sd)
+    clip = _tiny_clip()
+    heads = {**HEADS, "clip_context": 4}
+    model, report = convert(sd, clip_vision_config=clip.config, clip_state_dict=clip.state_dict(), num_heads=heads)
+    assert report.ok
+    assert any(key.startswith("model.segmenter.clip_image_encoder.") for key in report.filled_from_base)
+    config = model.config
+    assert config.use_text_classifier and config.num_labels == NUM_CLASSES and config.text_embedding_dim == 24
+    assert config.text_classifier_projection_layers == 2 and not config.text_classifier_bias
+
+    # the release's ZeroShotClassifier.forward, from its formula, with torch's MultiheadAttention
+    queries = torch.randn(2, QUERIES, HIDDEN)
+    frames = torch.randn(2, 3, 24)  # (B, T, 512 in the release) CLIP embeddings of the clip's frames
+    pr = "sem_seg_head.predictor.class_embed."
+    x = nn.functional.linear(queries, sd[pr + "linear.0.weight"], sd[pr + "linear.0.bias"]).relu()
+    x = nn.functional.linear(x, sd[pr + "linear.2.weight"], sd[pr + "linear.2.bias"])
+    attention = nn.MultiheadAttention(24, 4)
+    attention.load_state_dict({k.split("multihead_attn.")[1]: v for k, v in sd.items() if "multihead_attn" in k})
+    with torch.no_grad():
+        attended = attention(x.transpose(0, 1), frames.transpose(0, 1), frames.transpose(0, 1))[0].transpose(0, 1)
+    x = nn.functional.layer_norm(x + attended, (24,), sd[pr + "cross_attention.norm.weight"],
+                                 sd[pr + "cross_attention.norm.bias"])
+    release = (50 * nn.functional.normalize(x, p=2, dim=2)) @ sd[pr + "zs_weight"]
+    with torch.no_grad():
+        ours, _, _ = model.model.segmenter.predict_heads(queries, image_context=frames)
+    torch.testing.assert_close(ours, release[..., :-1], rtol=1e-4, atol=1e-4)
+
+    # the frame embeddings come from the frozen CLIP encoder on each frame's content
+    clip_video = torch.randn(1, 1, 3, 64, 96)
+    with torch.no_grad():
+        embeds = model.model.segmenter.clip_image_embeds(clip_video, content_size=(64, 80))
+        rgb = clip_video[0] * torch.tensor(config.segmenter_image_std).view(1, 3, 1, 1) + torch.tensor(
+            config.segmenter_image_mean).view(1, 3, 1, 1)
+        from captionformer_hf.modeling.segmentation_captionformer import clip_pixel_values
+
+        direct = clip(pixel_values=clip_pixel_values(rgb[..., :64, :80], 32)).image_embeds
+    torch.testing.assert_close(embeds[0], direct)
+    assert not any(p.requires_grad for p in model.model.segmenter.clip_image_encoder.parameters())
+    with torch.no_grad():
+        outputs = model.model(clip_video)
+    assert outputs.class_logits.shape == (1, QUERIES, NUM_CLASSES)
+    from captionformer_hf.testing_utils import tiny_tokenizer
+
+    folder = write_converted(model, tmp_path / "zero_shot", tokenizer=tiny_tokenizer())
+    reloaded = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(clip_video).class_logits, outputs.class_logits)
+    _check_pipeline(folder)
+
+
+def test_clip_preprocessing_matches_clip_image_processor():
+    """clip_pixel_values (torch, from a resized frame) agrees with transformers' CLIPImageProcessor (PIL)."""
+    import numpy as np
+    from transformers import CLIPImageProcessor
+
+    # a smooth image (resampling filters differ most on noise)
+    yy, xx = np.mgrid[0:120, 0:200]
+    image = np.stack([np.sin(xx / 17.0), np.cos(yy / 11.0), np.sin((xx + yy) / 23.0)], -1) * 0.5 + 0.5
+    image = (image * 255).astype(np.uint8)
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    reference = torch.as_tensor(processor(images=image, return_tensors="pt")["pixel_values"])
+    ours = clip_pixel_values(torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255, 224)
+    assert ours.shape == reference.shape == (1, 3, 224, 224)
+    assert (ours - reference).abs().mean() < 0.02

@@ -34,10 +34,15 @@ Where the released code differs from the paper text, the converted config follow
   (``BOX_ONLY: true``, VidSTG / BenSMOT) have no mask branch: ``box_only=True`` takes the decoder's and the caption
   head's attention masks from the boxes, rasterised as ``attn_masking_from_bbox`` does.
 
-Not convertible (the conversion stops with a message naming the component): the open-vocabulary
-``ZeroShotClassifier`` (``CLIP_CLASSIFIER: true``, the LV-VIS and VidSTG checkpoints; it cross-attends to
-per-frame CLIP image features read from a dataset file) and the experimental aggregation modules
-(``agg_linear``, ``agg_self_attention``, ``agg_transformer``).
+- the open-vocabulary ``ZeroShotClassifier`` (``CLIP_CLASSIFIER: true``, LV-VIS / VidSTG, from OVFormer) projects
+  the query with a 2-layer MLP, cross-attends to the CLIP ViT-B/32 image embeddings of the clip's frames (which the
+  release reads from pre-extracted pickles) and scores ``50 * cos`` against its ``zs_weight`` text embeddings: it
+  becomes the cosine classifier with ``text_classifier_projection_layers=2``, no bias, temperature 1/50 and a frozen
+  ``CLIPVisionModelWithProjection`` (``clip_vision_config``, weights from ``--clip-model``) that computes the frame
+  embeddings from the model's input.
+
+Not convertible (the conversion stops with a message naming the component): the experimental aggregation
+modules (``agg_linear``, ``agg_self_attention``, ``agg_transformer``) and Swin's absolute position embedding.
 """
 
 from __future__ import annotations
@@ -163,6 +168,13 @@ KEY_MAPPING: list[tuple[str, str, str]] = [
     ("sem_seg_head.predictor.decoder_norm", "...transformer_module.decoder.layernorm", ""),
     ("sem_seg_head.predictor.mask_embed.layers.{k}", "...decoder.mask_predictor.mask_embedder.{k}.0", ""),
     ("sem_seg_head.predictor.class_embed", "model.segmenter.class_head.classifier", "no-object row dropped"),
+    ("sem_seg_head.predictor.class_embed.linear.{0,2} (ZeroShotClassifier)",
+     "model.segmenter.class_head.projection.{0,1}.0", ""),
+    ("sem_seg_head.predictor.class_embed.cross_attention.multihead_attn.* / .norm",
+     "model.segmenter.class_head.image_context_attention.* / image_context_norm", ""),
+    ("sem_seg_head.predictor.class_embed.zs_weight", "model.segmenter.class_head.class_embeddings",
+     "transposed, no-object column dropped"),
+    ("(CLIP ViT-B/32, --clip-model)", "model.segmenter.clip_image_encoder.*", "CLIPVisionModelWithProjection"),
     ("sem_seg_head.predictor.object_embed.layers.{k}", "model.segmenter.objectness_head.{k}.0",
      "last layer: logit 0 - logit 1"),
     ("sem_seg_head.predictor.box_embed.layers.{k}", "model.segmenter.box_head.{k}.0",
@@ -286,18 +298,16 @@ def _heads(kind: str, width: int, num_heads: dict | None) -> int:
 
 def _check_supported(state: dict) -> list[str]:
     problems = []
-    zero_shot = ("linear.", "cross_attention.", "zs_weight", "cls_bias")
-    if any(k.startswith(tuple("sem_seg_head.predictor.class_embed." + name for name in zero_shot)) for k in state):
-        problems.append(
-            "ZeroShotClassifier (CLIP_CLASSIFIER: true): cross-attends to per-frame CLIP image features read from a "
-            "dataset file; not convertible"
-        )
     for name in ("agg_linear", "agg_self_attention", "agg_transformer", "agg_pos_embedding"):
         if any(k.startswith(f"captioning_head.{name}") for k in state):
             problems.append(f"experimental caption aggregation module captioning_head.{name}; not convertible")
     if "backbone.absolute_pos_embed" in state:
         problems.append("Swin absolute position embedding (APE); not convertible")
     return problems
+
+
+def _is_zero_shot(state: dict) -> bool:
+    return "sem_seg_head.predictor.class_embed.zs_weight" in state
 
 
 def config_from_original(
@@ -382,9 +392,30 @@ def config_from_original(
         "common_stride": 4,
         "feature_strides": [patch_size * 2**i for i in out_indices],
     }
-    num_labels = int(need(pr + "class_embed.weight").shape[0]) - 1
+    classifier = {}
+    if _is_zero_shot(state):  # CLIP_CLASSIFIER: OVFormer's ZeroShotClassifier
+        if overrides.get("clip_vision_config") is None:
+            raise ValueError(
+                "this checkpoint's classifier (ZeroShotClassifier, CLIP_CLASSIFIER: true) attends to CLIP ViT-B/32 "
+                "image embeddings of the frames: pass clip_vision_config and clip_state_dict "
+                "(--clip-model openai/clip-vit-base-patch32)"
+            )
+        zs_weight = state[pr + "class_embed.zs_weight"]  # (E, C + 1), last column: no object (zeros)
+        num_labels = int(zs_weight.shape[1]) - 1
+        classifier = {
+            "use_text_classifier": True,
+            "text_embedding_dim": int(zs_weight.shape[0]),
+            "text_classifier_projection_layers": sum(
+                1 for k in state if re.fullmatch(re.escape(pr) + r"class_embed\.linear\.\d+\.weight", k)
+            ),
+            "text_classifier_bias": pr + "class_embed.cls_bias" in state,
+            "text_classifier_temperature": 1 / 50,  # ZeroShotClassifier's norm_temperature
+            "clip_image_context_heads": int((num_heads or {}).get("clip_context", 8)),
+        }
+    else:
+        num_labels = int(need(pr + "class_embed.weight").shape[0]) - 1
     if num_labels < 1:
-        raise ValueError("class_embed must have at least one class besides the no-object logit")
+        raise ValueError("the classifier must have at least one class besides the no-object logit")
     objectness_layers = _count(state, re.escape(pr) + r"object_embed\.layers\.(\d+)\.")
     box_layers = _count(state, re.escape(pr) + r"box_embed\.layers\.(\d+)\.")
 
@@ -466,6 +497,7 @@ def config_from_original(
         "qformer_config": qformer_config,
         "text_config": text_config,
         "num_labels": num_labels,
+        **classifier,
         "num_query_tokens": int(need(ch + "query_tokens").shape[1]),
         "objectness_head_layers": objectness_layers,
         "box_head_layers": box_layers,
@@ -602,11 +634,27 @@ def _map_decoder_and_heads(m: _Mapper, config: CaptionFormerConfig) -> None:
             m.rename_prefix(f"{src}mask_embed.layers.{k}", f"{dst}decoder.mask_predictor.mask_embedder.{k}.0")
 
     heads = "model.segmenter."
-    # class: drop the no-object logit (inference reads sigmoid(logits[:, :-1]) only)
-    for name in ("weight", "bias"):
-        value = m.take(f"{src}class_embed.{name}")
-        if value is not None:
-            m.put(f"{heads}class_head.classifier.{name}", value[:-1].clone())
+    if config.use_text_classifier:  # ZeroShotClassifier
+        c, d = src + "class_embed.", heads + "class_head."
+        layers = config.text_classifier_projection_layers
+        for k in range(layers):  # nn.Sequential(Linear, ReLU, Linear): Linear k at index 2k
+            target = d + "projection" if layers == 1 else f"{d}projection.{k}.0"
+            m.rename_prefix(f"{c}linear.{2 * k}", target)
+        for name in ("in_proj_weight", "in_proj_bias"):
+            m.rename(f"{c}cross_attention.multihead_attn.{name}", f"{d}image_context_attention.{name}")
+        m.rename_prefix(c + "cross_attention.multihead_attn.out_proj", d + "image_context_attention.out_proj")
+        m.rename_prefix(c + "cross_attention.norm", d + "image_context_norm")
+        zs_weight = m.take(c + "zs_weight")
+        if zs_weight is not None:  # (E, C + 1) -> (C, E), the zero no-object column dropped
+            m.put(d + "class_embeddings", zs_weight[:, :-1].t().contiguous())
+        if config.text_classifier_bias:
+            m.rename(c + "cls_bias", d + "bias")
+    else:
+        # class: drop the no-object logit (inference reads sigmoid(logits[:, :-1]) only)
+        for name in ("weight", "bias"):
+            value = m.take(f"{src}class_embed.{name}")
+            if value is not None:
+                m.put(f"{heads}class_head.classifier.{name}", value[:-1].clone())
     # objectness: softmax([a, b])[0] == sigmoid(a - b)
     layers = config.objectness_head_layers
     for k in range(layers):
@@ -708,6 +756,7 @@ def convert_state_dict(
     config: CaptionFormerConfig,
     expected: dict[str, torch.Tensor],
     base_state_dict: dict[str, torch.Tensor] | None = None,
+    clip_state_dict: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Map an official state dict onto the keys of ``expected`` (a converted model's ``state_dict()``)."""
     report = ConversionReport()
@@ -735,6 +784,12 @@ def convert_state_dict(
             target["language_model.lm_head.weight"] = embed
     if base_state_dict:
         _fill_from_base(target, expected, base_state_dict, report)
+    if clip_state_dict:  # CLIPVisionModelWithProjection weights for the classifier's image context
+        for key, value in clip_state_dict.items():
+            ours = "model.segmenter.clip_image_encoder." + key
+            if ours in expected and ours not in target:
+                target[ours] = value
+                report.filled_from_base.append(ours)
     report.unmapped.extend(sorted(m.source))
     for key, value in expected.items():
         if key in target:
@@ -767,10 +822,15 @@ def convert_original_checkpoint(
     preset: str | None = None,
     config: CaptionFormerConfig | None = None,
     base_state_dict: dict[str, torch.Tensor] | None = None,
+    clip_state_dict: dict[str, torch.Tensor] | None = None,
     dtype: torch.dtype | None = None,
     **config_kwargs,
 ):
     """Build a :class:`CaptionFormerForDenseVideoObjectCaptioning` holding the official weights.
+
+    ``base_state_dict``: a transformers BLIP-2 state dict for ViT / LM weights the checkpoint lacks;
+    ``clip_state_dict`` (with ``clip_vision_config=...``): a ``CLIPVisionModelWithProjection`` state dict (CLIP
+    ViT-B/32 in the release) for checkpoints with the ``ZeroShotClassifier``.
 
     Returns ``(model, report)``; raises ``ValueError`` (with the report) unless every official tensor was mapped or
     dropped on purpose and every parameter of the model was filled."""
@@ -783,7 +843,7 @@ def convert_original_checkpoint(
         raise ValueError("pass either `config` or `preset` / config keyword arguments, not both")
     model = CaptionFormerForDenseVideoObjectCaptioning(config)
     expected = model.state_dict()
-    converted, report = convert_state_dict(state, config, expected, base_state_dict)
+    converted, report = convert_state_dict(state, config, expected, base_state_dict, clip_state_dict)
     report.raise_for_problems()
     for key in report.unused_target:
         converted[key] = expected[key]
@@ -848,8 +908,10 @@ def _parse_num_heads(values: list[str] | None) -> dict[str, int]:
     heads = {}
     for value in values or []:
         name, _, number = value.partition("=")
-        if name not in ("segmenter", "vision", "qformer", "text") or not number.isdigit():
-            raise ValueError(f"--num-heads takes NAME=N with NAME in segmenter/vision/qformer/text, got {value!r}")
+        if name not in ("segmenter", "vision", "qformer", "text", "clip_context") or not number.isdigit():
+            raise ValueError(
+                f"--num-heads takes NAME=N with NAME in segmenter/vision/qformer/text/clip_context, got {value!r}"
+            )
         heads[name] = int(number)
     return heads
 
@@ -865,6 +927,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "ViT / LM weights the official checkpoint lacks, e.g. Salesforce/blip2-opt-2.7b")
     parser.add_argument("--vision-image-size", type=int, default=364,
                         help="EVA input size when its weights come from --base-blip2 (release: 364)")
+    parser.add_argument("--clip-model", help="CLIP vision model (Hub id or folder) for checkpoints with the "
+                        "ZeroShotClassifier (CLIP_CLASSIFIER), e.g. openai/clip-vit-base-patch32")
     parser.add_argument("--num-heads", nargs="*", metavar="NAME=N", help="head counts the shapes cannot tell")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--shortest-edge", type=int, default=480, help="test size of the release (480)")
@@ -895,8 +959,16 @@ def main(args: argparse.Namespace | None = None) -> int:
             vision_config.image_size = args.vision_image_size
             kwargs["vision_config"] = vision_config
         kwargs.setdefault("text_config", blip2.config.text_config)
+    clip_state = None
+    if args.clip_model:
+        from transformers import CLIPVisionModelWithProjection
+
+        clip = CLIPVisionModelWithProjection.from_pretrained(args.clip_model)
+        kwargs["clip_vision_config"] = clip.config
+        clip_state = clip.state_dict()
     model, report = convert_original_checkpoint(
-        state, preset=args.preset, base_state_dict=base, dtype=getattr(torch, args.dtype), **kwargs
+        state, preset=args.preset, base_state_dict=base, clip_state_dict=clip_state,
+        dtype=getattr(torch, args.dtype), **kwargs
     )
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     write_converted(model, args.output, tokenizer=tokenizer, push_to_hub=args.push_to_hub,

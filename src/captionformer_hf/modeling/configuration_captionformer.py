@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, Mask2FormerConfig
+from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, CLIPVisionConfig, Mask2FormerConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 _AGGREGATIONS = ("weighted", "mean", "best")
@@ -50,6 +50,15 @@ class CaptionFormerConfig(PreTrainedConfig):
             to ``forward``) instead of a linear layer.
         text_embedding_dim (`int`, defaults to 512): dimension of the class text embeddings.
         text_classifier_temperature (`float`, defaults to 0.02): softmax temperature of the cosine classifier.
+        text_classifier_projection_layers (`int`, defaults to 1): depth of the query projection of the cosine
+            classifier (the release's ``ZeroShotClassifier``: 2, with a hidden width of ``text_embedding_dim // 2``).
+        text_classifier_bias (`bool`, defaults to `True`): learned bias added to the cosine logits (the release: none).
+        clip_vision_config (`CLIPVisionConfig` or `dict`, *optional*): with the cosine classifier, OVFormer's image
+            context (the release's ``ZeroShotClassifier``): the projected queries cross-attend (post-norm residual,
+            ``clip_image_context_heads`` heads) to the CLIP image embeddings of the clip's frames before the cosine
+            against the class embeddings. The frames' embeddings come from a frozen
+            ``CLIPVisionModelWithProjection`` (ViT-B/32 in the release) on each frame's content, or are passed to
+            ``forward`` as ``clip_image_embeds``.
         num_query_tokens (`int`, defaults to 32): learned Q-Former query tokens (one projected object query is
             prepended to them, as in the released code).
         score_threshold (`float`, defaults to 0.5): per-clip pruning threshold on S = sqrt(max_c p_c * p_obj).
@@ -90,12 +99,14 @@ class CaptionFormerConfig(PreTrainedConfig):
         "vision_config": Blip2VisionConfig,
         "qformer_config": Blip2QFormerConfig,
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="opt"),
+        "clip_vision_config": SubConfigSpec(config_class=CLIPVisionConfig, optional=True),
     }
 
     segmenter_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
     qformer_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
+    clip_vision_config: dict | PreTrainedConfig | None = None
 
     clip_length: int = 1
     box_head_layers: int = 2
@@ -106,6 +117,9 @@ class CaptionFormerConfig(PreTrainedConfig):
     use_text_classifier: bool = False
     text_embedding_dim: int = 512
     text_classifier_temperature: float = 0.02
+    text_classifier_projection_layers: int = 1
+    text_classifier_bias: bool = True
+    clip_image_context_heads: int = 8
     num_query_tokens: int = 32
     score_threshold: float = 0.5
 
@@ -188,6 +202,8 @@ class CaptionFormerConfig(PreTrainedConfig):
             "t_agg",
             "max_caption_length",
             "text_embedding_dim",
+            "text_classifier_projection_layers",
+            "clip_image_context_heads",
         ):
             positive_int(name)
         positive_int("box_head_layers", minimum=0)
@@ -238,6 +254,21 @@ class CaptionFormerConfig(PreTrainedConfig):
                 f"`caption_prompt_token_id` must be None or a token id in [0, {self.text_config.vocab_size}), "
                 f"got {self.caption_prompt_token_id!r}"
             )
+        if not isinstance(self.text_classifier_bias, bool):
+            raise ValueError(f"`text_classifier_bias` must be a bool, got {self.text_classifier_bias!r}")
+        if self.clip_vision_config is not None:
+            if not self.use_text_classifier:
+                raise ValueError("`clip_vision_config` (image context of the classifier) needs `use_text_classifier=True`")
+            if self.clip_vision_config.projection_dim != self.text_embedding_dim:
+                raise ValueError(
+                    f"`clip_vision_config.projection_dim` ({self.clip_vision_config.projection_dim}) must equal "
+                    f"`text_embedding_dim` ({self.text_embedding_dim})"
+                )
+            if self.text_embedding_dim % self.clip_image_context_heads != 0:
+                raise ValueError(
+                    f"`text_embedding_dim` ({self.text_embedding_dim}) must be divisible by "
+                    f"`clip_image_context_heads` ({self.clip_image_context_heads})"
+                )
         if self.box_format not in ("cxcywh", "xywh"):
             raise ValueError(f"`box_format` must be 'cxcywh' or 'xywh', got {self.box_format!r}")
         if not isinstance(self.box_only, bool):

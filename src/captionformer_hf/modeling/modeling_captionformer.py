@@ -87,7 +87,8 @@ class CaptionFormerSegmenter(CaptionFormerClipSegmenterMixin, Mask2FormerPreTrai
             prior = torch.tensor(0.01)
             bias = float(-torch.log((1 - prior) / prior))
             if module.use_text_classifier:
-                init.constant_(module.bias, bias)
+                if module.bias is not None:
+                    init.constant_(module.bias, bias)
             else:
                 init.constant_(module.classifier.bias, bias)
 
@@ -152,6 +153,8 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         class_embeddings: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        clip_image_embeds: torch.Tensor | None = None,
+        content_size: tuple[int, int] | None = None,
         **kwargs,
     ) -> CaptionFormerModelOutput:
         r"""
@@ -159,12 +162,23 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             normalised with `config.segmenter_image_mean/std`.
         class_embeddings (`torch.FloatTensor` of shape `(C, E)`, *optional*): class text embeddings for the
             open-vocabulary classifier (defaults to the stored `class_embeddings` buffer).
+        clip_image_embeds (`torch.FloatTensor` of shape `(B, T, E)`, *optional*): CLIP image embeddings of the
+            frames for a classifier with image context (`config.clip_vision_config`); computed by the model's CLIP
+            encoder when not given.
+        content_size (`tuple[int, int]`, *optional*): `(h, w)` of the frames' content (the rest is padding), for
+            the CLIP image embeddings.
         """
         self._check_pixel_values(pixel_values_videos, self.config.clip_length)
         if class_embeddings is not None and not self.config.use_text_classifier:
             raise ValueError("`class_embeddings` needs a model built with `use_text_classifier=True`")
+        if clip_image_embeds is not None and self.config.clip_vision_config is None:
+            raise ValueError("`clip_image_embeds` needs a classifier with image context (`clip_vision_config`)")
         layers, _, decoder_out = self.segmenter(
-            pixel_values_videos, class_embeddings=class_embeddings, output_attentions=bool(output_attentions)
+            pixel_values_videos,
+            class_embeddings=class_embeddings,
+            output_attentions=bool(output_attentions),
+            clip_image_embeds=clip_image_embeds,
+            content_size=content_size,
         )
         final = layers[-1]
         return CaptionFormerModelOutput(
@@ -242,6 +256,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         A frozen segmenter is also kept in eval mode by :meth:`train`."""
         self.config.freeze_segmenter = bool(freeze)
         self.model.segmenter.requires_grad_(not freeze)
+        if self.model.segmenter.clip_image_encoder is not None:  # always frozen (pre-extracted in the release)
+            self.model.segmenter.clip_image_encoder.requires_grad_(False)
         if freeze:
             self.model.segmenter.eval()
 
@@ -262,6 +278,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         num_masks: float | None = None,
         caption_level: str = "clip",
         output_attentions: bool | None = None,
+        clip_image_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CaptionFormerDenseCaptioningOutput:
@@ -280,9 +297,13 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             `"video"`: the batch holds clips of one video and `labels` carry `track_ids`; each track's Q-Former
             outputs over the clips where it is matched are aggregated (detection-score weighted, the paper's
             temporal aggregation) into one video-level query with one LM loss.
+        clip_image_embeds (`torch.FloatTensor` of shape `(B, T, E)`, *optional*): see `CaptionFormerModel`.
         """
         outputs = self.model(
-            pixel_values_videos, class_embeddings=class_embeddings, output_attentions=output_attentions
+            pixel_values_videos,
+            class_embeddings=class_embeddings,
+            output_attentions=output_attentions,
+            clip_image_embeds=clip_image_embeds,
         )
         result = CaptionFormerDenseCaptioningOutput(**dict(outputs.items()))
         if labels is None:
@@ -634,7 +655,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 state["input_size"] = tuple(clips.shape[-2:])
             elif tuple(clips.shape[-2:]) != state["input_size"]:
                 raise ValueError(f"all clips must have the same size {state['input_size']}, got {tuple(clips.shape[-2:])}")
-            outputs = self.model(clips, class_embeddings=class_embeddings)
+            outputs = self.model(clips, class_embeddings=class_embeddings, content_size=content_size)
             for b, (_, real) in enumerate(batch):
                 self._track_clip(session, outputs, b, real, state, clips[b, caption_frame], caption, caption_frame,
                                  return_masks, mask_size, content_size)

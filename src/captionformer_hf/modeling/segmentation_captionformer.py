@@ -150,27 +150,79 @@ class CaptionFormerVideoTransformerModule(Mask2FormerTransformerModule):
 
 
 class CaptionFormerClassHead(nn.Module):
-    """Linear sigmoid classifier, or (``use_text_classifier``) cosine similarity against class text embeddings."""
+    """Linear sigmoid classifier, or (``use_text_classifier``) cosine similarity against class text embeddings.
+
+    With ``clip_vision_config`` the projected queries first cross-attend to the CLIP image embeddings of the clip's
+    frames (post-norm residual), as the release's ``ZeroShotClassifier`` (from OVFormer) does."""
 
     def __init__(self, config):
         super().__init__()
         hidden = config.segmenter_config.hidden_dim
         self.use_text_classifier = config.use_text_classifier
         self.temperature = config.text_classifier_temperature
+        self.uses_image_context = config.clip_vision_config is not None
         if self.use_text_classifier:
-            self.projection = nn.Linear(hidden, config.text_embedding_dim)
-            self.bias = nn.Parameter(torch.full((1,), -math.log((1 - 0.01) / 0.01)))
-            self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.text_embedding_dim))
+            dim = config.text_embedding_dim
+            if config.text_classifier_projection_layers == 1:
+                self.projection = nn.Linear(hidden, dim)
+            else:
+                self.projection = Mask2FormerMLPPredictionHead(
+                    hidden, dim // 2, dim, config.text_classifier_projection_layers
+                )
+            if config.text_classifier_bias:
+                self.bias = nn.Parameter(torch.full((1,), -math.log((1 - 0.01) / 0.01)))
+            else:
+                self.bias = None
+            if self.uses_image_context:
+                self.image_context_attention = nn.MultiheadAttention(dim, config.clip_image_context_heads)
+                self.image_context_norm = nn.LayerNorm(dim)
+            self.register_buffer("class_embeddings", torch.zeros(config.num_labels, dim))
         else:
             self.classifier = nn.Linear(hidden, config.num_labels)
 
-    def forward(self, queries: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        class_embeddings: torch.Tensor | None = None,
+        image_context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``queries`` ``(B, Q, D)``; ``image_context`` ``(B, T, E)`` CLIP image embeddings of the clip's frames."""
         if not self.use_text_classifier:
             return self.classifier(queries)
         embeddings = self.class_embeddings if class_embeddings is None else class_embeddings
-        projected = nn.functional.normalize(self.projection(queries), dim=-1)
+        projected = self.projection(queries)
+        if self.uses_image_context:
+            if image_context is None:
+                raise ValueError("this classifier attends to the frames' CLIP image embeddings: pass `image_context`")
+            context = image_context.to(projected.dtype).transpose(0, 1)  # (T, B, E)
+            attended = self.image_context_attention(projected.transpose(0, 1), context, context)[0]
+            projected = self.image_context_norm(projected + attended.transpose(0, 1))
+        projected = nn.functional.normalize(projected, dim=-1)
         embeddings = nn.functional.normalize(embeddings.to(projected.dtype), dim=-1)
-        return projected @ embeddings.t() / self.temperature + self.bias
+        logits = projected @ embeddings.t() / self.temperature
+        return logits if self.bias is None else logits + self.bias
+
+
+# CLIP's image statistics (OpenAI), used to feed the frames to the classifier's CLIP image encoder.
+CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_pixel_values(images: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's preprocessing of RGB images in ``[0, 1]`` ``(N, 3, H, W)``: bicubic resize of the short side to
+    ``size`` (antialiased, long side ``int(size * long / short)`` as torchvision's ``Resize``), centre crop
+    ``size x size``, OpenAI CLIP normalisation."""
+    height, width = images.shape[-2:]
+    if height <= width:
+        new = (size, int(size * width / height))
+    else:
+        new = (int(size * height / width), size)
+    resized = nn.functional.interpolate(images.float(), size=new, mode="bicubic", align_corners=False, antialias=True)
+    top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    cropped = resized[..., top : top + size, left : left + size].clamp(0, 1)
+    mean = torch.tensor(CLIP_IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_IMAGE_STD, device=images.device).view(1, 3, 1, 1)
+    return (cropped - mean) / std
 
 
 class CaptionFormerClipSegmenterMixin:
@@ -190,6 +242,15 @@ class CaptionFormerClipSegmenterMixin:
         )
         hidden = seg_config.hidden_dim
         self.class_head = CaptionFormerClassHead(config)
+        self.segmenter_image_mean = tuple(config.segmenter_image_mean)
+        self.segmenter_image_std = tuple(config.segmenter_image_std)
+        if config.clip_vision_config is not None:  # frozen, as the release's pre-extracted features
+            from transformers import CLIPVisionModelWithProjection
+
+            self.clip_image_encoder = CLIPVisionModelWithProjection(config.clip_vision_config)
+            self.clip_image_encoder.requires_grad_(False)
+        else:
+            self.clip_image_encoder = None
         if config.objectness_head_layers == 1:
             self.objectness_head = nn.Linear(hidden, 1)
         else:  # the released code's MLP (its 2 logits folded into one by the converter)
@@ -209,17 +270,45 @@ class CaptionFormerClipSegmenterMixin:
             return torch.cat([boxes[..., :2] + boxes[..., 2:] / 2, boxes[..., 2:]], dim=-1)
         return boxes.sigmoid()
 
-    def predict_heads(self, queries: torch.Tensor, class_embeddings: torch.Tensor | None = None):
+    @torch.no_grad()
+    def clip_image_embeds(self, pixel_values_videos: torch.Tensor, content_size=None) -> torch.Tensor:
+        """CLIP image embeddings ``(B, T, E)`` of the frames of segmenter-normalised clips ``(B, T, 3, H, W)``,
+        computed on each frame's content (``content_size`` ``(h, w)``: the rest is padding). The release
+        pre-extracts them from the original frames (``clip.load("ViT-B/32")``'s preprocess + ``encode_image``);
+        here they come from the resized frames, so they agree up to resampling."""
+        if self.clip_image_encoder is None:
+            raise ValueError("this model has no CLIP image encoder (`clip_vision_config` is None)")
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        frames = pixel_values_videos.flatten(0, 1).float()
+        mean = torch.tensor(self.segmenter_image_mean, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.segmenter_image_std, device=frames.device).view(1, 3, 1, 1)
+        frames = frames * std + mean
+        if content_size is not None:
+            frames = frames[..., : int(content_size[0]), : int(content_size[1])]
+        pixels = clip_pixel_values(frames, self.clip_image_encoder.config.image_size)
+        dtype = self.clip_image_encoder.visual_projection.weight.dtype
+        embeds = self.clip_image_encoder(pixel_values=pixels.to(dtype)).image_embeds
+        return embeds.view(batch_size, num_frames, -1)
+
+    def predict_heads(
+        self,
+        queries: torch.Tensor,
+        class_embeddings: torch.Tensor | None = None,
+        image_context: torch.Tensor | None = None,
+    ):
         """Heads on layer-normed decoder states ``(B, Q, D)``: class ``(B, Q, C)``, objectness ``(B, Q)``,
         boxes ``(B, Q, T, 4)`` (normalised cx, cy, w, h; ``None`` without a box head)."""
-        class_logits = self.class_head(queries, class_embeddings)
+        class_logits = self.class_head(queries, class_embeddings, image_context)
         objectness_logits = self.objectness_head(queries).squeeze(-1)
         boxes = self.predict_boxes(queries) if self.box_head is not None else None
         return class_logits, objectness_logits, boxes
 
     def forward(self, pixel_values_videos: torch.Tensor, class_embeddings: torch.Tensor | None = None,
-                output_attentions: bool = False, output_hidden_states: bool = False):
+                output_attentions: bool = False, output_hidden_states: bool = False,
+                clip_image_embeds: torch.Tensor | None = None, content_size=None):
         batch_size, num_frames = pixel_values_videos.shape[:2]
+        if self.clip_image_encoder is not None and clip_image_embeds is None:
+            clip_image_embeds = self.clip_image_embeds(pixel_values_videos, content_size)
         frames = pixel_values_videos.flatten(0, 1)
         pixel_out = self.pixel_level_module(frames, output_hidden_states=output_hidden_states)
         decoder_out = self.transformer_module(
@@ -232,7 +321,7 @@ class CaptionFormerClipSegmenterMixin:
         layers = []
         for hidden, masks in zip(decoder_out.intermediate_hidden_states, decoder_out.masks_queries_logits):
             queries = hidden.transpose(0, 1)
-            class_logits, objectness_logits, boxes = self.predict_heads(queries, class_embeddings)
+            class_logits, objectness_logits, boxes = self.predict_heads(queries, class_embeddings, clip_image_embeds)
             if boxes is None:
                 boxes = boxes_from_mask_logits(masks)
             layers.append(
