@@ -1,8 +1,9 @@
 """Conversion of official CaptionFormer checkpoints (gabfstr/CaptionFormer).
 
-The official state dict is built here from the release's parameter names and shapes (detectron2 D2 Swin,
-MSDeformAttnPixelDecoder, VideoMultiScaleMaskedTransformerDecoder, LAVIS EVA ViT-g / BERT Q-Former, transformers OPT),
-with tiny sizes; reference computations below re-implement the release's formulas, not this package's code."""
+The official state dict (``testing_utils.official_style_state_dict``) is built from the release's parameter names
+and shapes (detectron2 D2 Swin, MSDeformAttnPixelDecoder, VideoMultiScaleMaskedTransformerDecoder, LAVIS EVA ViT-g /
+BERT Q-Former, transformers OPT), with tiny sizes; reference computations below re-implement the release's
+formulas, not this package's code."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from captionformer_hf.convert_captionformer_original_to_hf import (
 )
 from captionformer_hf.modeling.captioning_captionformer import object_cross_attention_mask
 from captionformer_hf.modeling.segmentation_captionformer import clip_pixel_values, temporal_sine_embedding
+from captionformer_hf.testing_utils import official_style_state_dict
 
 HEADS = {"segmenter": 2, "vision": 2, "qformer": 2, "text": 2}
 SWIN = {"embed": 32, "depths": [1, 1, 2, 1], "heads": [1, 2, 2, 4], "window": 2}
@@ -29,159 +31,8 @@ HIDDEN, QUERIES, DEC_LAYERS, NUM_CLASSES = 32, 5, 3, 3
 VISION, VISION_PATCHES, QFORMER, TEXT = 16, 16, 16, 16
 
 
-def _relative_position_index(window: int) -> torch.Tensor:
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
-    rel[:, :, 0] += window - 1
-    rel[:, :, 1] += window - 1
-    rel[:, :, 0] *= 2 * window - 1
-    return rel.sum(-1)
-
-
-def official_state_dict(
-    seed: int = 0, box_layers: int = 0, with_lm: bool = True, box_only: bool = False
-) -> dict[str, torch.Tensor]:
-    """A tiny state dict with the release's names: VLN-style (masks, linear classifier, no box head) or, with
-    ``box_only``, BenSMOT-style (BOX_ONLY: res3-res5 only, no mask branch, a 2-layer box head)."""
-    if box_only:
-        box_layers = 2
-    g = torch.Generator().manual_seed(seed)
-    sd: dict[str, torch.Tensor] = {}
-
-    def t(*shape):
-        return torch.randn(*shape, generator=g) * 0.2
-
-    def linear(name, out_features, in_features, bias=True):
-        sd[f"{name}.weight"] = t(out_features, in_features)
-        if bias:
-            sd[f"{name}.bias"] = t(out_features)
-
-    def norm(name, dim):
-        sd[f"{name}.weight"] = 1 + t(dim)
-        sd[f"{name}.bias"] = t(dim)
-
-    # D2SwinTransformer
-    e, w = SWIN["embed"], SWIN["window"]
-    sd["backbone.patch_embed.proj.weight"] = t(e, 3, 4, 4)
-    sd["backbone.patch_embed.proj.bias"] = t(e)
-    norm("backbone.patch_embed.norm", e)
-    for i, depth in enumerate(SWIN["depths"]):
-        dim = e * 2**i
-        for j in range(depth):
-            b = f"backbone.layers.{i}.blocks.{j}."
-            norm(b + "norm1", dim)
-            linear(b + "attn.qkv", 3 * dim, dim)
-            sd[b + "attn.relative_position_bias_table"] = t((2 * w - 1) ** 2, SWIN["heads"][i])
-            sd[b + "attn.relative_position_index"] = _relative_position_index(w)
-            linear(b + "attn.proj", dim, dim)
-            norm(b + "norm2", dim)
-            linear(b + "mlp.fc1", 4 * dim, dim)
-            linear(b + "mlp.fc2", dim, 4 * dim)
-        if i < 3:
-            sd[f"backbone.layers.{i}.downsample.reduction.weight"] = t(2 * dim, 4 * dim)
-            norm(f"backbone.layers.{i}.downsample.norm", 4 * dim)
-        if not (box_only and i == 0):
-            norm(f"backbone.norm{i}", dim)
-    # MSDeformAttnPixelDecoder (res3-res5 in the deformable encoder, res2 in the FPN)
-    p = "sem_seg_head.pixel_decoder."
-    for i, channels in enumerate([e * 8, e * 4, e * 2]):
-        sd[f"{p}input_proj.{i}.0.weight"] = t(HIDDEN, channels, 1, 1)
-        sd[f"{p}input_proj.{i}.0.bias"] = t(HIDDEN)
-        norm(f"{p}input_proj.{i}.1", HIDDEN)
-    sd[p + "transformer.level_embed"] = t(3, HIDDEN)
-    le = p + "transformer.encoder.layers.0."
-    heads, levels, points = HEADS["segmenter"], 3, 4
-    linear(le + "self_attn.sampling_offsets", heads * levels * points * 2, HIDDEN)
-    linear(le + "self_attn.attention_weights", heads * levels * points, HIDDEN)
-    linear(le + "self_attn.value_proj", HIDDEN, HIDDEN)
-    linear(le + "self_attn.output_proj", HIDDEN, HIDDEN)
-    norm(le + "norm1", HIDDEN)
-    linear(le + "linear1", 64, HIDDEN)
-    linear(le + "linear2", HIDDEN, 64)
-    norm(le + "norm2", HIDDEN)
-    if not box_only:
-        sd[p + "mask_features.weight"] = t(HIDDEN, HIDDEN, 1, 1)
-        sd[p + "mask_features.bias"] = t(HIDDEN)
-        sd[p + "adapter_1.weight"] = t(HIDDEN, e, 1, 1)
-        norm(p + "adapter_1.norm", HIDDEN)
-        sd[p + "layer_1.weight"] = t(HIDDEN, HIDDEN, 3, 3)
-        norm(p + "layer_1.norm", HIDDEN)
-    # VideoMultiScaleMaskedTransformerDecoder (DEC_LAYERS - 1 layers)
-    q = "sem_seg_head.predictor."
-    sd[q + "query_feat.weight"] = t(QUERIES, HIDDEN)
-    sd[q + "query_embed.weight"] = t(QUERIES, HIDDEN)
-    sd[q + "level_embed.weight"] = t(3, HIDDEN)
-    for i in range(DEC_LAYERS - 1):
-        for kind, attn in (("self_attention", "self_attn"), ("cross_attention", "multihead_attn")):
-            b = f"{q}transformer_{kind}_layers.{i}."
-            sd[b + f"{attn}.in_proj_weight"] = t(3 * HIDDEN, HIDDEN)
-            sd[b + f"{attn}.in_proj_bias"] = t(3 * HIDDEN)
-            linear(b + f"{attn}.out_proj", HIDDEN, HIDDEN)
-            norm(b + "norm", HIDDEN)
-        b = f"{q}transformer_ffn_layers.{i}."
-        linear(b + "linear1", 48, HIDDEN)
-        linear(b + "linear2", HIDDEN, 48)
-        norm(b + "norm", HIDDEN)
-    norm(q + "decoder_norm", HIDDEN)
-    linear(q + "class_embed", NUM_CLASSES + 1, HIDDEN)
-    linear(q + "object_embed.layers.0", HIDDEN, HIDDEN)
-    linear(q + "object_embed.layers.1", 2, HIDDEN)
-    for k in range(0 if box_only else 3):
-        linear(f"{q}mask_embed.layers.{k}", HIDDEN, HIDDEN)
-    for k in range(box_layers):
-        linear(f"{q}box_embed.layers.{k}", 4 if k == box_layers - 1 else HIDDEN, HIDDEN)
-    sd["criterion.empty_weight"] = torch.ones(NUM_CLASSES + 1)
-    # Blip2OPTVideo: EVA ViT, ln_vision, LAVIS BERT Q-Former, projections, transformers OPT
-    c = "captioning_head."
-    v = c + "visual_encoder."
-    sd[v + "cls_token"] = t(1, 1, VISION)
-    sd[v + "pos_embed"] = t(1, VISION_PATCHES + 1, VISION)
-    sd[v + "patch_embed.proj.weight"] = t(VISION, 3, 8, 8)
-    sd[v + "patch_embed.proj.bias"] = t(VISION)
-    b = v + "blocks.0."
-    norm(b + "norm1", VISION)
-    sd[b + "attn.qkv.weight"] = t(3 * VISION, VISION)
-    sd[b + "attn.q_bias"] = t(VISION)
-    sd[b + "attn.v_bias"] = t(VISION)
-    linear(b + "attn.proj", VISION, VISION)
-    norm(b + "norm2", VISION)
-    linear(b + "mlp.fc1", 40, VISION)
-    linear(b + "mlp.fc2", VISION, 40)
-    norm(c + "ln_vision", VISION)
-    bert = c + "Qformer.bert."
-    sd[bert + "embeddings.word_embeddings.weight"] = t(30, QFORMER)
-    sd[bert + "embeddings.position_embeddings.weight"] = t(8, QFORMER)
-    sd[bert + "embeddings.position_ids"] = torch.arange(8)[None]
-    norm(bert + "embeddings.LayerNorm", QFORMER)
-    for i in range(2):  # cross_attention_freq 2: layer 0 cross-attends
-        b = f"{bert}encoder.layer.{i}."
-        blocks = ["attention", "crossattention"] if i == 0 else ["attention"]
-        for block in blocks:
-            width = VISION if block == "crossattention" else QFORMER
-            linear(f"{b}{block}.self.query", QFORMER, QFORMER)
-            linear(f"{b}{block}.self.key", QFORMER, width)
-            linear(f"{b}{block}.self.value", QFORMER, width)
-            linear(f"{b}{block}.output.dense", QFORMER, QFORMER)
-            norm(f"{b}{block}.output.LayerNorm", QFORMER)
-        for suffix in ("", "_query"):
-            linear(f"{b}intermediate{suffix}.dense", 32, QFORMER)
-            linear(f"{b}output{suffix}.dense", QFORMER, 32)
-            norm(f"{b}output{suffix}.LayerNorm", QFORMER)
-    sd[c + "query_tokens"] = t(1, 4, QFORMER)
-    linear(c + "obj_linear_proj", QFORMER, HIDDEN)
-    linear(c + "opt_proj", TEXT, QFORMER)
-    if with_lm:
-        from transformers import OPTConfig, OPTForCausalLM
-
-        torch.manual_seed(seed)
-        opt = OPTForCausalLM(
-            OPTConfig(vocab_size=64, hidden_size=TEXT, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                      max_position_embeddings=128, word_embed_proj_dim=TEXT, pad_token_id=1, bos_token_id=2,
-                      eos_token_id=2)
-        )
-        for key, value in opt.state_dict().items():
-            sd[c + "opt_model." + key] = value.clone()
-    return sd
+def official_state_dict(seed: int = 0, box_layers: int = 0, with_lm: bool = True, box_only: bool = False):
+    return official_style_state_dict(seed=seed, box_layers=box_layers, with_lm=with_lm, box_only=box_only)
 
 
 def convert(sd, **kwargs):
@@ -670,4 +521,13 @@ def test_clip_preprocessing_matches_clip_image_processor():
     reference = torch.as_tensor(processor(images=image, return_tensors="pt")["pixel_values"])
     ours = clip_pixel_values(torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255, 224)
     assert ours.shape == reference.shape == (1, 3, 224, 224)
-    assert (ours - reference).abs().mean() < 0.02
+    assert (ours - reference).abs().mean() < 0.01
+
+
+def test_readme_holds_the_mapping_table():
+    from pathlib import Path
+
+    from captionformer_hf.convert_captionformer_original_to_hf import mapping_table_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert mapping_table_markdown() in readme

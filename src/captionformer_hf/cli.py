@@ -65,8 +65,6 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _sample_video(args: argparse.Namespace) -> int:
-    import json
-
     from .data.synthetic import SyntheticVideoConfig, generate_video, write_video
 
     scale = min(args.height / 96, args.width / 128)  # objects as large, relative to the frame, as in training data

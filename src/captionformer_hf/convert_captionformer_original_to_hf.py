@@ -199,6 +199,18 @@ KEY_MAPPING: list[tuple[str, str, str]] = [
 ]
 
 
+def mapping_table_markdown() -> str:
+    """The key-mapping table of the README (official name -> this package, note), built from ``KEY_MAPPING`` and
+    ``DROPPED_KEYS`` so that the two cannot drift apart (a test checks the README holds it)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| official (gabfstr/CaptionFormer) | captionformer_hf | note |", "|---|---|---|"]
+    lines += [f"| `{cell(source)}` | `{cell(target)}` | {cell(note)} |" for source, target, note in KEY_MAPPING]
+    lines += [f"| `{cell(pattern)}` (regex) | dropped | {cell(reason)} |" for pattern, reason in DROPPED_KEYS.items()]
+    return "\n".join(lines)
+
+
 @dataclass
 class ConversionReport:
     """What a conversion mapped, dropped and could not place."""

@@ -6,7 +6,6 @@ Remote-code safe: imports only torch/transformers/scipy/torchvision and single-d
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
