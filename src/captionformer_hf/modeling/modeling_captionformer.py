@@ -5,6 +5,7 @@ Remote-code safe: imports only torch/transformers/scipy/torchvision and single-d
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -510,11 +511,15 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         prefix = self.language_prefix(caption_queries)
         attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         generate_kwargs.setdefault("max_new_tokens", self.config.max_caption_length)
-        # this model's generation config (saved with it: beams, end tokens) rather than the bare LM's
-        generate_kwargs.setdefault("generation_config", self.generation_config)
         if prefix.shape[0] == 0:
             return torch.zeros(0, 0, dtype=torch.long, device=prefix.device)
-        return self.language_model.generate(inputs_embeds=prefix, attention_mask=attention_mask, **generate_kwargs)
+        # this model's generation config (saved with it: beams, end tokens) rather than the bare LM's, updated with
+        # the call's arguments
+        generation_config = generate_kwargs.pop("generation_config", None) or copy.deepcopy(self.generation_config)
+        model_kwargs = generation_config.update(**generate_kwargs)
+        return self.language_model.generate(
+            inputs_embeds=prefix, attention_mask=attention_mask, generation_config=generation_config, **model_kwargs
+        )
 
     @torch.no_grad()
     def generate(
