@@ -782,7 +782,7 @@ def convert_state_dict(
             if re.match(pattern, key):
                 value = m.source.pop(key)
                 if key.endswith("relative_position_index"):
-                    _check_relative_position_index(key, value, expected)
+                    _check_relative_position_index(key, value)
                 report.dropped[key] = reason
                 break
     _map_swin(m, config)
@@ -820,7 +820,7 @@ def convert_state_dict(
     return target, report
 
 
-def _check_relative_position_index(key: str, value: torch.Tensor, expected: dict) -> None:
+def _check_relative_position_index(key: str, value: torch.Tensor) -> None:
     window = math.isqrt(value.shape[0]) if value.ndim == 2 else math.isqrt(math.isqrt(value.numel()))
     coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
