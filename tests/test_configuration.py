@@ -59,7 +59,6 @@ def test_any_causal_lm_as_text_config(tiny_config):
         ("box_head_layers", -1),
         ("objectness_head_layers", 0),
         ("caption_mask_convention", "inside"),
-        ("single_frame_temporal_embedding", "yes"),
         ("num_query_tokens", -1),
         ("k_match", 0),
         ("t_agg", 0),

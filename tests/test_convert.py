@@ -78,7 +78,6 @@ def test_config_is_read_from_shapes_and_follows_the_release(converted):
     assert config.num_labels == NUM_CLASSES
     assert (config.objectness_head_layers, config.box_head_layers) == (2, 0)
     assert model.model.segmenter.box_head is None
-    assert config.single_frame_temporal_embedding is True
     assert config.caption_mask_convention == "release"
     assert config.vision_image_mean == config.segmenter_image_mean
     assert (config.vision_config.image_size, config.vision_config.patch_size) == (32, 8)
@@ -168,12 +167,13 @@ def _release_position_embedding_3d(num_frames: int, dim: int) -> torch.Tensor:
     return torch.stack((pos[:, 0::2].sin(), pos[:, 1::2].cos()), dim=2).flatten(1)
 
 
-@pytest.mark.parametrize("num_frames", [1, 3])
+@pytest.mark.parametrize("num_frames", [2, 5])
 def test_temporal_embedding_matches_the_release(num_frames):
-    ours = temporal_sine_embedding(num_frames, 32, "cpu", torch.float32, single_frame=True)
+    ours = temporal_sine_embedding(num_frames, 32, "cpu", torch.float32)
     torch.testing.assert_close(ours, _release_position_embedding_3d(num_frames, 32))
-    if num_frames == 1:  # the package default keeps single frames equal to image Mask2Former
-        assert not temporal_sine_embedding(1, 32, "cpu", torch.float32).any()
+    # single frames get none (image Mask2Former); the release's constant offset there changes no attention weight,
+    # which test_decoder_reproduces_the_release_forward checks at T = 1
+    assert not temporal_sine_embedding(1, 32, "cpu", torch.float32).any()
 
 
 def test_release_caption_mask_convention():
@@ -531,3 +531,108 @@ def test_readme_holds_the_mapping_table():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert mapping_table_markdown() in readme
+
+
+# ------------------------------------------------------------------ decoder parity with the release's forward
+def _release_position_embedding_sine_3d(batch: int, frames: int, channels: int, height: int, width: int):
+    """PositionEmbeddingSine3D(channels // 2, normalize=True) of the release, from its formula: (B, T, C, h, w)."""
+    feats = channels // 2
+    z = torch.arange(1, frames + 1, dtype=torch.float32).view(1, frames, 1, 1).expand(batch, frames, height, width)
+    y = torch.arange(1, height + 1, dtype=torch.float32).view(1, 1, height, 1).expand(batch, frames, height, width)
+    x = torch.arange(1, width + 1, dtype=torch.float32).view(1, 1, 1, width).expand(batch, frames, height, width)
+    eps, scale = 1e-6, 2 * math.pi
+    z, y, x = z / (frames + eps) * scale, y / (height + eps) * scale, x / (width + eps) * scale
+    dim_t = 10000 ** (2 * (torch.arange(feats, dtype=torch.float32) // 2) / feats)
+    dim_t_z = 10000 ** (2 * (torch.arange(2 * feats, dtype=torch.float32) // 2) / (2 * feats))
+
+    def interleave(values):
+        return torch.stack((values[..., 0::2].sin(), values[..., 1::2].cos()), dim=5).flatten(4)
+
+    pos = torch.cat((interleave(y[..., None] / dim_t), interleave(x[..., None] / dim_t)), dim=4)
+    pos = pos + interleave(z[..., None] / dim_t_z)
+    return pos.permute(0, 1, 4, 2, 3)
+
+
+def _release_decoder(sd, features, mask_features, frames, box_only=False):
+    """VideoMultiScaleMaskedTransformerDecoder.forward of the release (eval, batch 1), written from its code's
+    semantics with torch.nn.MultiheadAttention loaded with the official tensors."""
+    pr = "sem_seg_head.predictor."
+    hidden, heads = HIDDEN, HEADS["segmenter"]
+
+    def mha(prefix):
+        attention = nn.MultiheadAttention(hidden, heads)
+        attention.load_state_dict({k[len(prefix) + 1:]: v for k, v in sd.items() if k.startswith(prefix + ".")})
+        return attention.eval()
+
+    def ln(x, prefix):
+        return nn.functional.layer_norm(x, (hidden,), sd[prefix + ".weight"], sd[prefix + ".bias"])
+
+    src, pos, sizes = [], [], []
+    for level, x in enumerate(features):  # (T, C, h, w) each
+        h, w = x.shape[-2:]
+        sizes.append((h, w))
+        p = _release_position_embedding_sine_3d(1, frames, hidden, h, w).flatten(3)  # (1, T, C, hw)
+        pos.append(p.permute(1, 3, 0, 2).flatten(0, 1))  # (T*hw, 1, C)
+        s = x.flatten(2) + sd[pr + "level_embed.weight"][level][None, :, None]  # (T, C, hw)
+        src.append(s.view(1, frames, hidden, h * w).permute(1, 3, 0, 2).flatten(0, 1))
+    query_pos = sd[pr + "query_embed.weight"][:, None]
+    output = sd[pr + "query_feat.weight"][:, None].clone()
+
+    def heads_and_mask(output, size):
+        decoded = ln(output, pr + "decoder_norm").transpose(0, 1)  # (1, Q, C)
+        cls = nn.functional.linear(decoded, sd[pr + "class_embed.weight"], sd[pr + "class_embed.bias"])
+        obj = _official_mlp(sd, pr + "object_embed", 2, decoded)
+        if box_only:
+            boxes = _official_mlp(sd, pr + "box_embed", 2, decoded[:, :, None].repeat(1, 1, frames, 1))
+            masked = _release_box_attention(boxes, size).flatten(2)  # (1, Q, T*h*w)
+            masks = boxes
+        else:
+            embed = _official_mlp(sd, pr + "mask_embed", 3, decoded)
+            masks = torch.einsum("bqc,btchw->bqthw", embed, mask_features[None])
+            small = nn.functional.interpolate(masks.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+            masked = small.view(1, QUERIES, frames, *size).sigmoid().flatten(2) < 0.5
+        return cls, obj, masks, masked.unsqueeze(1).repeat(1, heads, 1, 1).flatten(0, 1)
+
+    cls, obj, masks, attn_mask = heads_and_mask(output, sizes[0])
+    with torch.no_grad():
+        for i in range(DEC_LAYERS - 1):
+            level = i % 3
+            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            cross = mha(f"{pr}transformer_cross_attention_layers.{i}.multihead_attn")
+            out = cross(output + query_pos, src[level] + pos[level], src[level], attn_mask=attn_mask)[0]
+            output = ln(output + out, f"{pr}transformer_cross_attention_layers.{i}.norm")
+            self_attn = mha(f"{pr}transformer_self_attention_layers.{i}.self_attn")
+            out = self_attn(output + query_pos, output + query_pos, output)[0]
+            output = ln(output + out, f"{pr}transformer_self_attention_layers.{i}.norm")
+            f = f"{pr}transformer_ffn_layers.{i}."
+            out = nn.functional.linear(
+                nn.functional.linear(output, sd[f + "linear1.weight"], sd[f + "linear1.bias"]).relu(),
+                sd[f + "linear2.weight"], sd[f + "linear2.bias"],
+            )
+            output = ln(output + out, f + "norm")
+            cls, obj, masks, attn_mask = heads_and_mask(output, sizes[(i + 1) % 3])
+    return cls, obj, masks
+
+
+@pytest.mark.parametrize("frames, box_only", [(1, False), (3, False), (2, True)])
+def test_decoder_reproduces_the_release_forward(frames, box_only):
+    """Same multi-scale features in, same class / objectness / masks (or boxes) out as the release's decoder."""
+    sd = official_state_dict(seed=7, box_only=box_only)
+    model, report = convert(sd, clip_length=frames)
+    assert report.ok
+    torch.manual_seed(frames)
+    features = [torch.randn(frames, HIDDEN, 2 ** (level + 1), 3 * 2**level) for level in range(3)]
+    mask_features = torch.randn(frames, HIDDEN, 16, 24)
+    seg = model.model.segmenter
+    with torch.no_grad():
+        decoder_out = seg.transformer_module(features, mask_features, num_frames=frames)
+        queries = decoder_out.intermediate_hidden_states[-1].transpose(0, 1)
+        class_logits, objectness_logits, boxes = seg.predict_heads(queries)
+    cls, obj, masks = _release_decoder(sd, features, mask_features, frames, box_only)
+    torch.testing.assert_close(class_logits, cls[..., :-1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(objectness_logits.sigmoid(), obj.softmax(-1)[..., 0], rtol=1e-4, atol=1e-4)
+    if box_only:
+        x, y, w, h = masks.unbind(-1)
+        torch.testing.assert_close(boxes, torch.stack([x + w / 2, y + h / 2, w, h], -1), rtol=1e-4, atol=1e-4)
+    else:
+        torch.testing.assert_close(decoder_out.masks_queries_logits[-1], masks, rtol=1e-4, atol=1e-4)

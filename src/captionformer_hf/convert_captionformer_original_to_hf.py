@@ -22,8 +22,9 @@ Where the released code differs from the paper text, the converted config follow
 - the class head has a no-object logit that inference never reads (sigmoid over ``[:-1]``); it is dropped;
 - ``DEC_LAYERS: 10`` means 9 masked-attention layers plus the prediction from the initial queries, which is what
   transformers' ``Mask2FormerConfig(decoder_layers=10)`` builds;
-- the 3D sine position embedding adds its temporal term to single-frame clips too
-  (``single_frame_temporal_embedding=True``);
+- the 3D sine position embedding adds its temporal term to single-frame clips too; that is one vector added to
+  every key, which shifts all attention logits of a query equally: no option is needed (the decoder parity test
+  checks T = 1);
 - OPT reads ``[projected queries, </s>]`` (the empty prompt tokenised with BOS, as BLIP-2) before the caption
   (``caption_prompt_token_id``);
 - the caption head's EVA encoder reads the segmenter's input (ImageNet-normalised, padded, resized to a square) and
@@ -515,7 +516,6 @@ def config_from_original(
         "box_head_layers": box_layers,
         "box_only": box_only,
         "box_format": "xywh",  # the release's box_embed: raw normalised (x, y, w, h)
-        "single_frame_temporal_embedding": True,
         "caption_mask_convention": "release",
         "caption_mask_threshold": 0.5,
         "aggregation": "weighted",

@@ -42,9 +42,6 @@ class CaptionFormerConfig(PreTrainedConfig):
         objectness_head_layers (`int`, defaults to 1): depth of the MLP objectness head (the released code uses a
             2-layer MLP with two logits; converted checkpoints store it as one logit, ``obj - no_obj``, which gives
             the same probability: ``softmax([a, b])[0] == sigmoid(a - b)``).
-        single_frame_temporal_embedding (`bool`, defaults to `False`): add the temporal sine embedding to clips of
-            one frame too (the released Mask2Former-VIS ``PositionEmbeddingSine3D`` does); ``False`` keeps T = 1
-            exactly image Mask2Former.
         use_text_classifier (`bool`, defaults to `False`): open-vocabulary classifier: cosine similarity between a
             projection of the query and class text embeddings (stored in the ``class_embeddings`` buffer or passed
             to ``forward``) instead of a linear layer.
@@ -113,7 +110,6 @@ class CaptionFormerConfig(PreTrainedConfig):
     box_only: bool = False
     box_format: str = "cxcywh"
     objectness_head_layers: int = 1
-    single_frame_temporal_embedding: bool = False
     use_text_classifier: bool = False
     text_embedding_dim: int = 512
     text_classifier_temperature: float = 0.02
@@ -275,10 +271,6 @@ class CaptionFormerConfig(PreTrainedConfig):
             raise ValueError(f"`box_only` must be a bool, got {self.box_only!r}")
         if self.box_only and self.box_head_layers == 0:
             raise ValueError("`box_only` needs a box head: `box_head_layers` must be >= 1")
-        if not isinstance(self.single_frame_temporal_embedding, bool):
-            raise ValueError(
-                f"`single_frame_temporal_embedding` must be a bool, got {self.single_frame_temporal_embedding!r}"
-            )
         for name in ("segmenter_image_mean", "segmenter_image_std", "vision_image_mean", "vision_image_std"):
             value = getattr(self, name)
             if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):

@@ -82,14 +82,12 @@ class CaptionFormerVideoMaskPredictor(Mask2FormerMaskPredictor):
         return outputs_mask, attention_mask.flatten(0, 1)
 
 
-def temporal_sine_embedding(
-    num_frames: int, dim: int, device, dtype, temperature: int = 10000, single_frame: bool = False
-) -> torch.Tensor:
+def temporal_sine_embedding(num_frames: int, dim: int, device, dtype, temperature: int = 10000) -> torch.Tensor:
     """Sine embedding of the frame index, ``(T, dim)``: the z term of Mask2Former-VIS's ``PositionEmbeddingSine3D``
-    (position ``(t + 1) / T * 2 pi``, interleaved sin / cos over ``dim`` channels). It is zero when ``T == 1``
-    unless ``single_frame`` (the released code adds it to single frames too), so that by default single frames
-    match image Mask2Former."""
-    if num_frames == 1 and not single_frame:
+    (position ``(t + 1) / T * 2 pi``, interleaved sin / cos over ``dim`` channels). Zero when ``T == 1`` so single
+    frames are exactly image Mask2Former; the released code adds its value there too, but one vector added to every
+    key shifts all attention logits of a query equally, so the outputs are the same."""
+    if num_frames == 1:
         return torch.zeros(1, dim, device=device, dtype=dtype)
     position = torch.arange(1, num_frames + 1, device=device, dtype=torch.float32) / (num_frames + 1e-6) * 2 * math.pi
     dim_t = torch.arange(dim, device=device, dtype=torch.float32)
@@ -102,9 +100,8 @@ def temporal_sine_embedding(
 class CaptionFormerVideoTransformerModule(Mask2FormerTransformerModule):
     """Mask2Former's transformer module over clips (same parameters and names as the image module)."""
 
-    def __init__(self, in_features: int, config, single_frame_temporal_embedding: bool = False):
+    def __init__(self, in_features: int, config):
         super().__init__(in_features, config)
-        self.single_frame_temporal_embedding = single_frame_temporal_embedding
         self.decoder.mask_predictor = CaptionFormerVideoMaskPredictor(
             hidden_size=config.hidden_dim,
             num_heads=config.num_attention_heads,
@@ -122,10 +119,9 @@ class CaptionFormerVideoTransformerModule(Mask2FormerTransformerModule):
             pos = self.position_embedder(feature.shape, feature.device, feature.dtype, None)  # (B*T, C, h, w)
             hidden_dim = pos.shape[1]
             pos = pos.view(batch_size, num_frames, hidden_dim, height, width)
-            pos = pos + temporal_sine_embedding(
-                num_frames, hidden_dim, feature.device, feature.dtype,
-                single_frame=self.single_frame_temporal_embedding,
-            )[None, :, :, None, None]
+            pos = pos + temporal_sine_embedding(num_frames, hidden_dim, feature.device, feature.dtype)[
+                None, :, :, None, None
+            ]
             projected = self.input_projections[i](feature) + self.level_embed.weight[i][None, :, None, None]
             projected = projected.view(batch_size, num_frames, hidden_dim, height, width)
             # (B, T, C, h, w) -> (T*h*w, B, C), keys ordered (t, h, w)
@@ -235,11 +231,7 @@ class CaptionFormerClipSegmenterMixin:
         seg_config = config.segmenter_config
         self.clip_length = config.clip_length
         self.pixel_level_module = Mask2FormerPixelLevelModule(seg_config)
-        self.transformer_module = CaptionFormerVideoTransformerModule(
-            in_features=seg_config.feature_size,
-            config=seg_config,
-            single_frame_temporal_embedding=config.single_frame_temporal_embedding,
-        )
+        self.transformer_module = CaptionFormerVideoTransformerModule(in_features=seg_config.feature_size, config=seg_config)
         hidden = seg_config.hidden_dim
         self.class_head = CaptionFormerClassHead(config)
         self.segmenter_image_mean = tuple(config.segmenter_image_mean)
