@@ -271,10 +271,16 @@ def test_detectron2_checkpoint_file_and_cli(tmp_path):
     torch.save({"model": {"module." + k: v for k, v in sd.items()}, "iteration": 7}, path)
     loaded = load_original_state_dict(path)
     assert set(loaded) == set(sd)
+    labels = tmp_path / "categories.json"
+    labels.write_text('[{"id": 2, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]')
     code = main(["convert", "--checkpoint", str(path), "--output", str(tmp_path / "out"), "--preset", "vln",
-                 "--num-heads", "segmenter=2", "vision=2", "qformer=2", "text=2"])
+                 "--labels", str(labels), "--num-heads", "segmenter=2", "vision=2", "qformer=2", "text=2"])
     assert code == 0
     model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(tmp_path / "out")
+    assert model.config.id2label == {0: "person", 1: "dog", 2: "car"}
+    labels.write_text('["person", "dog"]')
+    assert main(["convert", "--checkpoint", str(path), "--output", str(tmp_path / "bad"), "--labels", str(labels),
+                 "--num-heads", "segmenter=2", "vision=2", "qformer=2", "text=2"]) == 2  # 2 names, 3 classes
     torch.testing.assert_close(
         model.model.caption_head.query_tokens, sd["captioning_head.query_tokens"]
     )

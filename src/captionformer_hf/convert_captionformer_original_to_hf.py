@@ -429,6 +429,10 @@ def config_from_original(
         num_labels = int(need(pr + "class_embed.weight").shape[0]) - 1
     if num_labels < 1:
         raise ValueError("the classifier must have at least one class besides the no-object logit")
+    if overrides.get("id2label") is not None and len(overrides["id2label"]) != num_labels:
+        raise ValueError(
+            f"`id2label` has {len(overrides['id2label'])} names but the checkpoint's classifier has {num_labels} classes"
+        )
     objectness_layers = _count(state, re.escape(pr) + r"object_embed\.layers\.(\d+)\.")
     box_layers = _count(state, re.escape(pr) + r"box_embed\.layers\.(\d+)\.")
 
@@ -916,6 +920,31 @@ def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: 
     return output_dir
 
 
+def read_labels(path: str | Path) -> dict[int, str]:
+    """Class names of the dataset's vocabulary (the .pth has none): a JSON list of names, a ``{"id": name}`` dict,
+    or a COCO-style list of categories (``{"id", "name"}``, ids in increasing order as the release's
+    ``*_categories.py``). Returns ``id2label`` with ids ``0..C-1`` in the classifier's order."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"`labels` {str(path)!r} is not a file")
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        try:
+            items = sorted((int(k), str(v)) for k, v in data.items())
+        except ValueError as error:
+            raise ValueError(f"`labels`: dict keys must be integer ids, got {list(data)[:3]}") from error
+        names = [name for _, name in items]
+    elif isinstance(data, list) and all(isinstance(x, str) for x in data):
+        names = data
+    elif isinstance(data, list) and all(isinstance(x, dict) and "name" in x for x in data):
+        names = [x["name"] for x in sorted(data, key=lambda x: x.get("id", 0))]
+    else:
+        raise ValueError("`labels` must hold a list of names, an {id: name} dict or a list of {'id', 'name'} categories")
+    return dict(enumerate(names))
+
+
 def _parse_num_heads(values: list[str] | None) -> dict[str, int]:
     heads = {}
     for value in values or []:
@@ -941,6 +970,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="EVA input size when its weights come from --base-blip2 (release: 364)")
     parser.add_argument("--clip-model", help="CLIP vision model (Hub id or folder) for checkpoints with the "
                         "ZeroShotClassifier (CLIP_CLASSIFIER), e.g. openai/clip-vit-base-patch32")
+    parser.add_argument("--labels", help="JSON file with the class names of the dataset's vocabulary (a list, an "
+                        "{id: name} dict or COCO-style categories)")
     parser.add_argument("--num-heads", nargs="*", metavar="NAME=N", help="head counts the shapes cannot tell")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--shortest-edge", type=int, default=480, help="test size of the release (480)")
@@ -957,6 +988,8 @@ def main(args: argparse.Namespace | None = None) -> int:
 
     state = load_original_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
     kwargs = {"num_heads": _parse_num_heads(args.num_heads)}
+    if args.labels:
+        kwargs["id2label"] = read_labels(args.labels)
     if args.text_config:
         kwargs["text_config"] = AutoConfig.from_pretrained(args.text_config)
     base = None
