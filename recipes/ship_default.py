@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shutil
-import tempfile
 
 import torch
 
@@ -42,6 +42,7 @@ def main():
     from transformers import AutoModel, AutoProcessor
 
     from captionformer_hf.data.synthetic import SyntheticVideoConfig, build_synthetic_dataset
+    from captionformer_hf.utils import atomic_directory
 
     torch.set_grad_enabled(False)
     model = AutoModel.from_pretrained(args.run).eval()
@@ -80,14 +81,10 @@ def main():
             model = half
         else:
             print("fp16 loses quality: shipping fp32")
-    os.makedirs(os.path.dirname(TARGET), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-default-", dir=os.path.dirname(TARGET))
-    try:
+    with atomic_directory(TARGET, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         # fp16 storage, fp32 compute: CPU inference of the deformable attention wants float32
-        import json
-
         with open(os.path.join(tmp, "config.json")) as f:
             config = json.load(f)
         config["dtype"] = "float32"
@@ -106,12 +103,6 @@ def main():
                 os.remove(os.path.join(tmp, name))
         if os.path.exists(os.path.join(TARGET, "README.md")):
             shutil.copy(os.path.join(TARGET, "README.md"), os.path.join(tmp, "README.md"))
-        if os.path.exists(TARGET):
-            shutil.rmtree(TARGET)
-        os.replace(tmp, TARGET)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(os.path.getsize(os.path.join(TARGET, f)) for f in os.listdir(TARGET))
     print(f"shipped to {TARGET} ({size / 1e6:.1f} MB): threshold {threshold}, hysteresis "
           f"{model.config.hysteresis_low}/{model.config.hysteresis_high} min {min_length}")

@@ -278,6 +278,12 @@ def test_detectron2_checkpoint_file_and_cli(tmp_path):
     assert code == 0
     model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(tmp_path / "out")
     assert model.config.id2label == {0: "person", 1: "dog", 2: "car"}
+    # an existing, non-empty output is refused (before converting) and left as it was
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert main(["convert", "--checkpoint", str(path), "--output", str(tmp_path / "out"),
+                 "--num-heads", "segmenter=2", "vision=2", "qformer=2", "text=2"]) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     labels.write_text('["person", "dog"]')
     assert main(["convert", "--checkpoint", str(path), "--output", str(tmp_path / "bad"), "--labels", str(labels),
                  "--num-heads", "segmenter=2", "vision=2", "qformer=2", "text=2"]) == 2  # 2 names, 3 classes

@@ -58,7 +58,10 @@ from pathlib import Path
 
 import torch
 
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from .modeling.configuration_captionformer import CaptionFormerConfig
+from .utils import atomic_directory, check_new_directory
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +337,7 @@ def config_from_original(
 ) -> CaptionFormerConfig:
     """The :class:`CaptionFormerConfig` of an official state dict, its sizes read from the parameter shapes.
 
-    ``preset`` (``vln``, ``vidstg``, ``bensmot``, ``lvvis``) sets the tracker / aggregation values of the released
+    ``preset`` (``vln``, ``vidstg``, ``bensmot``) sets the tracker / aggregation values of the released
     evaluation configs; ``num_heads`` gives head counts the shapes cannot tell (``segmenter``, ``vision``,
     ``qformer``, ``text``); ``text_config`` / ``vision_config`` replace the inferred LM / ViT configs (e.g.
     ``AutoConfig.from_pretrained("facebook/opt-2.7b")``); ``base_state_dict`` (transformers BLIP-2 names) supplies
@@ -434,6 +437,8 @@ def config_from_original(
             f"`id2label` has {len(overrides['id2label'])} names but the checkpoint's classifier has {num_labels} classes"
         )
     objectness_layers = _count(state, re.escape(pr) + r"object_embed\.layers\.(\d+)\.")
+    if objectness_layers < 1:
+        raise ValueError("the official checkpoint has no object_embed (objectness head)")
     box_layers = _count(state, re.escape(pr) + r"box_embed\.layers\.(\d+)\.")
 
     # --- caption head
@@ -505,8 +510,8 @@ def config_from_original(
 
     mean = state.get("pixel_mean")
     std = state.get("pixel_std")
-    image_mean = [float(v) / 255.0 for v in mean.flatten()] if mean is not None else [0.485, 0.456, 0.406]
-    image_std = [float(v) / 255.0 for v in std.flatten()] if std is not None else [0.229, 0.224, 0.225]
+    image_mean = [float(v) / 255.0 for v in mean.flatten()] if mean is not None else list(IMAGENET_DEFAULT_MEAN)
+    image_std = [float(v) / 255.0 for v in std.flatten()] if std is not None else list(IMAGENET_DEFAULT_STD)
 
     kwargs = {
         "segmenter_config": segmenter_config,
@@ -536,8 +541,6 @@ def config_from_original(
     if preset is not None:
         kwargs.update(RELEASE_PRESETS[preset])
     kwargs.update(overrides)
-    if objectness_layers < 1:
-        raise ValueError("the official checkpoint has no object_embed (objectness head)")
     return CaptionFormerConfig(**kwargs)
 
 
@@ -890,11 +893,11 @@ def release_video_processor(config: CaptionFormerConfig, shortest_edge: int = 48
 def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: str | None = None,
                     shortest_edge: int = 480) -> Path:
     """Save the converted model (safetensors + config + generation config) and, with a ``tokenizer``, the
-    processor; optionally push both to the Hub repository ``push_to_hub``."""
+    processor, into ``output_dir`` (absent or empty; written atomically); optionally push both to the Hub repository
+    ``push_to_hub``."""
     from .processing.processing_captionformer import CaptionFormerProcessor
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         # the release stops captions at a newline (OPT's "\n" token) as BLIP-2 does; keep the EOS token too
         newline = tokenizer("\n", add_special_tokens=False).input_ids
@@ -902,7 +905,6 @@ def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: 
             model.generation_config.eos_token_id = [newline[0]] + (
                 [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             )
-    model.save_pretrained(output_dir)
     processor = None
     if tokenizer is not None:
         processor = CaptionFormerProcessor(
@@ -910,9 +912,12 @@ def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: 
             tokenizer=tokenizer,
             max_caption_length=model.config.max_caption_length,
         )
-        processor.save_pretrained(output_dir)
     else:
         logger.warning("no tokenizer given: %s has the model only (no processor)", output_dir)
+    with atomic_directory(output_dir, argument="output") as tmp:
+        model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
     if push_to_hub:
         model.push_to_hub(push_to_hub)
         if processor is not None:
@@ -986,6 +991,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         args = build_parser().parse_args()
     from transformers import AutoConfig, AutoTokenizer
 
+    check_new_directory(args.output, argument="output")  # before minutes of loading and converting
     state = load_original_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
     kwargs = {"num_heads": _parse_num_heads(args.num_heads)}
     if args.labels:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -22,6 +24,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+def check_new_directory(path: str | os.PathLike, argument: str = "path") -> None:
+    """Raise a ``ValueError`` naming ``argument`` unless ``path`` is absent or an empty folder."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise ValueError(f"`{argument}`: {path} exists and is not empty")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False, argument: str = "path"):
+    """Yield a temporary folder beside ``path`` to write into; on success it is renamed to ``path``, on error it is
+    deleted, so ``path`` is never half-written. An existing ``path`` must be empty unless ``overwrite`` (then it is
+    replaced as a whole); the error names ``argument``."""
+    path = os.path.abspath(os.fspath(path))
+    if not overwrite:
+        check_new_directory(path, argument)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

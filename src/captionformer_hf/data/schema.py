@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 
 import datasets
+
+from ..utils import atomic_directory
 
 FRAME_FEATURES = {
     "frame_index": datasets.Value("int32"),
@@ -123,13 +123,7 @@ def write_parquet_shards(dataset_dict: datasets.DatasetDict, out_dir: str, max_s
                          card: str | None = None) -> None:
     """Write ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (at most ``max_shard_size`` examples a shard) and a dataset
     card, into a temporary folder renamed to ``out_dir`` at the end: nothing is half-written."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise ValueError(f"`out`: {out_dir} exists and is not empty")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-dataset-", dir=parent)
-    try:
+    with atomic_directory(out_dir, argument="out") as tmp:
         os.makedirs(os.path.join(tmp, "data"))
         for split, dataset in dataset_dict.items():
             num_shards = max(1, math.ceil(len(dataset) / max_shard_size))
@@ -139,12 +133,6 @@ def write_parquet_shards(dataset_dict: datasets.DatasetDict, out_dir: str, max_s
         if card is not None:
             with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
                 f.write(card)
-        if os.path.exists(out_dir):
-            os.rmdir(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_parquet_dataset(folder: str, streaming: bool = False):

@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskPredictor,
     Mask2FormerMLPPredictionHead,
@@ -199,11 +200,6 @@ class CaptionFormerClassHead(nn.Module):
         return logits if self.bias is None else logits + self.bias
 
 
-# CLIP's image statistics (OpenAI), used to feed the frames to the classifier's CLIP image encoder.
-CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 def clip_pixel_values(images: torch.Tensor, size: int) -> torch.Tensor:
     """CLIP's preprocessing of RGB images in ``[0, 1]`` ``(N, 3, H, W)``: bicubic resize of the short side to
     ``size`` (antialiased, long side ``int(size * long / short)`` as torchvision's ``Resize``), centre crop
@@ -216,8 +212,8 @@ def clip_pixel_values(images: torch.Tensor, size: int) -> torch.Tensor:
     resized = nn.functional.interpolate(images.float(), size=new, mode="bicubic", align_corners=False, antialias=True)
     top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
     cropped = resized[..., top : top + size, left : left + size].clamp(0, 1)
-    mean = torch.tensor(CLIP_IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_IMAGE_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD, device=images.device).view(1, 3, 1, 1)
     return (cropped - mean) / std
 
 
