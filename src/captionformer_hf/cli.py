@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="CHOTA / HOTA / CapA of predictions against ground truth",
-        description="Compute CHOTA. Formats (detected from the ground truth): trajectory videos (DESIGN.md), "
+        description="Compute CHOTA. Formats (detected from the ground truth): trajectory videos (docs/format.md), "
         "COCO-style per-frame JSON (images with video_id; annotations with bbox, track_id, caption; predictions "
         "with score), or per-track JSON (videos; annotations/results with bboxes/segmentations per frame).",
     )

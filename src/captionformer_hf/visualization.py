@@ -23,11 +23,11 @@ def draw_frame(frame: np.ndarray, detections: list[dict], alpha: float = 0.45) -
     height, width = frame.shape[:2]
     canvas = frame.astype(np.float32)
     if any(d.get("mask_rle") for d in detections):
-        from pycocotools import mask as mask_utils
+        from .processing.trajectory_captionformer import rle_decode
 
         for det in detections:
             if det.get("mask_rle"):
-                mask = mask_utils.decode({"size": [height, width], "counts": det["mask_rle"].encode()}).astype(bool)
+                mask = rle_decode(det["mask_rle"], height, width).astype(bool)
                 color = np.array(track_color(det["track_id"]), dtype=np.float32)
                 canvas[mask] = (1 - alpha) * canvas[mask] + alpha * color
     image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))

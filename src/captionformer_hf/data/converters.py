@@ -68,9 +68,9 @@ def rle_string(segmentation, height: int, width: int, where: str) -> str | None:
 
 
 def box_from_rle(counts: str, height: int, width: int) -> list[float]:
-    from pycocotools import mask as mask_utils
+    from ..processing.trajectory_captionformer import rle_to_box
 
-    return [float(v) for v in mask_utils.toBbox({"size": [height, width], "counts": counts.encode()})]
+    return rle_to_box(counts, height, width)
 
 
 def category_index(categories: list[dict]) -> tuple[dict[int, int], dict[int, str]]:

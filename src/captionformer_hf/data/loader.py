@@ -40,7 +40,7 @@ def decode_example_frames(example: dict) -> np.ndarray:
 
 def clip_targets(example: dict, frame_indices: list[int], processor, padded_size, content_size) -> dict:
     """Targets of the tracks visible in the clip made of ``frame_indices``."""
-    from pycocotools import mask as mask_utils
+    from ..processing.trajectory_captionformer import rle_decode
 
     height, width = int(example["height"]), int(example["width"])
     content_h, content_w = content_size
@@ -63,7 +63,7 @@ def clip_targets(example: dict, frame_indices: list[int], processor, padded_size
             )
             track_valid[t] = True
             if frame.get("mask_rle"):
-                mask = mask_utils.decode({"size": [height, width], "counts": frame["mask_rle"].encode()})
+                mask = rle_decode(frame["mask_rle"], height, width)
                 mask = torch.from_numpy(mask)[None, None].float()
                 mask = torch.nn.functional.interpolate(mask, size=(content_h, content_w), mode="nearest")[0, 0]
             else:  # boxes only: the box as a mask

@@ -1,4 +1,6 @@
-"""`datasets` schema of dense-video-object-captioning examples (DESIGN.md), validation, and parquet writing."""
+"""`datasets` schema of dense-video-object-captioning examples, validation, and parquet writing.
+
+An example is a video with its trajectories (``docs/format.md``) under ``tracks`` (each with a ``category_id``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 
 import datasets
 
+from ..processing.trajectory_captionformer import check_rle, validate_video
 from ..utils import atomic_directory
 
 FRAME_FEATURES = {
@@ -47,76 +50,13 @@ def dvoc_features(video_as: str = "video") -> datasets.Features:
 
 
 def validate_example(example: dict, where: str | None = None) -> None:
-    """Raise a ``ValueError`` naming the video / track / frame of the first problem found."""
+    """Raise a ``ValueError`` naming the video / track / frame of the first problem found (the trajectory format's
+    checks, ``docs/format.md``, on the example's ``tracks``; masks must cover the frame exactly)."""
     where = where or f"video {example.get('video_id')!r}"
     for key in ("video_id", "height", "width", "num_frames", "tracks"):
         if example.get(key) is None:
             raise ValueError(f"{where}: missing `{key}`")
-    num_frames, height, width = example["num_frames"], example["height"], example["width"]
-    if num_frames < 1 or height < 1 or width < 1:
-        raise ValueError(f"{where}: num_frames, height and width must be positive")
-    seen_ids = set()
-    for track in example["tracks"]:
-        track_where = f"{where}, track {track.get('track_id')!r}"
-        if track.get("track_id") in seen_ids:
-            raise ValueError(f"{track_where}: duplicate track_id")
-        seen_ids.add(track.get("track_id"))
-        if not isinstance(track.get("caption", ""), (str, type(None))):
-            raise ValueError(f"{track_where}: caption must be a string")
-        seen_frames = set()
-        for frame in track.get("frames", []):
-            index = frame.get("frame_index")
-            if not isinstance(index, int) or not 0 <= index < num_frames:
-                raise ValueError(f"{track_where}: frame_index {index!r} out of range [0, {num_frames})")
-            if index in seen_frames:
-                raise ValueError(f"{track_where}: frame {index} listed twice")
-            seen_frames.add(index)
-            box = frame.get("box")
-            if box is None or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
-                raise ValueError(f"{track_where}, frame {index}: box must be 4 finite numbers [x, y, w, h]")
-            if box[2] < 0 or box[3] < 0:
-                raise ValueError(f"{track_where}, frame {index}: box {box} has a negative size")
-            if frame.get("mask_rle"):
-                check_rle(frame["mask_rle"], height, width, f"{track_where}, frame {index}")
-
-
-def check_rle(counts: str, height: int, width: int, where: str) -> None:
-    """A COCO compressed RLE string must decode to a ``height x width`` mask."""
-    from pycocotools import mask as mask_utils
-
-    try:
-        rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
-        area = float(mask_utils.area(rle))
-        decoded_pixels = sum_rle_runs(counts)
-    except Exception as error:  # pycocotools raises bare Exceptions on corrupt RLE
-        raise ValueError(f"{where}: bad mask RLE ({error})") from error
-    if decoded_pixels != height * width or area < 0:
-        raise ValueError(f"{where}: bad mask RLE (covers {decoded_pixels} pixels, the frame has {height * width})")
-
-
-def sum_rle_runs(counts: str) -> int:
-    """Total length of the runs of a COCO compressed RLE string (pycocotools' LEB128-like code, decoded here)."""
-    data = counts.encode() if isinstance(counts, str) else counts
-    runs: list[int] = []
-    i = 0
-    while i < len(data):
-        value, shift, more = 0, 0, True
-        while more:
-            if i >= len(data):
-                raise ValueError("truncated RLE string")
-            c = data[i] - 48
-            value |= (c & 0x1F) << (5 * shift)
-            more = bool(c & 0x20)
-            i += 1
-            shift += 1
-            if not more and (c & 0x10):
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise ValueError("negative run length")
-        runs.append(value)
-    return sum(runs)
+    validate_video(example, where, key="tracks")
 
 
 def write_parquet_shards(dataset_dict: datasets.DatasetDict, out_dir: str, max_shard_size: int = 500,

@@ -282,7 +282,7 @@ def synthetic_example(seed: int, video_id: str, config: SyntheticVideoConfig | N
                       video_path: str | None = None) -> dict:
     """One example in the DVOC schema (``captionformer_hf.data.schema``): the video encoded as mp4 bytes (also
     written to ``video_path`` when given), tracks with boxes and COCO RLE masks."""
-    from pycocotools import mask as mask_utils
+    from ..processing.trajectory_captionformer import rle_encode
 
     video = generate_video(seed, config)
     import tempfile
@@ -296,7 +296,7 @@ def synthetic_example(seed: int, video_id: str, config: SyntheticVideoConfig | N
     for track in video["tracks"]:
         frames = []
         for frame in track["frames"]:
-            rle = mask_utils.encode(np.asfortranarray(frame["mask"].astype(np.uint8)))["counts"].decode("ascii")
+            rle = rle_encode(frame["mask"])
             frames.append({"frame_index": frame["frame_index"], "box": [float(v) for v in frame["box"]], "mask_rle": rle})
         tracks.append({"track_id": track["track_id"], "category": track["category"], "category_id": track["category_id"],
                        "caption": track["caption"], "frames": frames})

@@ -1,5 +1,5 @@
 """CHOTA = cbrt(DetA * AssA * CapA), as the published evaluators compute it (scenic densevoc ``chota.py`` and its
-CaptionFormer fork), on the trajectory format of DESIGN.md.
+CaptionFormer fork), on the trajectory format of ``docs/format.md``.
 
 - Predictions are kept iff their score > ``score_threshold`` (a frame's own ``score`` if given, else its
   trajectory's). Similarity: box IoU on ``[x, y, w, h]`` (no +1) or mask IoU (pycocotools RLE).
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..processing.trajectory_captionformer import check_rle
 from .caption_scores import SUPPORTED_CAPTION_METRICS, get_pair_scorer
 from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_sequence, pad_by_frame
 
@@ -128,13 +129,20 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
 
 
 def _rle(value, height, width, where: str):
+    """A pycocotools RLE dict of a mask entry, checked to be a valid mask of its size first (pycocotools loops
+    forever on runs that do not cover the frame, and reads garbage strings as empty masks)."""
     if value is None:
         raise ValueError(f"{where}: iou_type='mask' needs `mask_rle`")
     if isinstance(value, Mapping):
         if "counts" not in value or "size" not in value:
             raise ValueError(f"{where}: an RLE dict needs `counts` and `size`")
         counts = value["counts"]
-        size = [int(v) for v in value["size"]]
+        try:
+            size = [int(v) for v in value["size"]]
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: an RLE `size` must be [height, width], got {value['size']!r}") from None
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"{where}: an RLE `size` must be [height, width], got {value['size']!r}")
     elif isinstance(value, (str, bytes)):
         if height is None or width is None:
             raise ValueError(f"{where}: a string `mask_rle` needs the video's `height` and `width`")
@@ -142,9 +150,17 @@ def _rle(value, height, width, where: str):
     else:
         raise ValueError(f"{where}: `mask_rle` must be a COCO RLE string or dict, got {type(value).__name__}")
     if isinstance(counts, list):  # uncompressed RLE
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise ValueError(f"{where}: bad mask RLE (uncompressed counts must be non-negative integers)")
+        if sum(counts) != size[0] * size[1]:
+            raise ValueError(
+                f"{where}: bad mask RLE (its runs cover {sum(counts)} pixels, a {size[0]}x{size[1]} frame has "
+                f"{size[0] * size[1]})"
+            )
         from pycocotools import mask as mask_utils
 
         return mask_utils.frPyObjects({"counts": counts, "size": size}, size[0], size[1])
+    check_rle(counts, size[0], size[1], where)
     return {"counts": counts.encode() if isinstance(counts, str) else counts, "size": size}
 
 
@@ -258,7 +274,7 @@ def compute_chota(
 
     Args:
         predictions / references: lists of ``{"video_id", "num_frames", "trajectories": [...]}`` (trajectory format
-            of DESIGN.md; ``height``/``width`` needed for string mask RLEs), the same set of video ids on both sides.
+            of ``docs/format.md``; ``height``/``width`` needed for string mask RLEs), the same set of video ids on both sides.
         iou_type: ``"box"`` or ``"mask"``.
         alphas: similarity thresholds; ``(0.5,)`` as published, or :data:`~.hota.TRACKEVAL_ALPHAS` (0.05..0.95).
         caption_metrics: any of ``"cider"``, ``"meteor"`` (Java), ``"spice"`` (Java + CoreNLP jars); CapA is

@@ -108,9 +108,9 @@ def build_object_prompts(example: dict, frames: np.ndarray, num_frames: int = 4,
         for index in chosen:
             entry = by_index[index]
             if visual == "contour" and entry.get("mask_rle"):
-                from pycocotools import mask as mask_utils
+                from ...processing.trajectory_captionformer import rle_decode
 
-                mask = mask_utils.decode({"size": [height, width], "counts": entry["mask_rle"].encode()})
+                mask = rle_decode(entry["mask_rle"], height, width)
                 drawn.append(draw_contour(frames[index], mask))
             else:
                 drawn.append(draw_box(frames[index], entry["box"]))

@@ -1,0 +1,375 @@
+"""The trajectory format of CaptionFormer and its mask RLE helpers (numpy only: no torch, no pycocotools).
+
+One format serves model outputs, dataset targets, CHOTA inputs, the CLI and the Spaces; ``docs/format.md`` describes
+it in full. A *video* is::
+
+    {"video_id", "num_frames", "height", "width", "fps", "trajectories": [trajectory, ...]}
+
+and a *trajectory* (one object)::
+
+    {"track_id": int, "score": float, "category": str | None, "category_id": int | None, "caption": str,
+     "frames": [{"frame_index": int, "box": [x, y, w, h], "mask_rle": str | None, "score": float}, ...]}
+
+Boxes are absolute pixels of the original video (top-left corner, width, height; no +1); ``mask_rle`` is a COCO
+compressed RLE string (pycocotools' ``counts``) of a ``height x width`` mask; a frame where the object is absent is not
+listed. Ground truth has the same shape (``score`` optional); a dataset example stores its trajectories under
+``tracks``.
+
+The RLE codec here is pycocotools' (column-major runs starting with a run of zeros; each run, after the first two, as
+its difference to the run two before, written 5 bits a character with a continuation bit, offset by 48), vectorised
+with numpy over many masks at once; tests check it byte for byte against pycocotools.
+
+Remote-code safe: imports numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
+
+import numpy as np
+
+
+class FrameEntry(TypedDict, total=False):
+    """One frame of a trajectory."""
+
+    frame_index: int  # 0-based index of the frame in the video
+    box: list[float]  # [x, y, w, h], absolute pixels of the original video
+    mask_rle: str | None  # COCO compressed RLE of a (height, width) mask
+    score: float  # the detection's confidence (predictions)
+    caption: str  # optional per-frame caption (frame-level ground truth of some benchmarks)
+
+
+class Trajectory(TypedDict, total=False):
+    """One object over the video."""
+
+    track_id: int
+    score: float
+    category: str | None
+    category_id: int | None
+    caption: str
+    frames: list[FrameEntry]
+
+
+class VideoTrajectories(TypedDict, total=False):
+    """A video's trajectories with its geometry."""
+
+    video_id: str | int
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None
+    trajectories: list[Trajectory]
+
+
+FORMAT_DOC = "docs/format.md"
+
+
+# -------------------------------------------------------------------------------------------------- RLE codec
+def _as_bytes(counts) -> bytes:
+    if isinstance(counts, str):
+        try:
+            return counts.encode("ascii")
+        except UnicodeEncodeError as error:
+            raise ValueError("mask RLE has non-ASCII characters") from error
+    if isinstance(counts, (bytes, bytearray)):
+        return bytes(counts)
+    raise TypeError(f"mask RLE must be a COCO compressed RLE string, got {type(counts).__name__}")
+
+
+def rle_runs(counts) -> np.ndarray:
+    """Run lengths ``(R,)`` int64 of a COCO compressed RLE string (zeros first, column-major).
+
+    Raises ``ValueError`` for characters outside the code, a truncated last value, or a negative run."""
+    data = np.frombuffer(_as_bytes(counts), dtype=np.uint8).astype(np.int64) - 48
+    if data.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (data < 0).any() or (data > 63).any():
+        raise ValueError("mask RLE has characters outside the COCO RLE code")
+    more = (data & 0x20) != 0
+    if more[-1]:
+        raise ValueError("mask RLE is truncated (its last value is unfinished)")
+    ends = np.nonzero(~more)[0]  # last character of each value
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    group = np.repeat(np.arange(len(ends)), ends - starts + 1)
+    position = np.arange(len(data)) - starts[group]  # 5-bit chunk index within its value
+    if position.max() > 12:
+        raise ValueError("mask RLE has a value too large to be a run length")
+    values = np.add.reduceat((data & 0x1F) << (5 * position), starts)
+    negative = (data[ends] & 0x10) != 0  # sign bit of the last chunk
+    values[negative] -= np.left_shift(1, 5 * (position[ends][negative] + 1))
+    # values after the first three are differences to the run two before: cumulative sums per parity
+    if len(values) > 3:
+        for parity in (1, 2):
+            values[parity::2] = np.cumsum(values[parity::2])
+    if (values < 0).any():
+        raise ValueError("mask RLE has a negative run length")
+    return values
+
+
+def rle_num_pixels(counts) -> int:
+    """Number of pixels an RLE string covers (the sum of its runs)."""
+    return int(rle_runs(counts).sum())
+
+
+def rle_area(counts) -> int:
+    """Foreground pixels of an RLE string (the sum of its odd runs)."""
+    return int(rle_runs(counts)[1::2].sum())
+
+
+def check_rle(counts, height: int, width: int, where: str = "mask_rle") -> None:
+    """Raise a ``ValueError`` naming ``where`` unless ``counts`` is a COCO RLE string of a ``height x width`` mask."""
+    try:
+        covered = rle_num_pixels(counts)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: bad mask RLE ({error})") from error
+    if covered != int(height) * int(width):
+        raise ValueError(
+            f"{where}: bad mask RLE (its runs cover {covered} pixels, a {height}x{width} frame has {height * width})"
+        )
+
+
+def encode_runs(runs: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """COCO compressed RLE strings of many masks at once.
+
+    ``runs`` ``(R,)`` are the run lengths of all masks concatenated (each mask's runs start with its run of zeros,
+    possibly 0); mask ``i`` owns ``runs[offsets[i]:offsets[i + 1]]`` (``offsets`` ``(N + 1,)``)."""
+    runs = np.asarray(runs, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    count = len(offsets) - 1
+    if count <= 0:
+        return []
+    # delta-code: a run after the first two of its mask is written as the difference to the run two before it
+    index_in_mask = np.arange(len(runs)) - np.repeat(offsets[:-1], np.diff(offsets))
+    values = runs.copy()
+    delta = index_in_mask > 2
+    values[delta] = runs[delta] - runs[np.nonzero(delta)[0] - 2]
+    # 5 bits a character; the number of characters of each value, as pycocotools' loop decides it
+    chunks = np.empty((len(values), 13), dtype=np.int64)
+    alive = np.ones(len(values), dtype=bool)
+    length = np.zeros(len(values), dtype=np.int64)
+    rest = values.copy()
+    for k in range(13):
+        chunk = rest & 0x1F
+        rest = rest >> 5  # arithmetic shift, as on the C long
+        more = np.where((chunk & 0x10) != 0, rest != -1, rest != 0)
+        chunks[:, k] = chunk | np.where(more, 0x20, 0)
+        length += alive
+        alive &= more
+        if not alive.any():
+            chunks = chunks[:, : k + 1]
+            break
+    keep = np.arange(chunks.shape[1])[None, :] < length[:, None]
+    characters = (chunks[keep] + 48).astype(np.uint8).tobytes()
+    # characters of mask i: the values runs[offsets[i]:offsets[i+1]] in order
+    value_end = np.concatenate([[0], np.cumsum(length)])
+    bounds = value_end[offsets]
+    return [characters[bounds[i] : bounds[i + 1]].decode("ascii") for i in range(count)]
+
+
+def mask_runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths of binary masks ``(N, H, W)`` in COCO order: ``(runs, offsets)`` as :func:`encode_runs` takes."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"`masks` must have shape (N, H, W), got {masks.shape}")
+    count = masks.shape[0]
+    flat = masks.transpose(0, 2, 1).reshape(count, -1).astype(bool)  # column-major (Fortran) order per mask
+    length = flat.shape[1]
+    if length == 0:
+        return np.zeros(count, dtype=np.int64), np.arange(count + 1, dtype=np.int64)
+    rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
+    return runs_from_changes(rows, cols + 1, flat[:, 0], count, length)
+
+
+def runs_from_changes(rows: np.ndarray, positions: np.ndarray, first_values: np.ndarray, count: int,
+                      length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths from the positions where masks change value (``rows`` sorted, ``positions`` increasing within a
+    row; ``first_values`` ``(N,)`` the value of each mask's first pixel; every mask has ``length`` pixels)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    first_values = np.asarray(first_values, dtype=bool)
+    changes = np.bincount(rows, minlength=count)
+    lead = first_values.astype(np.int64)  # a mask starting with foreground has an empty first run of zeros
+    runs_per_mask = changes + 1 + lead
+    offsets = np.concatenate([[0], np.cumsum(runs_per_mask)])
+    # boundaries of mask i: [0, positions..., length]; runs are their differences
+    boundary_count = changes + 2
+    boundary_offsets = np.concatenate([[0], np.cumsum(boundary_count)])
+    boundaries = np.empty(boundary_offsets[-1], dtype=np.int64)
+    boundaries[boundary_offsets[:-1]] = 0
+    boundaries[boundary_offsets[1:] - 1] = length
+    inner = np.ones(len(boundaries), dtype=bool)
+    inner[boundary_offsets[:-1]] = False
+    inner[boundary_offsets[1:] - 1] = False
+    boundaries[inner] = positions
+    differences = np.diff(boundaries)
+    not_across = np.ones(len(differences), dtype=bool)
+    not_across[boundary_offsets[1:-1] - 1] = False  # the step from one mask's end to the next mask's start
+    differences = differences[not_across]
+    runs = np.zeros(offsets[-1], dtype=np.int64)
+    slot = np.ones(offsets[-1], dtype=bool)
+    slot[offsets[:-1][first_values]] = False  # the empty leading run stays 0
+    runs[slot] = differences
+    return runs, offsets
+
+
+def rle_encode(masks: np.ndarray) -> str | list[str]:
+    """COCO compressed RLE string of a binary mask ``(H, W)``, or the list of strings of masks ``(N, H, W)``."""
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        return encode_runs(*mask_runs(masks[None]))[0]
+    return encode_runs(*mask_runs(masks))
+
+
+def rle_decode(counts, height: int, width: int, where: str = "mask_rle") -> np.ndarray:
+    """``uint8 (height, width)`` mask of a COCO compressed RLE string; ``ValueError`` (naming ``where``) when the
+    string is not a mask of that size."""
+    try:
+        runs = rle_runs(counts)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: bad mask RLE ({error})") from error
+    if int(runs.sum()) != int(height) * int(width):
+        raise ValueError(
+            f"{where}: bad mask RLE (its runs cover {int(runs.sum())} pixels, a {height}x{width} frame has "
+            f"{int(height) * int(width)})"
+        )
+    values = (np.arange(len(runs)) % 2).astype(np.uint8)
+    return np.repeat(values, runs).reshape(int(width), int(height)).T.copy()
+
+
+def rle_to_box(counts, height: int, width: int) -> list[float]:
+    """``[x, y, w, h]`` bounding box of an RLE mask (pixel ``i`` spans ``[i, i + 1)``; all zeros when empty)."""
+    mask = rle_decode(counts, height, width)
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if len(rows) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]), float(rows[-1] + 1 - rows[0])]
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _number(value, where: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{where}: `{name}` must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: `{name}` must be finite, got {value!r}")
+    return value
+
+
+def check_box(box, where: str) -> list[float]:
+    """``[x, y, w, h]`` as 4 finite floats with ``w, h >= 0``; ``ValueError`` naming ``where`` otherwise."""
+    if not isinstance(box, Sequence) or isinstance(box, (str, bytes)) or len(box) != 4:
+        raise ValueError(f"{where}: `box` must be 4 numbers [x, y, w, h], got {box!r}")
+    values = [_number(v, where, "box") for v in box]
+    if values[2] < 0 or values[3] < 0:
+        raise ValueError(f"{where}: box {values} has a negative width or height")
+    return values
+
+
+def validate_video(
+    video: Mapping,
+    where: str | None = None,
+    *,
+    key: str = "trajectories",
+    require_scores: bool = False,
+    require_masks: bool = False,
+) -> None:
+    """Check a video against the trajectory format; the ``ValueError`` / ``TypeError`` names the video, track and
+    frame of the first problem. ``key`` is ``"trajectories"`` (predictions, references) or ``"tracks"`` (dataset
+    examples). String masks need the video's ``height`` and ``width`` and must cover them exactly."""
+    if not isinstance(video, Mapping):
+        raise TypeError(f"a video must be a dict, got {type(video).__name__}")
+    where = where or f"video {video.get('video_id')!r}"
+    num_frames = video.get("num_frames")
+    if not _is_int(num_frames) or num_frames < 1:
+        raise ValueError(f"{where}: `num_frames` must be a positive integer, got {num_frames!r}")
+    height, width = video.get("height"), video.get("width")
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"{where}: `{name}` must be a positive integer, got {value!r}")
+    trajectories = video.get(key)
+    if not isinstance(trajectories, Sequence) or isinstance(trajectories, (str, bytes)):
+        raise TypeError(f"{where}: `{key}` must be a list of trajectories, got {type(trajectories).__name__}")
+    seen_ids = set()
+    for index, trajectory in enumerate(trajectories):
+        if not isinstance(trajectory, Mapping):
+            raise TypeError(f"{where}: each trajectory must be a dict, got {type(trajectory).__name__}")
+        track_id = trajectory.get("track_id", index)
+        track_where = f"{where}, track_id {track_id!r}"
+        try:
+            hash(track_id)
+        except TypeError:
+            raise TypeError(f"{where}, trajectory {index}: `track_id` must be an int or a string, got {track_id!r}") from None
+        if track_id in seen_ids:
+            raise ValueError(f"{track_where}: duplicate track_id in the same video")
+        seen_ids.add(track_id)
+        caption = trajectory.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise TypeError(f"{track_where}: `caption` must be a string, got {type(caption).__name__}")
+        if trajectory.get("score") is not None:
+            _number(trajectory["score"], track_where, "score")
+        frames = trajectory.get("frames")
+        if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)):
+            raise ValueError(f"{track_where}: `frames` must be a list of per-frame dicts")
+        seen_frames = set()
+        for entry in frames:
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"{track_where}: each frame must be a dict, got {type(entry).__name__}")
+            frame = entry.get("frame_index")
+            if not _is_int(frame):
+                raise ValueError(f"{track_where}: every frame needs an integer `frame_index`, got {frame!r}")
+            frame_where = f"{track_where}, frame {frame}"
+            if not 0 <= frame < num_frames:
+                raise ValueError(f"{frame_where}: frame_index out of range [0, {num_frames})")
+            if frame in seen_frames:
+                raise ValueError(f"{frame_where}: the trajectory lists this frame twice")
+            seen_frames.add(frame)
+            if "box" in entry and entry["box"] is not None:
+                check_box(entry["box"], frame_where)
+            score = entry.get("score", trajectory.get("score"))
+            if score is not None:
+                if _number(score, frame_where, "score") != _number(score, frame_where, "score"):
+                    raise ValueError(f"{frame_where}: `score` is NaN")
+            elif require_scores:
+                raise ValueError(f"{frame_where}: predictions need a `score` (per frame or per trajectory)")
+            if entry.get("caption") is not None and not isinstance(entry["caption"], str):
+                raise TypeError(f"{frame_where}: `caption` must be a string, got {type(entry['caption']).__name__}")
+            rle = entry.get("mask_rle")
+            if rle is not None:
+                if isinstance(rle, Mapping):
+                    size = rle.get("size")
+                    if not isinstance(size, Sequence) or len(size) != 2 or "counts" not in rle:
+                        raise ValueError(f"{frame_where}: an RLE dict needs `counts` and `size` [height, width]")
+                    if isinstance(rle["counts"], str):
+                        check_rle(rle["counts"], size[0], size[1], frame_where)
+                else:
+                    if height is None or width is None:
+                        raise ValueError(f"{frame_where}: a string `mask_rle` needs the video's `height` and `width`")
+                    check_rle(rle, height, width, frame_where)
+            elif require_masks:
+                raise ValueError(f"{frame_where}: `mask_rle` is needed (mask IoU)")
+
+
+__all__ = [
+    "FORMAT_DOC",
+    "FrameEntry",
+    "Trajectory",
+    "VideoTrajectories",
+    "check_box",
+    "check_rle",
+    "encode_runs",
+    "mask_runs",
+    "rle_area",
+    "rle_decode",
+    "rle_encode",
+    "rle_num_pixels",
+    "rle_runs",
+    "rle_to_box",
+    "runs_from_changes",
+    "validate_video",
+]
