@@ -18,9 +18,9 @@ import time
 
 def evaluate(model, processor, examples, caption_metrics, **kwargs):
     from captionformer_hf.metrics import compute_chota
-    from captionformer_hf.training.trainer import predict_video, reference_video
+    from captionformer_hf.training.trainer import predict_example, reference_video
 
-    predictions = [predict_video(model, processor, example, **kwargs) for example in examples]
+    predictions = [predict_example(model, processor, example, **kwargs) for example in examples]
     references = [reference_video(example) for example in examples]
     return compute_chota(predictions, references, caption_metrics=caption_metrics, score_threshold=0.0)
 
@@ -69,29 +69,13 @@ def main():
         result = evaluate(model, processor, examples, metrics, aggregation=method)
         print(row(f"captions: {method} (T_agg {model.config.t_agg})", result, metrics))
     occluded = [e for e in examples if reappearing(e)]
-    from captionformer_hf.modeling.tracking_captionformer import CaptionFormerTrackingSession
-
     for name, overrides in (
         (f"top-K (K {model.config.k_match}, T {model.config.t_match}), re-appearing", {}),
         ("adjacent clips (K 1, T 1), re-appearing", {"k_match": 1, "t_match": 1}),
     ):
-        session_kwargs = overrides
-
-        def factory(**kwargs):
-            return CaptionFormerTrackingSession.from_config(model.config, **session_kwargs)
-
-        result = evaluate_with_session(model, processor, occluded, metrics, factory)
+        result = evaluate(model, processor, occluded, metrics, tracker_overrides=overrides)
         print(row(name + f" ({len(occluded)} videos)", result, metrics))
     print(f"\n({time.perf_counter() - start:.0f} s)")
-
-
-def evaluate_with_session(model, processor, examples, metrics, factory):
-    from captionformer_hf.metrics import compute_chota
-    from captionformer_hf.training.trainer import predict_video, reference_video
-
-    predictions = [predict_video(model, processor, example, session=factory()) for example in examples]
-    references = [reference_video(example) for example in examples]
-    return compute_chota(predictions, references, caption_metrics=metrics, score_threshold=0.0)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ base = torch.randn(1, 3, 64, 64)
 def clips():
     for c in range(frames // 5):
         yield base.expand(5, -1, -1, -1) + 0.05 * torch.randn(5, 3, 64, 64)
-result = model.track_video(clips(), return_masks=True, max_new_tokens=4)
+from captionformer_hf.processing import ClipMaskEncoder, VideoGeometry
+encoder = ClipMaskEncoder(VideoGeometry((64, 64), (64, 64), (64, 64)))
+result = model.track_video(clips(), mask_encoder=encoder, max_new_tokens=4)
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "tracks": len(result["trajectories"]), "frames": result["num_frames"]}))
+                  "tracks": len(result.track_ids), "frames": result.num_frames}))
 """
 
 

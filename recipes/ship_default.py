@@ -26,9 +26,9 @@ TIE = 0.002
 
 def chota_on(model, processor, examples):
     from captionformer_hf.metrics import compute_chota
-    from captionformer_hf.training.trainer import predict_video, reference_video
+    from captionformer_hf.training.trainer import predict_example, reference_video
 
-    predictions = [predict_video(model, processor, e) for e in examples]
+    predictions = [predict_example(model, processor, e) for e in examples]
     return compute_chota(predictions, [reference_video(e) for e in examples], caption_metrics=("cider",), score_threshold=0.0)
 
 

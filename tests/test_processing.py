@@ -113,52 +113,109 @@ def test_decode_errors(tmp_path):
 def test_video_processor_call_and_round_trip(tmp_path):
     processor = CaptionFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 128}, clip_length=2)
     video = (np.random.default_rng(0).random((3, 48, 80, 3)) * 255).astype(np.uint8)
-    out = processor(video, return_tensors="pt")
-    # 48x80 -> 64x106 (aspect kept, truncated), padded to 64x128; 3 frames -> 4 (clips of 2, last frame repeated)
-    assert out["pixel_values_videos"].shape == (1, 4, 3, 64, 128)
-    assert out["original_sizes"].tolist() == [[48, 80]] and out["content_sizes"].tolist() == [[64, 106]]
+    short = (np.random.default_rng(1).random((2, 48, 80, 3)) * 255).astype(np.uint8)
+    out = processor([video, short], return_tensors="pt")
+    # 48x80 -> 64x106 (aspect kept, truncated), padded to 64x128; the shorter video padded in time with its last frame
+    assert out["pixel_values_videos"].shape == (2, 3, 3, 64, 128)
+    assert out["original_sizes"].tolist() == [[48, 80]] * 2 and out["content_sizes"].tolist() == [[64, 106]] * 2
+    assert out["num_frames"].tolist() == [3, 2]
     pixels = out["pixel_values_videos"]
-    assert torch.all(pixels[0, :, :, :, 106:] == 0)  # padding
-    torch.testing.assert_close(pixels[0, 3], pixels[0, 2])
+    assert torch.all(pixels[:, :, :, :, 106:] == 0)  # padding
+    torch.testing.assert_close(pixels[1, 2], pixels[1, 1])
     expected = (torch.tensor(video[0, 0, 0] / 255.0) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(pixels[0, 0, :, 0, 0].double(), expected, atol=0.05, rtol=0)
     processor.save_pretrained(tmp_path)
     loaded = AutoVideoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, CaptionFormerVideoProcessor)
     assert loaded.to_dict() == processor.to_dict()
-    torch.testing.assert_close(loaded(video, return_tensors="pt")["pixel_values_videos"], pixels)
+    torch.testing.assert_close(loaded([video, short], return_tensors="pt")["pixel_values_videos"], pixels)
 
 
-def test_streaming_clips_match_batch_processing(sample):
+def test_clip_batches_match_batch_processing(sample):
     _, paths = sample
     processor = CaptionFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 128}, clip_length=5)
     reader = processor.open_video(paths["avi"])
-    clips = list(processor.iter_clips(reader))
-    assert [c.shape[0] for c, _ in clips] == [5, 5, 5, 5, 4]
-    assert clips[-1][1] == [20, 21, 22, 23]
+    batches = list(processor.iter_clip_batches(reader, batch_size=2))
+    # 24 frames: two batches of 2 clips of 5, then the 4 remaining frames as a clip of their own
+    assert [tuple(b.pixel_values_videos.shape[:2]) for b in batches] == [(2, 5), (2, 5), (1, 4)]
+    assert batches[0].frame_indices == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and batches[-1].frame_indices == [[20, 21, 22, 23]]
+    assert batches[0].geometry.original_size == (96, 128) and batches[0].content_size == (64, 85)
     frames = np.stack([f for _, f in VideoFrames(paths["avi"])])
-    batch = processor(frames, return_tensors="pt")["pixel_values_videos"][0]
-    torch.testing.assert_close(torch.cat([c for c, _ in clips]), batch[:24])
+    whole = processor(frames, return_tensors="pt")["pixel_values_videos"][0]
+    streamed = torch.cat([b.pixel_values_videos.flatten(0, 1) for b in batches])
+    torch.testing.assert_close(streamed, whole)
+    half = list(processor.iter_clip_batches(processor.open_video(paths["avi"]), batch_size=3, dtype=torch.bfloat16))
+    assert half[0].pixel_values_videos.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="`batch_size`"):
+        next(processor.iter_clip_batches(processor.open_video(paths["avi"]), batch_size=0))
 
 
-def test_post_process_maps_boxes_and_masks_to_the_original_video():
+def test_threaded_decoding_equals_the_caller_thread_and_stops_early(sample):
+    import threading
+
+    _, paths = sample
+    threaded = [(i, f) for i, f in VideoFrames(paths["mp4"], prefetch=4)]
+    direct = [(i, f) for i, f in VideoFrames(paths["mp4"], prefetch=0)]
+    assert [i for i, _ in threaded] == [i for i, _ in direct] == list(range(24))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(threaded, direct))
+    reader = VideoFrames(paths["mp4"], prefetch=2)
+    for index, _ in reader:
+        if index == 3:
+            break
+    del _
+    import gc
+
+    gc.collect()
+    assert not any(t.name == "captionformer-decode" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(ValueError, match="`prefetch`"):
+        VideoFrames(paths["mp4"], prefetch=-1)
+
+
+def test_post_process_maps_boxes_to_the_original_video_and_names_labels():
+    from captionformer_hf import CaptionFormerVideoOutput
+
     processor = CaptionFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 128})
     # original 48x80 -> content 64x106 inside a 64x128 input
-    mask = np.zeros((64, 128), np.uint8)
-    mask[16:32, 20:40] = 1
-    rle = mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
-    raw = {"input_size": [64, 128], "trajectories": [{"track_id": 3, "score": 0.9, "caption_ids": [5], "frames": [
-        {"frame_index": 0, "box": [30 / 128, 24 / 64, 20 / 128, 16 / 64], "mask_rle": rle, "score": 0.9}]}]}
-    result = processor.post_process_dense_captions(raw, original_size=(48, 80), frame_indices=[7])
-    frame = result["trajectories"][0]["frames"][0]
-    assert frame["frame_index"] == 7
+    outputs = CaptionFormerVideoOutput(
+        track_ids=torch.tensor([3]), scores=torch.tensor([0.9]), category_ids=torch.tensor([1]),
+        frame_track_indices=torch.tensor([0, 0]), frame_indices=torch.tensor([7, 9]),
+        frame_boxes=torch.tensor([[30 / 128, 24 / 64, 20 / 128, 16 / 64], [1.0, 1.0, 0.5, 0.5]]),
+        frame_scores=torch.tensor([0.9, 0.8]), frame_mask_rles=["m7", "m9"], num_frames=10, input_size=(64, 128),
+    )
+    result = processor.post_process_dense_captions(outputs, original_size=(48, 80), id2label={1: "dog"})
+    (trajectory,) = result["trajectories"]
+    assert (trajectory["track_id"], trajectory["category"], trajectory["category_id"]) == (3, "dog", 1)
+    first, second = trajectory["frames"]
+    assert (first["frame_index"], first["mask_rle"], first["score"]) == (7, "m7", 0.9)
     sx, sy = 80 / 106, 48 / 64
-    assert frame["box"] == pytest.approx([20 * sx, 16 * sy, 20 * sx, 16 * sy], abs=0.01)
-    decoded = mask_utils.decode({"size": [48, 80], "counts": frame["mask_rle"].encode()})
-    assert decoded.shape == (48, 80)
-    ys, xs = np.nonzero(decoded)
-    assert abs(xs.min() - 20 * sx) <= 1 and abs(xs.max() + 1 - 40 * sx) <= 1
-    assert abs(ys.min() - 16 * sy) <= 1 and abs(ys.max() + 1 - 32 * sy) <= 1
+    assert first["box"] == pytest.approx([20 * sx, 16 * sy, 20 * sx, 16 * sy], abs=0.01)
+    # a box partly outside the content is clipped to the frame: x from (128 - 32) * sx to 80
+    assert second["box"] == pytest.approx([96 * sx, 48 * sy, 80 - 96 * sx, 48 - 48 * sy], abs=0.01)
+    no_masks = processor.post_process_dense_captions(outputs, original_size=(48, 80), return_masks=False)
+    assert "mask_rle" not in no_masks["trajectories"][0]["frames"][0]
+
+
+def test_mask_encoder_equals_pycocotools_on_the_resized_masks():
+    """The device path (resize, threshold, run boundaries with torch) gives pycocotools' RLE of the same masks."""
+    from captionformer_hf.processing import VideoGeometry
+    from captionformer_hf.processing.video_processing_captionformer import ClipMaskEncoder
+
+    torch.manual_seed(0)
+    geometry = VideoGeometry(original_size=(50, 70), content_size=(40, 56), padded_size=(64, 64))
+    logits = torch.randn(7, 16, 16) * 3
+    logits[0] = -5  # empty mask
+    logits[1] = 5  # full mask
+    encoder = ClipMaskEncoder(geometry, max_chunk_bytes=40_000)  # several chunks
+    strings = encoder(logits)
+    binary = encoder.binary_masks(logits).numpy().astype(np.uint8)
+    expected = [mask_utils.encode(np.asfortranarray(m))["counts"].decode() for m in binary]
+    assert strings == expected
+    assert binary[0].sum() == 0 and binary[1].all() and 0 < binary[2].mean() < 1
+    # the resize is the released code's: bilinear to the padded input, crop to the content, bilinear to the original
+    step = torch.nn.functional.interpolate(logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    step = torch.nn.functional.interpolate(step[..., :40, :56], size=(50, 70), mode="bilinear", align_corners=False)
+    assert np.array_equal(binary, (step[:, 0] > 0).numpy())
+    assert encoder(logits[:0]) == []
 
 
 def test_processor_round_trip_and_captions(tmp_path):
@@ -215,6 +272,70 @@ def test_pipeline_batch_equals_one_by_one(pipe, sample):
     single = [pipe(paths["avi"], max_new_tokens=3, return_masks=False), pipe(other, max_new_tokens=3, return_masks=False)]
     assert batched == single
     assert all("mask_rle" not in f for t in batched[0]["trajectories"] for f in t["frames"])
+
+
+def test_pipeline_batch_size_equals_one_by_one(pipe, sample):
+    _, paths = sample
+    videos = [paths["mp4"], paths["avi"], paths["webm"]]
+    batched = pipe(videos, batch_size=2, max_new_tokens=3)
+    assert isinstance(batched, list) and len(batched) == 3
+    assert batched == [pipe(video, max_new_tokens=3) for video in videos]
+
+
+def test_pipeline_passes_generation_arguments(pipe, sample):
+    _, paths = sample
+    seen = []
+    generate = pipe.model.language_model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["generation_config"])
+        return generate(*args, **kwargs)
+
+    pipe.model.language_model.generate = spy
+    try:
+        one = pipe(paths["mp4"], generate_kwargs={"max_new_tokens": 1}, return_masks=False)
+        pipe(paths["mp4"], do_sample=True, top_k=3, temperature=0.7, max_new_tokens=2, return_masks=False)
+    finally:
+        pipe.model.language_model.generate = generate
+    assert seen[0].max_new_tokens == 1 and all(len(t["caption"].split()) <= 1 for t in one["trajectories"])
+    assert (seen[1].do_sample, seen[1].top_k, seen[1].temperature, seen[1].max_new_tokens) == (True, 3, 0.7, 2)
+    with pytest.raises(ValueError, match="given twice"):
+        pipe(paths["mp4"], max_new_tokens=2, generate_kwargs={"max_new_tokens": 3})
+    with pytest.raises(TypeError, match="unexpected pipeline arguments: colour"):
+        pipe(paths["mp4"], colour="red")
+    with pytest.raises(TypeError, match="`generate_kwargs` must be a dict"):
+        pipe(paths["mp4"], generate_kwargs=[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pipeline_runs_in_every_dtype(tiny_model_dir, sample, dtype):
+    _, paths = sample
+    typed = pipeline("dense-video-object-captioning", model=tiny_model_dir, dtype=dtype)
+    assert typed.model.dtype == dtype
+    if dtype == torch.float16:  # transformers keeps these in fp32 under fp16 (`_keep_in_fp32_modules`)
+        assert typed.model.model.caption_head.qformer.layernorm.weight.dtype == torch.float32
+    result = typed(paths["mp4"], max_new_tokens=3, clip_batch_size=2)
+    check_result(result, 24, 96, 128)
+
+
+def test_model_call_on_processor_outputs(tiny_model_dir):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    rng = np.random.default_rng(0)
+    clip = (rng.random((2, 48, 80, 3)) * 255).astype(np.uint8)  # one clip of config.clip_length = 2 frames
+    inputs = processor(videos=clip, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+    assert out.scores.shape == (1, model.config.segmenter_config.num_queries)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.object_queries)
+    video = (rng.random((5, 48, 80, 3)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"clip_length=2 frames, got 5.*predict_video"):
+        model(**processor(videos=video, return_tensors="pt"))
+    with pytest.raises(TypeError, match="unexpected arguments: colour"):
+        model(**inputs, colour=1)
 
 
 def test_pipeline_parameters_and_errors(pipe, sample, tmp_path):

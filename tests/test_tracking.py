@@ -2,9 +2,15 @@
 
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
-from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
-from captionformer_hf.modeling.tracking_captionformer import CaptionFormerTrackingSession
+from captionformer_hf import (
+    CaptionFormerForDenseVideoObjectCaptioning,
+    CaptionFormerTrackingOutput,
+    CaptionFormerTrackingSession,
+    CaptionFormerVideoOutput,
+)
+from captionformer_hf.processing import ClipMaskEncoder, VideoGeometry
 
 D = 16
 
@@ -120,30 +126,53 @@ def test_caption_pool_is_bounded_and_uniform():
         (result,) = sess.update(e, s)
         wants.append(result[2])
         if result[2]:
-            sess.set_caption_query(result[1], torch.full((3, 2), float(c)))
+            sess.set_caption_inputs(result[1], {"clip": torch.tensor(float(c))})
     (track,) = sess.finalize()
     assert len(track.caption_pool) <= 8
-    samples, scores = sess.caption_samples(track)
-    assert samples.shape == (4, 3, 2) and scores.shape == (4,)
-    clips = [int(x) for x in samples[:, 0, 0]]
+    samples = sess.caption_samples(track)
+    clips = [int(o.caption_inputs["clip"]) for o in samples]
+    assert len(samples) == 4 and clips == sorted(clips)
     assert clips[0] == 0 and clips[-1] >= 64  # spread over the whole life of the track
-    assert sum(wants) < 30  # most clips need no caption query at all
+    assert sum(wants) < 30  # most clips need no caption inputs at all
+    # observations thinned out of the pool released their inputs
+    dropped = [o for o in track.observations if o not in track.caption_pool]
+    assert dropped and all(o.caption_inputs is None for o in dropped)
 
 
 def test_memory_is_bounded_over_long_videos():
     objects = identities(3)
     sizes = []
     sess = session(t_match=10, t_agg=4)
+    frame = torch.zeros(3, 8, 8)  # shared by the observations of one clip
     for c in range(2000):
         e, s = clip(objects, [0, 1, 2] if c % 50 else [0, 1], seed=c)
+        frame = torch.zeros(3, 8, 8)
         for query, track_id, wants in sess.update(e, s):
             if wants:
-                sess.set_caption_query(track_id, torch.zeros(5, 8))
+                sess.set_caption_inputs(track_id, {"frame": frame, "query": torch.zeros(5)})
         if c in (200, 1999):
             sizes.append(sess.memory_nbytes())
     assert len(sess.tracks) == 3
-    bound = 3 * (10 * D * 4 + 2 * 4 * 5 * 8 * 4)  # per track: t_match embeddings + 2 * t_agg caption queries
+    # per track: t_match embeddings + 2 * t_agg caption inputs (a frame and a query each, at most)
+    bound = 3 * (10 * D * 4 + 2 * 4 * (3 * 8 * 8 + 5) * 4)
     assert sizes[0] <= bound and sizes[1] <= bound
+
+
+def test_memory_bank_equals_a_deque_per_track():
+    """The ring-buffer bank gives every track its last t_match embeddings, oldest first."""
+    from collections import deque
+
+    sess = session(t_match=3, k_match=1, match_cost_threshold=2.0)
+    objects = identities(2)
+    expected = {}
+    for c in range(7):
+        e, s = clip(objects, [0, 1], seed=c)
+        for q, track_id, _ in sess.update(e, s):
+            expected.setdefault(track_id, deque(maxlen=3)).append(torch.nn.functional.normalize(e[q], dim=-1))
+    for track in sess.tracks:
+        assert len(track.memory) == 3
+        for got, want in zip(track.memory, expected[track.track_id]):
+            torch.testing.assert_close(got, want)
 
 
 def test_session_validates_its_arguments():
@@ -160,40 +189,64 @@ def loose(tiny_config, **kwargs):
     return tiny_config(score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1, **kwargs)
 
 
-def test_track_video_output_format(tiny_config):
+def encoder_for(height, width, content=None, original=None):
+    content = content or (height, width)
+    return ClipMaskEncoder(VideoGeometry(tuple(original or content), tuple(content), (height, width)))
+
+
+def test_track_video_output(tiny_config):
     torch.manual_seed(0)
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=3)).eval()
     video = torch.randn(7, 3, 64, 64)  # 3 clips, the last one padded
-    result = model.track_video(video, max_new_tokens=3)
-    assert (result["num_frames"], result["input_size"]) == (7, [64, 64])
-    assert result["trajectories"]
-    from pycocotools import mask as mask_utils
+    out = model.track_video(video, mask_encoder=encoder_for(64, 64), max_new_tokens=3)
+    assert isinstance(out, CaptionFormerVideoOutput)
+    assert (out.num_frames, out.input_size) == (7, (64, 64))
+    num_tracks, num_entries = len(out.track_ids), len(out.frame_indices)
+    assert num_tracks > 0 and num_entries > 0
+    assert out.scores.shape == out.category_ids.shape == out.captioned.shape == (num_tracks,)
+    assert out.frame_boxes.shape == (num_entries, 4) and out.frame_scores.shape == (num_entries,)
+    assert len(out.frame_mask_rles) == num_entries and out.frame_track_indices.shape == (num_entries,)
+    assert out.caption_ids.shape[0] == num_tracks and out.caption_ids.shape[1] <= 3 and bool(out.captioned.all())
+    assert bool((out.frame_boxes >= 0).all() and (out.frame_boxes <= 1).all())
+    assert 0 <= int(out.frame_indices.min()) and int(out.frame_indices.max()) == 6  # padded frames 7, 8 not reported
+    assert bool((out.frame_track_indices.diff() >= 0).all())  # sorted by trajectory
+    for rle in out.frame_mask_rles:
+        assert mask_utils.decode({"size": [64, 64], "counts": rle.encode()}).any()
+    # without a mask encoder, no masks
+    assert model.track_video(video, caption=False).frame_mask_rles is None
 
-    frame_indices = set()
-    for trajectory in result["trajectories"]:
-        assert set(trajectory) >= {"track_id", "score", "category", "caption", "frames", "caption_ids"}
-        for frame in trajectory["frames"]:
-            assert 0 <= frame["frame_index"] < 7
-            frame_indices.add(frame["frame_index"])
-            mask = mask_utils.decode({"size": [64, 64], "counts": frame["mask_rle"].encode()})
-            assert mask.shape == (64, 64) and mask.any()
-            assert len(frame["box"]) == 4 and all(0 <= v <= 1 for v in frame["box"]) and frame["score"] == pytest.approx(frame["score"])
-        assert len(trajectory["caption_ids"]) <= 3
-    assert max(frame_indices) == 6  # the padded frames 7, 8 are not reported
+
+def test_forward_with_a_session_reports_track_ids(tiny_config):
+    torch.manual_seed(0)
+    model = CaptionFormerForDenseVideoObjectCaptioning(tiny_config(clip_length=2, score_threshold=0.5)).eval()
+    session = model.init_video_session()
+    clips = torch.randn(2, 2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(clips, video_session=session)
+        plain = model(clips)
+    assert isinstance(out, CaptionFormerTrackingOutput) and out.track_ids.shape == plain.scores.shape
+    torch.testing.assert_close(out.scores, plain.scores)
+    assert torch.equal(out.track_ids == -1, plain.scores < 0.5)
+    assert session.num_frames == 4
+    as_tuple = CaptionFormerForDenseVideoObjectCaptioning.forward(model, clips, video_session=model.init_video_session(), return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[-1], out.track_ids)
+    with pytest.raises(ValueError, match="`labels`"):
+        model(clips, video_session=session, labels=[{}, {}])
+    with pytest.raises(TypeError, match="CaptionFormerVideoSession"):
+        model(clips, video_session=object())
 
 
 def test_streaming_iterator_equals_tensor_and_batching(tiny_config):
     torch.manual_seed(0)
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=2)).eval()
     video = torch.randn(6, 3, 64, 64)
-    whole = model.track_video(video, return_masks=False, caption=False)
-    streamed = model.track_video((video[i : i + 2] for i in range(0, 6, 2)), return_masks=False, caption=False)
-    batched = model.track_video(video, clip_batch_size=3, return_masks=False, caption=False)
-    assert whole == streamed
-    for a, b in zip(whole["trajectories"], batched["trajectories"]):
-        assert a["track_id"] == b["track_id"] and len(a["frames"]) == len(b["frames"])
-        for fa, fb in zip(a["frames"], b["frames"]):
-            assert fa["box"] == pytest.approx(fb["box"], abs=0.05)
+    whole = model.track_video(video, caption=False)
+    streamed = model.track_video((video[i : i + 2] for i in range(0, 6, 2)), caption=False)
+    batched = model.track_video(video, clip_batch_size=3, caption=False)
+    for name in ("track_ids", "frame_indices", "frame_track_indices", "frame_boxes", "frame_scores"):
+        assert torch.equal(getattr(whole, name), getattr(streamed, name)), name
+    assert torch.equal(whole.track_ids, batched.track_ids) and torch.equal(whole.frame_indices, batched.frame_indices)
+    torch.testing.assert_close(whole.frame_boxes, batched.frame_boxes, atol=0.05, rtol=0)
 
 
 def test_single_frame_clips_track_online(tiny_config):
@@ -201,10 +254,10 @@ def test_single_frame_clips_track_online(tiny_config):
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=1)).eval()
     # the same frame repeated: every query is the same object in every frame, so ids persist frame to frame
     video = torch.randn(1, 3, 64, 64).expand(5, -1, -1, -1)
-    result = model.track_video(video, return_masks=False, caption=False)
-    assert result["num_frames"] == 5
-    for trajectory in result["trajectories"]:
-        assert [f["frame_index"] for f in trajectory["frames"]] == list(range(5))
+    out = model.track_video(video, caption=False)
+    assert out.num_frames == 5
+    for position in range(len(out.track_ids)):
+        assert out.frame_indices[out.frame_track_indices == position].tolist() == list(range(5))
 
 
 def test_track_video_bad_input(tiny_config):
@@ -213,20 +266,30 @@ def test_track_video_bad_input(tiny_config):
         model.track_video(torch.zeros(0, 3, 64, 64))
     with pytest.raises(ValueError, match="one video"):
         model.track_video(torch.zeros(2, 4, 3, 64, 64))
-    with pytest.raises(ValueError, match="more than config.clip_length"):
+    with pytest.raises(ValueError, match="config.clip_length=2"):
         model.track_video([torch.zeros(3, 3, 64, 64)])
     with pytest.raises(TypeError, match="iterable of clips"):
         model.track_video(42)
+    with pytest.raises(TypeError, match="predict_video"):
+        model.track_video("video.mp4")
+    with pytest.raises(ValueError, match="`clip_batch_size`"):
+        model.track_video(torch.zeros(2, 3, 64, 64), clip_batch_size=0)
+    with pytest.raises(ValueError, match="same size"):
+        model.track_video([torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 64, 96)])
+    session = model.init_video_session()
+    model.track_video(torch.zeros(2, 3, 64, 64), session=session, caption=False)
+    with pytest.raises(ValueError, match="finalized"):
+        model.finalize_video_session(session)
 
 
 def test_long_video_streams_with_bounded_state(tiny_config):
-    """2,000 frames of tiny input stream through; the tracker state stays bounded."""
+    """2,000 frames of tiny input stream through; the session state stays bounded."""
     torch.manual_seed(0)
     config = tiny_config(clip_length=4, t_match=8, k_match=2, t_agg=4, score_threshold=0.3,
                          hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1,
                          segmenter_overrides={"num_queries": 3})
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
-    session = CaptionFormerTrackingSession.from_config(config)
+    session = model.init_video_session()
     base = torch.randn(1, 3, 32, 32)
     sizes = []
 
@@ -236,23 +299,68 @@ def test_long_video_streams_with_bounded_state(tiny_config):
                 sizes.append(session.memory_nbytes())
             yield base.expand(4, -1, -1, -1) + 0.01 * torch.randn(4, 3, 32, 32)
 
-    result = model.track_video(clips(), session=session, clip_batch_size=25, return_masks=False, max_new_tokens=2)
-    assert result["num_frames"] == 2000
-    assert sizes[1] <= max(sizes[0], 1) * 1.5
-    assert all(len(t.memory) <= 8 and len(t.caption_pool) <= 8 for t in session.tracks)
+    out = model.track_video(clips(), session=session, clip_batch_size=25, max_new_tokens=2)
+    assert out.num_frames == 2000
+    tracks = len(session.tracker.tracks)
+    assert all(len(t.memory) <= 8 and len(t.caption_pool) <= 8 for t in session.tracker.tracks)
+    # per track: 8 embeddings, and 2 * t_agg pool entries each holding at most a frame at the vision encoder's size,
+    # a query and a patch-grid mask
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    hidden = config.segmenter_config.hidden_dim
+    bound = tracks * 4 * (8 * hidden + 8 * (3 * vision.image_size**2 + hidden + grid**2))
+    assert 0 < sizes[0] <= bound and sizes[1] <= bound
 
 
-def test_track_video_encodes_masks_at_the_requested_size(tiny_config):
+def test_captions_come_from_the_sampled_clips_only(tiny_config):
+    """The vision encoder and Q-Former run after tracking on the sampled clips only, and give the captions of the
+    Q-Former run on each sampled observation's own frame, query and mask, aggregated by score."""
+    torch.manual_seed(0)
+    config = loose(tiny_config, clip_length=2, t_agg=2, k_match=1, t_match=2)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+    clips = [torch.randn(1, 2, 3, 64, 64) for _ in range(6)]
+    session = model.init_video_session()
+    recorded = []
+    encoded = []
+    handle = model.model.caption_head.vision_model.register_forward_hook(
+        lambda module, args, kwargs_out: encoded.append(kwargs_out.last_hidden_state.shape[0])
+    )
+    with torch.no_grad():
+        for c in clips:
+            recorded.append(model(c, video_session=session))
+    assert encoded == []  # nothing captioned while tracking
+    result = model.finalize_video_session(session, max_new_tokens=4)
+    handle.remove()
+    tracks = session.tracker.finalize()
+    samples = [session.tracker.caption_samples(t) for t in tracks]
+    assert sum(encoded) == len({o.clip_index for s in samples for o in s}) < len(clips) * config.segmenter_config.num_queries
+    frame = model.caption_frame_index(2)
+    expected = []
+    with torch.no_grad():
+        for track, observations in zip(tracks, samples):
+            queries = []
+            for o in observations:
+                out = recorded[o.clip_index]
+                q = int((out.track_ids[0] == track.track_id).nonzero()[0, 0])
+                queries.append(model.encode_captions(
+                    clips[o.clip_index][0, frame][None], torch.zeros(1, dtype=torch.long),
+                    out.object_queries[0, q][None], out.masks_logits[0, q, frame][None],
+                )[0])
+            scores = torch.tensor([o.score for o in observations])
+            expected.append(model.generate_captions(torch.stack(queries)[None], scores[None], max_new_tokens=4)[0])
+    for row, want in zip(result.caption_ids, expected):
+        assert row[: len(want)].tolist() == want.tolist()
+
+
+def test_track_video_masks_at_the_requested_size(tiny_config):
     torch.manual_seed(0)
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=1)).eval()
     video = torch.randn(2, 3, 64, 96)
-    full = model.track_video(video, caption=False)
-    resized = model.track_video(video, caption=False, content_size=(64, 80), mask_size=(32, 40))
-    assert resized["mask_size"] == [32, 40] and full["mask_size"] == [64, 96]
-    from pycocotools import mask as mask_utils
-
-    for a, b in zip(full["trajectories"], resized["trajectories"]):
-        big = mask_utils.decode({"size": [64, 96], "counts": a["frames"][0]["mask_rle"].encode()})[:, :80]
-        small = mask_utils.decode({"size": [32, 40], "counts": b["frames"][0]["mask_rle"].encode()})
+    full = model.track_video(video, caption=False, mask_encoder=encoder_for(64, 96))
+    resized = model.track_video(video, caption=False, mask_encoder=encoder_for(64, 96, content=(64, 80), original=(32, 40)))
+    assert len(full.frame_mask_rles) == len(resized.frame_mask_rles) > 0
+    for a, b in zip(full.frame_mask_rles, resized.frame_mask_rles):
+        big = mask_utils.decode({"size": [64, 96], "counts": a.encode()})[:, :80]
+        small = mask_utils.decode({"size": [32, 40], "counts": b.encode()})
         # the content region downsampled 2x: nearly the same mask
         assert (big[::2, ::2] != small).mean() < 0.1

@@ -26,16 +26,22 @@ if _HAS_TORCH:
         CaptionFormerModel,
         CaptionFormerModelOutput,
         CaptionFormerPreTrainedModel,
+        CaptionFormerTrackingOutput,
+        CaptionFormerTrackingSession,
+        CaptionFormerVideoOutput,
+        CaptionFormerVideoSession,
     )
 
     from transformers import AutoProcessor, AutoVideoProcessor
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from .processing import (
+        CaptionFormerClipBatch,
         CaptionFormerProcessor,
         CaptionFormerVideoProcessor,
         DenseVideoObjectCaptioningPipeline,
         VideoFrames,
+        predict_video,
     )
 
     # AutoModel resolves to the full model (segmenter + caption head + LM): it is what every user of a CaptionFormer
@@ -53,13 +59,19 @@ if _HAS_TORCH:
         type="multimodal",
     )
     __all__ += [
+        "CaptionFormerClipBatch",
         "CaptionFormerProcessor",
         "CaptionFormerVideoProcessor",
         "DenseVideoObjectCaptioningPipeline",
         "VideoFrames",
+        "predict_video",
         "CaptionFormerDenseCaptioningOutput",
         "CaptionFormerForDenseVideoObjectCaptioning",
         "CaptionFormerModel",
         "CaptionFormerModelOutput",
         "CaptionFormerPreTrainedModel",
+        "CaptionFormerTrackingOutput",
+        "CaptionFormerTrackingSession",
+        "CaptionFormerVideoOutput",
+        "CaptionFormerVideoSession",
     ]

@@ -20,7 +20,10 @@ if _HAS_TORCH:
         CaptionFormerModel,
         CaptionFormerModelOutput,
         CaptionFormerPreTrainedModel,
+        CaptionFormerTrackingOutput,
+        CaptionFormerVideoOutput,
     )
+    from .tracking_captionformer import CaptionFormerTrackingSession, CaptionFormerVideoSession
 
     __all__ += [
         "CaptionFormerDenseCaptioningOutput",
@@ -28,4 +31,8 @@ if _HAS_TORCH:
         "CaptionFormerModel",
         "CaptionFormerModelOutput",
         "CaptionFormerPreTrainedModel",
+        "CaptionFormerTrackingOutput",
+        "CaptionFormerTrackingSession",
+        "CaptionFormerVideoOutput",
+        "CaptionFormerVideoSession",
     ]

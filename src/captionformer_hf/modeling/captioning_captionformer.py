@@ -15,6 +15,14 @@ from torch import nn
 from transformers import Blip2QFormerModel, Blip2VisionModel
 
 
+def mask_logits_on_grid(masks_logits: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Mask logits ``(N, H, W)`` bilinearly resized to the vision encoder's patch grid, ``(N, g, g)`` float32 (the
+    identity for logits already on the grid)."""
+    return nn.functional.interpolate(
+        masks_logits[:, None].float(), size=(grid_size, grid_size), mode="bilinear", align_corners=False
+    )[:, 0]
+
+
 def object_cross_attention_mask(
     masks_logits: torch.Tensor,
     grid_size: int,
@@ -26,7 +34,8 @@ def object_cross_attention_mask(
 ) -> torch.Tensor:
     """Additive cross-attention mask ``(N, 1, num_queries, 1 + grid_size**2)`` from mask logits ``(N, H, W)``.
 
-    A patch is *inside* the object iff ``sigmoid(mask)`` bilinearly resized to the patch grid is ``>= threshold``
+    A patch is *inside* the object iff the mask logits bilinearly resized to the patch grid
+    (:func:`mask_logits_on_grid`) have ``sigmoid >= threshold``
     or, when ``boxes`` ``(N, 4)`` (normalised cx, cy, w, h) are given (box-only models), iff it lies in the box
     rasterised as the release does (``rasterize_boxes``).
 
@@ -42,10 +51,7 @@ def object_cross_attention_mask(
 
         inside = rasterize_boxes(boxes.float(), (grid_size, grid_size)).flatten(1)  # (N, P)
     else:
-        resized = nn.functional.interpolate(
-            masks_logits[:, None].float(), size=(grid_size, grid_size), mode="bilinear", align_corners=False
-        )
-        inside = resized.sigmoid().flatten(1) >= threshold  # (N, P)
+        inside = mask_logits_on_grid(masks_logits, grid_size).sigmoid().flatten(1) >= threshold  # (N, P)
     if convention == "release":
         visible = torch.cat([~inside, torch.ones_like(inside[:, :1])], dim=1)
     elif convention == "object":
@@ -77,6 +83,11 @@ class CaptionFormerCaptionHead(nn.Module):
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Segmenter-normalised frames ``(F, 3, H, W)`` -> vision tokens ``(F, 1 + P, D_vision)``."""
+        return self.vision_model(pixel_values=self.prepare_frames(frames)).last_hidden_state
+
+    def prepare_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Segmenter-normalised frames ``(F, 3, H, W)`` -> the vision encoder's input ``(F, 3, S, S)`` (re-normalised,
+        resized, in the encoder's dtype)."""
         size = self.config.vision_config.image_size
         # x_vision = (x_seg * seg_std + seg_mean - vis_mean) / vis_std (computed here, not stored as buffers:
         # non-persistent buffers are not restored when from_pretrained initialises on the meta device)
@@ -87,8 +98,7 @@ class CaptionFormerCaptionHead(nn.Module):
         vis_mean, vis_std = channels(self.config.vision_image_mean), channels(self.config.vision_image_std)
         frames = frames * (seg_std / vis_std) + (seg_mean - vis_mean) / vis_std
         frames = nn.functional.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
-        dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
-        return self.vision_model(pixel_values=frames.to(dtype)).last_hidden_state
+        return frames.to(self.vision_model.embeddings.patch_embedding.weight.dtype)
 
     def forward(
         self,
@@ -108,12 +118,13 @@ class CaptionFormerCaptionHead(nn.Module):
         """
         queries = torch.cat(
             [
-                self.object_query_projection(object_queries)[:, None],
-                self.query_tokens.expand(object_queries.shape[0], -1, -1),
+                self.object_query_projection(object_queries.to(self.object_query_projection.weight.dtype))[:, None].float(),
+                self.query_tokens.float().expand(object_queries.shape[0], -1, -1),
             ],
             dim=1,
         )
         qformer_dtype = self.qformer.layernorm.weight.dtype
+        queries = queries.to(qformer_dtype)
         attention = object_cross_attention_mask(
             masks_logits,
             self.grid_size,
@@ -124,7 +135,7 @@ class CaptionFormerCaptionHead(nn.Module):
             boxes=boxes if self.config.box_only else None,
         )
         return self.qformer(
-            query_embeds=queries, encoder_hidden_states=vision_tokens, encoder_attention_mask=attention
+            query_embeds=queries, encoder_hidden_states=vision_tokens.to(qformer_dtype), encoder_attention_mask=attention
         ).last_hidden_state
 
 

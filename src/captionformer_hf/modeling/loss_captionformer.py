@@ -1,10 +1,15 @@
-"""Set criterion of CaptionFormer (segmentation part; the caption LM loss lives in the model, which owns the LM).
+"""Losses of CaptionFormer: the set criterion of the segmenter and the caption LM losses (clip and video level).
 
 Per clip, after Hungarian matching: sigmoid focal class loss, objectness BCE, mask BCE + dice on points chosen by
 uncertainty (Mask2Former's importance sampling, over the T frames of the clip), box L1 + GIoU on the frames where
 the object is visible. Weights (paper): dice 5, mask BCE 5, class 2, objectness 2, L1 5, GIoU 2. Auxiliary losses of
 the intermediate decoder layers are matched and weighted the same way. The mask losses reuse transformers'
 ``dice_loss`` / ``sigmoid_cross_entropy_loss``; class and box losses reuse torchvision.ops.
+
+Caption losses (weight 1): the LM's token cross-entropy of each matched object's caption, averaged per caption then
+over captions, conditioned on the object's Q-Former output (``clip_caption_loss``) or, at video level, on a track's
+temporally aggregated Q-Former outputs (``video_caption_loss``). They take the model, which owns the caption head and
+the LM.
 """
 
 from __future__ import annotations
@@ -159,3 +164,119 @@ class CaptionFormerLoss(nn.Module):
                 for key, value in self.layer_losses(aux, targets, aux_indices, num_masks).items():
                     losses[f"{key}_{layer_index}"] = value * self.weight_dict[key]
         return losses, indices
+
+
+# ----------------------------------------------------------------------------------------------- caption losses
+def _touch_caption_head(model) -> torch.Tensor:
+    """A zero that still reaches the trainable caption parameters (no captioned object in the batch)."""
+    return sum(p.sum() * 0.0 for p in model.model.caption_head.parameters() if p.requires_grad)
+
+
+def _training_caption_frames(model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    """Frame of each clip fed to the caption head ``(B,)``: a random one while training (as the released code),
+    ``config.caption_frame`` otherwise."""
+    batch_size, num_frames = pixel_values_videos.shape[:2]
+    device = pixel_values_videos.device
+    if model.training:
+        return torch.randint(0, num_frames, (batch_size,), device=device)
+    return torch.full((batch_size,), model.caption_frame_index(num_frames), device=device)
+
+
+def caption_lm_loss(model, caption_queries, caption_ids, caption_attention_mask) -> torch.Tensor:
+    """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``."""
+    prefix = model.language_prefix(caption_queries)
+    token_embeds = model.get_input_embeddings()(caption_ids)
+    inputs_embeds = torch.cat([prefix, token_embeds.to(prefix.dtype)], dim=1)
+    attention_mask = torch.cat(
+        [torch.ones(prefix.shape[:2], dtype=caption_attention_mask.dtype, device=prefix.device), caption_attention_mask],
+        dim=1,
+    )
+    logits = model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
+    num_prefix = prefix.shape[1]
+    # token i of the caption is predicted at position num_prefix + i - 1
+    pred = logits[:, num_prefix - 1 : -1].float()
+    token_loss = nn.functional.cross_entropy(pred.transpose(1, 2), caption_ids, reduction="none")
+    weights = caption_attention_mask.to(token_loss.dtype)
+    per_caption = (token_loss * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return per_caption.mean()
+
+
+def _pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    length = max(x.shape[-1] for x in rows)
+    return torch.cat([nn.functional.pad(x, (0, length - x.shape[-1])) for x in rows])
+
+
+def clip_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
+    """LM cross-entropy of the matched objects' captions, one per matched object and clip, averaged per caption then
+    over captions (as the released code). Each clip is captioned from one random frame at training time."""
+    device = pixel_values_videos.device
+    rows, queries, caption_ids, caption_masks = [], [], [], []
+    for b, (src, tgt) in enumerate(indices):
+        target = labels[b]
+        if "caption_ids" not in target or len(src) == 0:
+            continue
+        ids = target["caption_ids"][tgt].to(device)
+        mask = target.get("caption_attention_mask", torch.ones_like(target["caption_ids"]))[tgt].to(device)
+        keep = mask.sum(1) > 0
+        rows.append(torch.full((int(keep.sum()),), b, dtype=torch.long, device=device))
+        queries.append(src.to(device)[keep])
+        caption_ids.append(ids[keep])
+        caption_masks.append(mask[keep])
+    if not rows or sum(len(r) for r in rows) == 0:
+        return _touch_caption_head(model)
+    rows, queries = torch.cat(rows), torch.cat(queries)
+    frame_of_clip = _training_caption_frames(model, pixel_values_videos)
+    frames = pixel_values_videos[torch.arange(pixel_values_videos.shape[0], device=device), frame_of_clip]
+    caption_queries = model.model.encode_captions(
+        frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
+        outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
+    )
+    return caption_lm_loss(model, caption_queries, _pad_rows(caption_ids), _pad_rows(caption_masks))
+
+
+def video_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
+    """Video-level caption loss: the clips of the batch come from one video; per track (``track_ids``), the
+    Q-Former outputs of the clips where it is matched are aggregated (detection-score weighted, the paper's
+    temporal aggregation) and the LM is trained on the track's caption once."""
+    from .captioning_captionformer import aggregate_caption_queries
+
+    device = pixel_values_videos.device
+    frame_of_clip = _training_caption_frames(model, pixel_values_videos)
+    per_track = {}
+    for b, (src, tgt) in enumerate(indices):
+        target = labels[b]
+        if "track_ids" not in target or "caption_ids" not in target:
+            raise ValueError("`caption_level='video'` needs `track_ids` and `caption_ids` in every clip's labels")
+        mask = target.get("caption_attention_mask", torch.ones_like(target["caption_ids"]))
+        for q, j in zip(src.tolist(), tgt.tolist()):
+            if mask[j].sum() == 0:
+                continue
+            entry = per_track.setdefault(
+                int(target["track_ids"][j]), {"items": [], "ids": target["caption_ids"][j], "mask": mask[j]}
+            )
+            entry["items"].append((b, q))
+    if not per_track:
+        return _touch_caption_head(model)
+    items = [(b, q) for entry in per_track.values() for b, q in entry["items"]]
+    rows = torch.tensor([b for b, _ in items], device=device)
+    queries = torch.tensor([q for _, q in items], device=device)
+    frames = pixel_values_videos[torch.arange(pixel_values_videos.shape[0], device=device), frame_of_clip]
+    caption_queries = model.model.encode_captions(
+        frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
+        outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
+    )
+    scores = outputs.scores[rows, queries].detach()
+    aggregated, start = [], 0
+    for entry in per_track.values():
+        count = len(entry["items"])
+        aggregated.append(
+            aggregate_caption_queries(caption_queries[None, start : start + count], scores[None, start : start + count],
+                                      method=model.config.aggregation)[0]
+        )
+        start += count
+    return caption_lm_loss(
+        model,
+        torch.stack(aggregated),
+        _pad_rows([entry["ids"][None] for entry in per_track.values()]).to(device),
+        _pad_rows([entry["mask"][None] for entry in per_track.values()]).to(device),
+    )

@@ -1,4 +1,10 @@
-"""CaptionFormer models: clip segmenter + mask-conditioned BLIP-2 caption head (+ causal LM).
+"""CaptionFormer models: clip segmenter + mask-conditioned BLIP-2 caption head (+ causal LM), and video inference.
+
+Video inference goes one way: the video processor cuts clips and prepares pixel values; ``model(clips,
+video_session=session)`` segments them and links them into trajectories (all video state is in the
+:class:`CaptionFormerVideoSession` from :meth:`~CaptionFormerForDenseVideoObjectCaptioning.init_video_session`);
+:meth:`~CaptionFormerForDenseVideoObjectCaptioning.finalize_video_session` captions the trajectories; the processor
+post-processes once. The trajectory format is described in ``docs/format.md``.
 
 Remote-code safe: imports only torch/transformers/scipy/torchvision and single-dot siblings of this folder.
 """
@@ -6,7 +12,7 @@ Remote-code safe: imports only torch/transformers/scipy/torchvision and single-d
 from __future__ import annotations
 
 import copy
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,19 +21,19 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_utils import init
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerPreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
-from .captioning_captionformer import CaptionFormerCaptionHead, aggregate_caption_queries
+from .captioning_captionformer import CaptionFormerCaptionHead, aggregate_caption_queries, mask_logits_on_grid
 from .configuration_captionformer import CaptionFormerConfig
-from .loss_captionformer import CaptionFormerLoss
+from .loss_captionformer import CaptionFormerLoss, clip_caption_loss, video_caption_loss
 from .segmentation_captionformer import (
     CaptionFormerClassHead,
     CaptionFormerClipSegmenterMixin,
     clip_scores,
 )
-from .tracking_captionformer import CaptionFormerTrackingSession
+from .tracking_captionformer import CaptionFormerTrackingSession, CaptionFormerVideoSession
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -70,6 +76,54 @@ class CaptionFormerDenseCaptioningOutput(CaptionFormerModelOutput):
     loss: torch.FloatTensor | None = None
     loss_dict: dict | None = None
     matched_indices: list | None = None
+
+
+@dataclass
+class CaptionFormerTrackingOutput(CaptionFormerModelOutput):
+    r"""
+    Clip outputs of a forward pass with a `video_session` (see `CaptionFormerModelOutput`) and how the clips' queries
+    were linked.
+
+    track_ids (`torch.LongTensor` of shape `(B, Q)`, on the CPU): the track each query joined, `-1` for queries
+        pruned by the score threshold.
+    """
+
+    track_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class CaptionFormerVideoOutput(ModelOutput):
+    r"""
+    Trajectories of a whole video (`finalize_video_session`, `track_video`), on the CPU. N = trajectories, M = their
+    per-frame entries (sorted by trajectory, then frame), L = caption tokens.
+
+    track_ids (`torch.LongTensor` of shape `(N,)`): track id of each trajectory, in order of first appearance.
+    scores (`torch.FloatTensor` of shape `(N,)`): trajectory score (mean per-clip score S of its kept clips).
+    category_ids (`torch.LongTensor` of shape `(N,)`): argmax of the mean class probabilities (`config.id2label`).
+    caption_ids (`torch.LongTensor` of shape `(N, L)`, *optional*): generated caption tokens (new tokens only,
+        padded with the generation config's `pad_token_id`); `None` without captioning.
+    captioned (`torch.BoolTensor` of shape `(N,)`, *optional*): which trajectories have a caption.
+    frame_track_indices (`torch.LongTensor` of shape `(M,)`): the trajectory (0..N-1) of each per-frame entry.
+    frame_indices (`torch.LongTensor` of shape `(M,)`): the frame (source frame index when the clips carried it).
+    frame_boxes (`torch.FloatTensor` of shape `(M, 4)`): boxes, normalised (cx, cy, w, h) of the padded model input.
+    frame_scores (`torch.FloatTensor` of shape `(M,)`): the per-clip score S of the clip holding the frame.
+    frame_mask_rles (`list[str]`, *optional*): COCO RLE strings of the masks, as the session's mask encoder made
+        them (the video processor's encodes them at the original video size); `None` without a mask encoder.
+    num_frames (`int`): frames processed. input_size (`tuple[int, int]`): the padded model input `(H, W)`.
+    """
+
+    track_ids: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+    category_ids: torch.LongTensor | None = None
+    caption_ids: torch.LongTensor | None = None
+    captioned: torch.BoolTensor | None = None
+    frame_track_indices: torch.LongTensor | None = None
+    frame_indices: torch.LongTensor | None = None
+    frame_boxes: torch.FloatTensor | None = None
+    frame_scores: torch.FloatTensor | None = None
+    frame_mask_rles: list | None = None
+    num_frames: int | None = None
+    input_size: tuple | None = None
 
 
 class CaptionFormerSegmenter(CaptionFormerClipSegmenterMixin, Mask2FormerPreTrainedModel):
@@ -128,7 +182,9 @@ class CaptionFormerPreTrainedModel(PreTrainedModel):
         if pixel_values_videos.shape[1] != clip_length:
             raise ValueError(
                 f"`pixel_values_videos` clips must have config.clip_length={clip_length} frames, got "
-                f"{pixel_values_videos.shape[1]}; split the video into clips with the video processor"
+                f"{pixel_values_videos.shape[1]}: the model's forward takes clips. For a whole video use "
+                "`captionformer_hf.predict_video(model, processor, video)`, `model.track_video(...)` or "
+                "`pipeline('dense-video-object-captioning')`; the video processor's `iter_clip_batches` cuts clips"
             )
         if not pixel_values_videos.is_floating_point():
             raise TypeError(f"`pixel_values_videos` must be a float tensor, got {pixel_values_videos.dtype}")
@@ -136,6 +192,16 @@ class CaptionFormerPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"`pixel_values_videos` frames must be at least 32x32 pixels, got {tuple(pixel_values_videos.shape[-2:])}"
             )
+
+
+# what the processor returns beside the pixel values: geometry the clip forward does not need
+_PROCESSOR_KEYS = ("original_sizes", "num_frames")
+
+
+def _check_unused_kwargs(kwargs: dict) -> None:
+    unknown = sorted(k for k in kwargs if k not in _PROCESSOR_KEYS)
+    if unknown:
+        raise TypeError(f"unexpected arguments: {', '.join(unknown)}")
 
 
 class CaptionFormerModel(CaptionFormerPreTrainedModel):
@@ -155,20 +221,25 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         return_dict: bool | None = None,
         clip_image_embeds: torch.Tensor | None = None,
         content_size: tuple[int, int] | None = None,
+        content_sizes: torch.Tensor | None = None,
         **kwargs,
-    ) -> CaptionFormerModelOutput:
+    ) -> CaptionFormerModelOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(B, T, 3, H, W)`): clips of `config.clip_length` frames,
-            normalised with `config.segmenter_image_mean/std`.
+            normalised with `config.segmenter_image_mean/std` (what the video processor returns for a clip; the
+            processor's other outputs, `original_sizes`, `content_sizes` and `num_frames`, are accepted).
         class_embeddings (`torch.FloatTensor` of shape `(C, E)`, *optional*): class text embeddings for the
             open-vocabulary classifier (defaults to the stored `class_embeddings` buffer).
         clip_image_embeds (`torch.FloatTensor` of shape `(B, T, E)`, *optional*): CLIP image embeddings of the
             frames for a classifier with image context (`config.clip_vision_config`); computed by the model's CLIP
             encoder when not given.
         content_size (`tuple[int, int]`, *optional*): `(h, w)` of the frames' content (the rest is padding), for
-            the CLIP image embeddings.
+            the CLIP image embeddings (`content_sizes` `(B, 2)` from the processor: its first row).
         """
         self._check_pixel_values(pixel_values_videos, self.config.clip_length)
+        _check_unused_kwargs(kwargs)
+        if content_size is None and content_sizes is not None:
+            content_size = tuple(int(v) for v in torch.as_tensor(content_sizes).reshape(-1, 2)[0])
         if class_embeddings is not None and not self.config.use_text_classifier:
             raise ValueError("`class_embeddings` needs a model built with `use_text_classifier=True`")
         if clip_image_embeds is not None and self.config.clip_vision_config is None:
@@ -181,7 +252,7 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             content_size=content_size,
         )
         final = layers[-1]
-        return CaptionFormerModelOutput(
+        output = CaptionFormerModelOutput(
             object_queries=final["object_queries"],
             class_logits=final["class_logits"],
             objectness_logits=final["objectness_logits"],
@@ -191,6 +262,7 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             auxiliary_outputs=layers[:-1],
             attentions=decoder_out.attentions,
         )
+        return output if return_dict is not False else output.to_tuple()
 
     def encode_captions(
         self,
@@ -280,8 +352,12 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         output_attentions: bool | None = None,
         clip_image_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        video_session: CaptionFormerVideoSession | None = None,
+        frame_indices: list[list[int]] | None = None,
+        content_size: tuple[int, int] | None = None,
+        content_sizes: torch.Tensor | None = None,
         **kwargs,
-    ) -> CaptionFormerDenseCaptioningOutput:
+    ) -> CaptionFormerDenseCaptioningOutput | CaptionFormerTrackingOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(B, T, 3, H, W)`): clips (see `CaptionFormerModel`).
         labels (`list[dict]`, *optional*): one dict per clip with
@@ -298,16 +374,36 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             outputs over the clips where it is matched are aggregated (detection-score weighted, the paper's
             temporal aggregation) into one video-level query with one LM loss.
         clip_image_embeds (`torch.FloatTensor` of shape `(B, T, E)`, *optional*): see `CaptionFormerModel`.
+        video_session (`CaptionFormerVideoSession`, *optional*): video inference: the clips (consecutive, in order;
+            the last may have fewer than `clip_length` frames) are segmented and linked into the session's
+            trajectories; returns a `CaptionFormerTrackingOutput`. See `init_video_session`.
+        frame_indices (`list[list[int]]`, *optional*): with `video_session`, the source frame index of each real
+            frame of each clip (the video processor's `iter_clip_batches` gives them); default: consecutive.
+        content_size / content_sizes: see `CaptionFormerModel`.
         """
+        if content_size is None and content_sizes is not None:
+            content_size = tuple(int(v) for v in torch.as_tensor(content_sizes).reshape(-1, 2)[0])
+        if video_session is not None:
+            if labels is not None:
+                raise ValueError("`labels` (training) and `video_session` (inference) cannot be given together")
+            _check_unused_kwargs(kwargs)
+            result = self._forward_video_session(
+                video_session, pixel_values_videos, frame_indices, class_embeddings, clip_image_embeds, content_size
+            )
+            return result if return_dict is not False else result.to_tuple()
+        if frame_indices is not None:
+            raise ValueError("`frame_indices` are only used with a `video_session`")
         outputs = self.model(
             pixel_values_videos,
             class_embeddings=class_embeddings,
             output_attentions=output_attentions,
             clip_image_embeds=clip_image_embeds,
+            content_size=content_size,
+            **kwargs,
         )
         result = CaptionFormerDenseCaptioningOutput(**dict(outputs.items()))
         if labels is None:
-            return result
+            return result if return_dict is not False else result.to_tuple()
         self._check_labels(labels, pixel_values_videos)
         layers = list(outputs.auxiliary_outputs) + [
             {
@@ -326,14 +422,16 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if caption_level not in ("clip", "video"):
             raise ValueError(f"`caption_level` must be 'clip' or 'video', got {caption_level!r}")
         if self.config.caption_weight > 0 and any("caption_ids" in t for t in labels):
-            loss_fn = self.caption_loss if caption_level == "clip" else self.video_caption_loss
-            loss_dict["loss_caption"] = self.config.caption_weight * loss_fn(pixel_values_videos, outputs, labels, indices)
+            loss_fn = clip_caption_loss if caption_level == "clip" else video_caption_loss
+            loss_dict["loss_caption"] = self.config.caption_weight * loss_fn(
+                self, pixel_values_videos, outputs, labels, indices
+            )
         if not loss_dict:
             raise ValueError("nothing to train: the segmenter is frozen and `labels` carry no `caption_ids`")
         result.loss = sum(loss_dict.values())
         result.loss_dict = loss_dict
         result.matched_indices = indices
-        return result
+        return result if return_dict is not False else result.to_tuple()
 
     @staticmethod
     def _check_labels(labels, pixel_values_videos) -> None:
@@ -358,99 +456,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                     f"`labels[{i}]['boxes']` must have shape ({n}, {num_frames}, 4), got {tuple(target['boxes'].shape)}"
                 )
 
-    def caption_loss(self, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
-        """LM cross-entropy of the matched objects' captions, averaged per caption then over captions (as the
-        released code). Each clip is captioned from one random frame at training time."""
-        device = pixel_values_videos.device
-        batch_size, num_frames = pixel_values_videos.shape[:2]
-        rows, queries, caption_ids, caption_masks = [], [], [], []
-        for b, (src, tgt) in enumerate(indices):
-            target = labels[b]
-            if "caption_ids" not in target or len(src) == 0:
-                continue
-            ids = target["caption_ids"][tgt].to(device)
-            mask = target.get("caption_attention_mask", torch.ones_like(target["caption_ids"]))[tgt].to(device)
-            keep = mask.sum(1) > 0
-            rows.append(torch.full((int(keep.sum()),), b, dtype=torch.long, device=device))
-            queries.append(src.to(device)[keep])
-            caption_ids.append(ids[keep])
-            caption_masks.append(mask[keep])
-        if not rows or sum(len(r) for r in rows) == 0:
-            # no captioned object: a zero that still touches the trainable caption parameters
-            return sum(p.sum() * 0.0 for p in self.model.caption_head.parameters() if p.requires_grad)
-        rows, queries = torch.cat(rows), torch.cat(queries)
-        length = max(x.shape[1] for x in caption_ids)
-        pad = lambda x: nn.functional.pad(x, (0, length - x.shape[1]))  # noqa: E731
-        caption_ids = torch.cat([pad(x) for x in caption_ids])
-        caption_masks = torch.cat([pad(x) for x in caption_masks])
-
-        if self.training:
-            frame_of_clip = torch.randint(0, num_frames, (batch_size,), device=device)
-        else:
-            frame_of_clip = torch.full((batch_size,), self._caption_frame(num_frames), device=device)
-        frames = pixel_values_videos[torch.arange(batch_size, device=device), frame_of_clip]
-        masks = outputs.masks_logits[rows, queries, frame_of_clip[rows]]
-        caption_queries = self.model.encode_captions(
-            frames, rows, outputs.object_queries[rows, queries], masks,
-            outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
-        )
-        return self.caption_lm_loss(caption_queries, caption_ids, caption_masks)
-
-    def video_caption_loss(self, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
-        """Video-level caption loss: the clips of the batch come from one video; per track (``track_ids``), the
-        Q-Former outputs of the clips where it is matched are summed with normalised detection-score weights and
-        the LM is trained on the track's caption once."""
-        device = pixel_values_videos.device
-        batch_size, num_frames = pixel_values_videos.shape[:2]
-        frame_of_clip = (
-            torch.randint(0, num_frames, (batch_size,), device=device)
-            if self.training
-            else torch.full((batch_size,), self._caption_frame(num_frames), device=device)
-        )
-        per_track = {}
-        for b, (src, tgt) in enumerate(indices):
-            target = labels[b]
-            if "track_ids" not in target or "caption_ids" not in target:
-                raise ValueError("`caption_level='video'` needs `track_ids` and `caption_ids` in every clip's labels")
-            mask = target.get("caption_attention_mask", torch.ones_like(target["caption_ids"]))
-            for q, j in zip(src.tolist(), tgt.tolist()):
-                if mask[j].sum() == 0:
-                    continue
-                entry = per_track.setdefault(int(target["track_ids"][j]), {"items": [], "ids": target["caption_ids"][j], "mask": mask[j]})
-                entry["items"].append((b, q))
-        if not per_track:
-            return sum(p.sum() * 0.0 for p in self.model.caption_head.parameters() if p.requires_grad)
-        items = [(b, q) for entry in per_track.values() for b, q in entry["items"]]
-        rows = torch.tensor([b for b, _ in items], device=device)
-        queries = torch.tensor([q for _, q in items], device=device)
-        frames = pixel_values_videos[torch.arange(batch_size, device=device), frame_of_clip]
-        caption_queries = self.model.encode_captions(
-            frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
-            outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
-        )
-        scores = outputs.scores[rows, queries].detach()
-        aggregated, caption_ids, caption_masks, start = [], [], [], 0
-        for entry in per_track.values():
-            count = len(entry["items"])
-            aggregated.append(
-                aggregate_caption_queries(caption_queries[None, start : start + count], scores[None, start : start + count],
-                                          method=self.config.aggregation)[0]
-            )
-            caption_ids.append(entry["ids"])
-            caption_masks.append(entry["mask"])
-            start += count
-        length = max(x.shape[0] for x in caption_ids)
-        pad = lambda x: nn.functional.pad(x, (0, length - x.shape[0]))  # noqa: E731
-        return self.caption_lm_loss(
-            torch.stack(aggregated),
-            torch.stack([pad(x) for x in caption_ids]).to(device),
-            torch.stack([pad(x) for x in caption_masks]).to(device),
-        )
-
     def language_prefix(self, caption_queries: torch.Tensor) -> torch.Tensor:
         """LM input embeddings ``(N, L_q [+ 1], D_lm)`` that precede a caption: the projected Q-Former outputs, then
         ``config.caption_prompt_token_id``'s embedding when set (the release, like BLIP-2, appends OPT's BOS)."""
-        prefix = self.model.caption_head.language_projection(caption_queries)
+        projection = self.model.caption_head.language_projection
+        prefix = projection(caption_queries.to(projection.weight.dtype))
         embeddings = self.get_input_embeddings()
         prefix = prefix.to(embeddings.weight.dtype)
         token_id = self.config.caption_prompt_token_id
@@ -459,26 +469,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             prefix = torch.cat([prefix, prompt], dim=1)
         return prefix
 
-    def caption_lm_loss(self, caption_queries, caption_ids, caption_attention_mask) -> torch.Tensor:
-        """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``."""
-        prefix = self.language_prefix(caption_queries)
-        token_embeds = self.get_input_embeddings()(caption_ids)
-        inputs_embeds = torch.cat([prefix, token_embeds], dim=1)
-        attention_mask = torch.cat(
-            [torch.ones(prefix.shape[:2], dtype=caption_attention_mask.dtype, device=prefix.device), caption_attention_mask],
-            dim=1,
-        )
-        logits = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
-        num_prefix = prefix.shape[1]
-        # token i of the caption is predicted at position num_prefix + i - 1
-        pred = logits[:, num_prefix - 1 : -1].float()
-        token_loss = nn.functional.cross_entropy(pred.transpose(1, 2), caption_ids, reduction="none")
-        weights = caption_attention_mask.to(token_loss.dtype)
-        per_caption = (token_loss * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return per_caption.mean()
-
-    def _caption_frame(self, num_frames: int) -> int:
-        return {"first": 0, "middle": num_frames // 2}.get(self.config.caption_frame, num_frames // 2)
+    def caption_frame_index(self, num_frames: int) -> int:
+        """Frame of a clip of ``num_frames`` frames fed to the caption head at inference (``config.caption_frame``)."""
+        return 0 if self.config.caption_frame == "first" else num_frames // 2
 
     # ------------------------------------------------------------------ inference
     def encode_captions(self, frames, frame_indices, object_queries, masks_logits, boxes=None) -> torch.Tensor:
@@ -537,7 +530,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         outputs = self.model(pixel_values_videos, class_embeddings=class_embeddings)
         threshold = self.config.score_threshold if threshold is None else threshold
         batch_indices, query_indices = torch.nonzero(outputs.scores > threshold, as_tuple=True)
-        frame = self._caption_frame(pixel_values_videos.shape[1])
+        frame = self.caption_frame_index(pixel_values_videos.shape[1])
         caption_queries = self.model.encode_captions(
             pixel_values_videos[:, frame],
             batch_indices,
@@ -555,18 +548,264 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         }
 
     # ------------------------------------------------------------------ video level
-    def _iter_clips(self, video):
-        """Yield ``(clip (T, 3, H, W), number of real frames)``; a short last clip is padded with its last frame."""
+    def init_video_session(
+        self,
+        threshold: float | None = None,
+        mask_encoder=None,
+        caption: bool = True,
+        **tracker_overrides,
+    ) -> CaptionFormerVideoSession:
+        """A new :class:`CaptionFormerVideoSession` holding one video's tracking and caption state.
+
+        Args:
+            threshold: per-clip score pruning threshold (default ``config.score_threshold``).
+            mask_encoder: turns mask logits into RLE strings at the output size (the video processor's
+                ``clip_mask_encoder(...)``); ``None``: trajectories without masks.
+            caption: keep what the caption head needs for the clips aggregation can sample (``False``: no captions).
+            tracker_overrides: tracker settings other than the config's (``k_match``, ``t_match``, ``t_agg``,
+                ``match_cost_threshold``, ``hysteresis_low`` / ``hysteresis_high`` / ``hysteresis_min_length``).
+        """
+        tracker = CaptionFormerTrackingSession.from_config(self.config, score_threshold=threshold, **tracker_overrides)
+        return CaptionFormerVideoSession(tracker, mask_encoder=mask_encoder, caption=caption)
+
+    def pad_clips(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """Clips ``(B, T', 3, H, W)`` with ``T' <= config.clip_length`` frames (the end of a video) padded to
+        ``config.clip_length`` by repeating their last frame."""
         clip_length = self.config.clip_length
+        num_frames = pixel_values_videos.shape[1]
+        if num_frames > clip_length:
+            raise ValueError(f"a clip has {num_frames} frames, more than config.clip_length={clip_length}")
+        if num_frames == 0:
+            raise ValueError("a clip has no frames")
+        if num_frames < clip_length:
+            last = pixel_values_videos[:, -1:]
+            pixel_values_videos = torch.cat([pixel_values_videos, last.expand(-1, clip_length - num_frames, -1, -1, -1)], 1)
+        return pixel_values_videos
 
-        def pad(clip):
-            real = clip.shape[0]
-            if real > clip_length:
-                raise ValueError(f"a clip has {real} frames, more than config.clip_length={clip_length}")
-            if real < clip_length:
-                clip = torch.cat([clip, clip[-1:].expand(clip_length - real, *clip.shape[1:])])
-            return clip, real
+    @torch.no_grad()
+    def _forward_video_session(
+        self,
+        session: CaptionFormerVideoSession,
+        pixel_values_videos: torch.Tensor,
+        frame_indices=None,
+        class_embeddings=None,
+        clip_image_embeds=None,
+        content_size=None,
+    ) -> CaptionFormerTrackingOutput:
+        if not isinstance(session, CaptionFormerVideoSession):
+            raise TypeError(
+                f"`video_session` must be a CaptionFormerVideoSession (model.init_video_session()), got "
+                f"{type(session).__name__}"
+            )
+        if not isinstance(pixel_values_videos, torch.Tensor) or pixel_values_videos.ndim != 5:
+            self._check_pixel_values(pixel_values_videos, self.config.clip_length)
+        real_frames = pixel_values_videos.shape[1]
+        batch_size = pixel_values_videos.shape[0]
+        if frame_indices is None:
+            frame_indices = [
+                list(range(session.num_frames + b * real_frames, session.num_frames + (b + 1) * real_frames))
+                for b in range(batch_size)
+            ]
+        elif len(frame_indices) != batch_size or any(not 1 <= len(f) <= real_frames for f in frame_indices):
+            raise ValueError(
+                f"`frame_indices` must give, for each of the {batch_size} clips, the source index of each of its real "
+                f"frames (at most {real_frames}), got {frame_indices!r}"
+            )
+        clips = self.pad_clips(pixel_values_videos)
+        session.check_input_size(tuple(clips.shape[-2:]))
+        outputs = self.model(
+            clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, content_size=content_size
+        )
+        track_ids = self._track_clip_batch(session, clips, outputs, frame_indices)
+        return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids)
 
+    def _track_clip_batch(self, session, clips, outputs, frame_indices) -> torch.LongTensor:
+        """Link the clips' kept queries to tracks; returns the track id of every query ``(B, Q)`` (-1: pruned).
+
+        Device work is batched over the clip batch: one nonzero, one gather per output and one host copy of each,
+        the masks of the visible (query, frame) pairs handed to the mask encoder at once."""
+        tracker = session.tracker
+        batch_size, num_queries = outputs.scores.shape
+        device = outputs.scores.device
+        real = [len(f) for f in frame_indices]
+        batch_idx, query_idx = torch.nonzero(outputs.scores >= tracker.score_threshold, as_tuple=True)
+        num_kept = len(batch_idx)
+        track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
+        if num_kept:
+            max_real = max(real)
+            masks = outputs.masks_logits[batch_idx, query_idx, :max_real]  # (K, T', h, w)
+            real_of_kept = torch.tensor(real, device=device)[batch_idx]
+            visible = (masks > 0).flatten(2).any(-1) & (torch.arange(max_real, device=device) < real_of_kept[:, None])
+            host = {
+                "scores": outputs.scores[batch_idx, query_idx].float().cpu(),
+                "queries": outputs.object_queries[batch_idx, query_idx].float().cpu(),
+                "probs": outputs.class_logits[batch_idx, query_idx].float().sigmoid().cpu(),
+            }
+            boxes = outputs.pred_boxes[batch_idx, query_idx, :max_real].float().cpu().numpy()
+            visible_host = visible.cpu().numpy()
+            batch_host, query_host = batch_idx.cpu().numpy(), query_idx.cpu().numpy()
+            rles = None
+            if session.mask_encoder is not None:
+                kept_vis, frame_vis = torch.nonzero(visible, as_tuple=True)
+                strings = session.mask_encoder(masks[kept_vis, frame_vis]) if len(kept_vis) else []
+                bounds = np.concatenate([[0], np.cumsum(visible_host.sum(1))])
+                rles = [strings[bounds[k] : bounds[k + 1]] for k in range(num_kept)]
+        wanting = []  # (kept position, track id): observations that entered a caption pool
+        for b in range(batch_size):
+            if num_kept == 0:
+                tracker.update(torch.zeros(0, 1), torch.zeros(0))
+                continue
+            rows = np.nonzero(batch_host == b)[0]
+            payloads = []
+            for k in rows:
+                shown = np.nonzero(visible_host[k])[0]
+                payload = {"frames": [int(frame_indices[b][t]) for t in shown], "boxes": boxes[k, shown]}
+                if rles is not None:
+                    payload["mask_rles"] = rles[k]
+                payloads.append(payload)
+            rows_t = torch.as_tensor(rows)
+            results = tracker.update(host["queries"][rows_t], host["scores"][rows_t], host["probs"][rows_t], payloads)
+            for position, track_id, wants in results:
+                k = int(rows[position])
+                track_ids[b, int(query_host[k])] = track_id
+                if wants and session.caption:
+                    wanting.append((k, track_id))
+        if wanting:
+            self._store_caption_inputs(session, clips, outputs, batch_idx, query_idx, batch_host, wanting)
+        session.num_frames += sum(real)
+        return track_ids
+
+    def _store_caption_inputs(self, session, clips, outputs, batch_idx, query_idx, batch_host, wanting) -> None:
+        """What the caption head needs for observations that entered a caption pool: the caption frame at the vision
+        encoder's input size (one copy per clip, shared), the object query and its mask on the patch grid (or its box
+        for box-only models)."""
+        head = self.model.caption_head
+        frame = self.caption_frame_index(self.config.clip_length)
+        positions = torch.tensor([k for k, _ in wanting], device=batch_idx.device)
+        rows, queries = batch_idx[positions], query_idx[positions]
+        clips_needed = sorted({int(batch_host[k]) for k, _ in wanting})
+        prepared = head.prepare_frames(clips[clips_needed, frame])
+        frame_of_clip = {b: prepared[i].clone() for i, b in enumerate(clips_needed)}
+        object_queries = outputs.object_queries[rows, queries]
+        grid = mask_logits_on_grid(outputs.masks_logits[rows, queries, frame], head.grid_size)
+        boxes = outputs.pred_boxes[rows, queries, frame] if self.config.box_only else None
+        for w, (k, track_id) in enumerate(wanting):
+            inputs = {"frame": frame_of_clip[int(batch_host[k])], "query": object_queries[w].clone(), "mask": grid[w].clone()}
+            if boxes is not None:
+                inputs["box"] = boxes[w].clone()
+            session.tracker.set_caption_inputs(track_id, inputs)
+
+    @torch.no_grad()
+    def finalize_video_session(
+        self,
+        session: CaptionFormerVideoSession,
+        caption: bool = True,
+        aggregation: str | None = None,
+        caption_batch_size: int = 64,
+        **generate_kwargs,
+    ) -> CaptionFormerVideoOutput:
+        """End of the video: hysteresis filter, then one caption per trajectory from ``t_agg`` clips sampled uniformly
+        over its life (vision encoder and Q-Former run here, batched over every sampled clip of every trajectory, then
+        aggregated by ``aggregation`` (default ``config.aggregation``)); ``generate_kwargs`` go to the LM's
+        ``generate``."""
+        if not isinstance(session, CaptionFormerVideoSession):
+            raise TypeError(f"`session` must be a CaptionFormerVideoSession, got {type(session).__name__}")
+        if session.finalized:
+            raise ValueError("this video session is already finalized")
+        if session.num_frames == 0:
+            raise ValueError("`video` has no frames: the session saw no clip")
+        session.finalized = True
+        tracks = session.tracker.finalize()
+        aggregation = aggregation or self.config.aggregation
+        id_list, scores, categories = [], [], []
+        frame_track, frame_index, frame_boxes, frame_scores, frame_rles = [], [], [], [], []
+        with_masks = session.mask_encoder is not None
+        for position, track in enumerate(tracks):
+            id_list.append(track.track_id)
+            scores.append(float(np.mean([o.score for o in track.observations])))
+            categories.append(int(track.class_prob_sum.argmax()) if track.class_prob_sum is not None else -1)
+            for observation in track.observations:
+                payload = observation.payload
+                count = len(payload.get("frames", ()))
+                frame_track.extend([position] * count)
+                frame_index.extend(payload.get("frames", ()))
+                frame_scores.extend([observation.score] * count)
+                if count:
+                    frame_boxes.append(np.asarray(payload["boxes"], dtype=np.float32).reshape(count, 4))
+                if with_masks:
+                    frame_rles.extend(payload.get("mask_rles", ()))
+        caption_ids = captioned = None
+        if caption and session.caption and tracks:
+            queries, captioned = self._aggregated_caption_queries(session, tracks, aggregation, caption_batch_size)
+            pad_id = self.generation_config.pad_token_id
+            pad_id = 0 if pad_id is None else int(pad_id)
+            caption_ids = torch.full((len(tracks), 1), pad_id, dtype=torch.long)
+            if captioned.any():
+                sequences = self.generate_captions(queries[captioned.to(queries.device)], **generate_kwargs).cpu()
+                caption_ids = torch.full((len(tracks), max(sequences.shape[1], 1)), pad_id, dtype=torch.long)
+                caption_ids[captioned, : sequences.shape[1]] = sequences
+        return CaptionFormerVideoOutput(
+            track_ids=torch.tensor(id_list, dtype=torch.long),
+            scores=torch.tensor(scores, dtype=torch.float32),
+            category_ids=torch.tensor(categories, dtype=torch.long),
+            caption_ids=caption_ids,
+            captioned=captioned,
+            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
+            frame_indices=torch.tensor(frame_index, dtype=torch.long),
+            frame_boxes=torch.from_numpy(np.concatenate(frame_boxes)) if frame_boxes else torch.zeros(0, 4),
+            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
+            frame_mask_rles=frame_rles if with_masks else None,
+            num_frames=session.num_frames,
+            input_size=session.input_size,
+        )
+
+    def _aggregated_caption_queries(self, session, tracks, aggregation: str, batch_size: int):
+        """Video-level caption queries ``(N, L, D)`` of the tracks and which tracks have any (``(N,)`` bool)."""
+        head = self.model.caption_head
+        samples = [session.tracker.caption_samples(track) for track in tracks]
+        flat = [(i, o) for i, observations in enumerate(samples) for o in observations]
+        hidden = self.config.qformer_config.hidden_size
+        length = 1 + self.config.num_query_tokens
+        captioned = torch.tensor([len(s) > 0 for s in samples])
+        if not flat:
+            return torch.zeros(len(tracks), length, hidden, device=self.device), captioned
+        frames, frame_of = [], {}
+        for _, observation in flat:
+            tensor = observation.caption_inputs["frame"]
+            if id(tensor) not in frame_of:
+                frame_of[id(tensor)] = len(frames)
+                frames.append(tensor)
+        tokens = torch.cat([
+            head.vision_model(pixel_values=torch.stack(frames[i : i + batch_size])).last_hidden_state
+            for i in range(0, len(frames), batch_size)
+        ])
+        which = torch.tensor([frame_of[id(o.caption_inputs["frame"])] for _, o in flat], device=tokens.device)
+        object_queries = torch.stack([o.caption_inputs["query"] for _, o in flat])
+        grids = torch.stack([o.caption_inputs["mask"] for _, o in flat])
+        boxes = torch.stack([o.caption_inputs["box"] for _, o in flat]) if self.config.box_only else None
+        outputs = torch.cat([
+            head(tokens[which[i : i + batch_size]], object_queries[i : i + batch_size], grids[i : i + batch_size],
+                 None if boxes is None else boxes[i : i + batch_size])
+            for i in range(0, len(flat), batch_size)
+        ])
+        width = max(len(s) for s in samples)
+        padded = outputs.new_zeros(len(tracks), width, *outputs.shape[1:])
+        valid = torch.zeros(len(tracks), width, dtype=torch.bool, device=outputs.device)
+        weights = torch.zeros(len(tracks), width, device=outputs.device)
+        start = 0
+        for i, observations in enumerate(samples):
+            count = len(observations)
+            padded[i, :count] = outputs[start : start + count]
+            valid[i, :count] = True
+            weights[i, :count] = torch.tensor([o.score for o in observations])
+            start += count
+        return aggregate_caption_queries(padded, weights, valid, aggregation), captioned
+
+    def _clip_batches(self, video, batch_size: int):
+        """``(pixel_values (B, T', 3, H, W), frame_indices or None, content_size or None)`` batches of a normalised
+        video tensor, an iterable of clips ``(T', 3, H, W)`` / clip batches ``(B, T', 3, H, W)``, or the batches the
+        video processor's ``iter_clip_batches`` yields."""
+        clip_length = self.config.clip_length
         if isinstance(video, torch.Tensor):
             if video.ndim == 5:
                 if video.shape[0] != 1:
@@ -578,19 +817,49 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 raise ValueError(f"`video` must have shape (frames, 3, H, W), got {tuple(video.shape)}")
             if video.shape[0] == 0:
                 raise ValueError("`video` has no frames")
-            for start in range(0, video.shape[0], clip_length):
-                yield pad(video[start : start + clip_length])
-            return
-        if not hasattr(video, "__iter__"):
-            raise TypeError(f"`video` must be a tensor or an iterable of clips, got {type(video).__name__}")
-        for clip in video:
-            if not isinstance(clip, torch.Tensor):
-                raise TypeError(f"each clip must be a torch.Tensor, got {type(clip).__name__}")
-            if clip.ndim == 5 and clip.shape[0] == 1:
-                clip = clip[0]
-            if clip.ndim != 4 or clip.shape[1] != 3 or clip.shape[0] == 0:
-                raise ValueError(f"each clip must have shape (T, 3, H, W) with 1 <= T <= clip_length, got {tuple(clip.shape)}")
-            yield pad(clip)
+            items = (video[start : start + clip_length] for start in range(0, video.shape[0], clip_length))
+        elif isinstance(video, (str, bytes)) or not hasattr(video, "__iter__"):
+            raise TypeError(
+                f"`video` must be a normalised frames tensor or an iterable of clips, got {type(video).__name__}; "
+                "to caption a video file use `captionformer_hf.predict_video(model, processor, video)` or the pipeline"
+            )
+        else:
+            items = iter(video)
+        pending = []
+
+        def flush():
+            batch = torch.stack(pending)
+            pending.clear()
+            return batch, None, None
+
+        for item in items:
+            pixel_values = item.get("pixel_values_videos") if isinstance(item, Mapping) else getattr(item, "pixel_values_videos", None)
+            if pixel_values is not None:  # a processor batch: used as it is
+                if pending:
+                    yield flush()
+                frame_indices = item["frame_indices"] if isinstance(item, Mapping) else getattr(item, "frame_indices", None)
+                content = item.get("content_size") if isinstance(item, Mapping) else getattr(item, "content_size", None)
+                yield pixel_values, frame_indices, content
+                continue
+            if not isinstance(item, torch.Tensor):
+                raise TypeError(f"each clip must be a torch.Tensor, got {type(item).__name__}")
+            if item.ndim == 5:
+                if pending:
+                    yield flush()
+                yield item, None, None
+                continue
+            if item.ndim != 4 or item.shape[1] != 3 or not 1 <= item.shape[0] <= clip_length:
+                raise ValueError(
+                    f"each clip must have shape (T, 3, H, W) with 1 <= T <= config.clip_length={clip_length}, got "
+                    f"{tuple(item.shape)}"
+                )
+            if pending and (item.shape != pending[0].shape):
+                yield flush()
+            pending.append(item)
+            if len(pending) == batch_size:
+                yield flush()
+        if pending:
+            yield flush()
 
     @torch.no_grad()
     def track_video(
@@ -599,188 +868,54 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         *,
         threshold: float | None = None,
         clip_batch_size: int = 1,
-        return_masks: bool = True,
-        mask_size: tuple[int, int] | None = None,
-        content_size: tuple[int, int] | None = None,
         caption: bool = True,
         aggregation: str | None = None,
-        tokenizer=None,
-        session: CaptionFormerTrackingSession | None = None,
+        session: CaptionFormerVideoSession | None = None,
+        mask_encoder=None,
         class_embeddings: torch.Tensor | None = None,
         progress: bool = False,
         **generate_kwargs,
-    ) -> dict:
-        """Streaming dense video object captioning: clips are segmented one batch at a time, linked into
-        trajectories by a :class:`CaptionFormerTrackingSession`, and each final trajectory gets one caption from its
-        temporally aggregated Q-Former queries. Only the tracker state (bounded) and the output (per-frame boxes and
-        RLE masks) are kept, so memory does not grow with the video beyond the output itself.
+    ) -> CaptionFormerVideoOutput:
+        """Streaming dense video object captioning, a thin loop over :meth:`init_video_session`, ``forward`` with
+        the session and :meth:`finalize_video_session`: clips are segmented a batch at a time and linked into
+        trajectories; each final trajectory gets one caption from its temporally aggregated Q-Former queries. Only the
+        session state (bounded) and the output grow, so memory does not grow with the video beyond the output.
 
         Args:
-            video: segmenter-normalised frames ``(frames, 3, H, W)`` or ``(1, frames, 3, H, W)``, or an iterable of
-                clips ``(T', 3, H, W)`` with ``T' <= config.clip_length`` (e.g. from a decoder); short clips are
-                padded with their last frame and the padding is dropped from the output.
+            video: segmenter-normalised frames ``(frames, 3, H, W)`` or ``(1, frames, 3, H, W)``, an iterable of clips
+                ``(T', 3, H, W)`` (``T' <= config.clip_length``; short clips are padded with their last frame and the
+                padding is not reported), of clip batches ``(B, T', 3, H, W)``, or of the video processor's
+                ``iter_clip_batches`` batches (which carry the source frame indices).
             threshold: per-clip score pruning threshold (default ``config.score_threshold``).
-            clip_batch_size: clips per segmenter forward pass.
-            return_masks: encode per-frame masks as COCO RLE strings in ``mask_rle``.
-            mask_size: ``(height, width)`` the masks are encoded at (default: the input size); with
-                ``content_size`` (the part of the input holding the image, the rest being bottom/right padding), the
-                masks are cropped to the content and resized to ``mask_size`` (e.g. the original video size, which
-                saves the post-processing a decode/re-encode).
-            caption: generate one caption per trajectory (``caption_ids``; ``caption`` too with a ``tokenizer``).
+            clip_batch_size: clips per segmenter forward pass (for tensors and clip iterables).
+            caption: generate one caption per trajectory (``caption_ids``).
             aggregation: ``"weighted"`` / ``"mean"`` / ``"best"`` (default ``config.aggregation``).
-            session: a tracking session to use (default: one from the config).
-            generate_kwargs: passed to the LM's ``generate`` (``num_beams``, ``max_new_tokens``...).
+            session: a session to use (default: :meth:`init_video_session` with ``threshold`` and ``mask_encoder``).
+            mask_encoder: see :meth:`init_video_session` (without one, the output has no masks).
+            generate_kwargs: passed to the LM's ``generate`` (``num_beams``, ``max_new_tokens``, ``do_sample``...).
 
         Returns:
-            ``{"num_frames", "input_size": [H, W], "trajectories": [...]}``: trajectories in the DESIGN.md format but
-            in the model's input space: ``box`` is normalised ``(cx, cy, w, h)`` and ``mask_rle`` is at the input
-            size. ``CaptionFormerVideoProcessor.post_process_dense_captions`` maps them to the original video
-            (absolute ``[x, y, w, h]``, masks at the original size) and the processor decodes the captions.
+            :class:`CaptionFormerVideoOutput` (boxes in the model's input space; the video processor's
+            ``post_process_dense_video_captions`` maps them to the original video, the processor decodes captions).
         """
-        if clip_batch_size < 1:
-            raise ValueError(f"`clip_batch_size` must be >= 1, got {clip_batch_size}")
+        if isinstance(clip_batch_size, bool) or not isinstance(clip_batch_size, int) or clip_batch_size < 1:
+            raise ValueError(f"`clip_batch_size` must be an integer >= 1, got {clip_batch_size!r}")
         if session is None:
-            session = CaptionFormerTrackingSession.from_config(self.config, score_threshold=threshold)
-        aggregation = aggregation or self.config.aggregation
-        caption_frame = self._caption_frame(self.config.clip_length)
-        device = self.device
-        state = {"frames": 0, "input_size": None}
-        iterator = self._iter_clips(video)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(desc="clips", unit="clip")
-
-        def flush(batch):
-            clips = torch.stack([c for c, _ in batch]).to(device=device, dtype=self.dtype)
-            self._check_pixel_values(clips, self.config.clip_length)
-            if state["input_size"] is None:
-                state["input_size"] = tuple(clips.shape[-2:])
-            elif tuple(clips.shape[-2:]) != state["input_size"]:
-                raise ValueError(f"all clips must have the same size {state['input_size']}, got {tuple(clips.shape[-2:])}")
-            outputs = self.model(clips, class_embeddings=class_embeddings, content_size=content_size)
-            for b, (_, real) in enumerate(batch):
-                self._track_clip(session, outputs, b, real, state, clips[b, caption_frame], caption, caption_frame,
-                                 return_masks, mask_size, content_size)
-                state["frames"] += real
+            session = self.init_video_session(threshold=threshold, mask_encoder=mask_encoder, caption=caption)
+        bar = logging.tqdm(desc="clips", unit="clip") if progress else None
+        for pixel_values, frame_indices, content_size in self._clip_batches(video, clip_batch_size):
+            self(
+                pixel_values.to(device=self.device, dtype=self.dtype),
+                video_session=session,
+                frame_indices=frame_indices,
+                class_embeddings=class_embeddings,
+                content_size=content_size,
+            )
             if bar is not None:
-                bar.update(len(batch))
-
-        batch = []
-        for item in iterator:
-            batch.append(item)
-            if len(batch) == clip_batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
+                bar.update(pixel_values.shape[0])
         if bar is not None:
             bar.close()
-        if state["frames"] == 0:
-            raise ValueError("`video` has no frames")
-        tracks = session.finalize()
-        trajectories = self._trajectories(session, tracks, caption, aggregation, tokenizer, generate_kwargs)
-        result = {"num_frames": state["frames"], "input_size": list(state["input_size"]), "trajectories": trajectories}
-        if return_masks:
-            result["mask_size"] = list(mask_size or state["input_size"])
-        return result
-
-    def _track_clip(self, session, outputs, b, real, state, caption_frame_pixels, caption, caption_frame, return_masks,
-                    mask_size=None, content_size=None):
-        scores = outputs.scores[b]
-        keep = torch.nonzero(scores >= session.score_threshold).flatten()
-        payloads = [None] * scores.shape[0]
-        if len(keep):
-            boxes = outputs.pred_boxes[b, keep, :real].float().cpu().tolist()  # (K, real, 4) normalised cxcywh
-            low_res = outputs.masks_logits[b, keep, :real]  # (K, real, h, w)
-            visible = (low_res > 0).flatten(2).any(-1).cpu()
-            rles = (
-                self._encode_masks(low_res, state["input_size"], content_size, mask_size) if return_masks else None
-            )
-            for k, query in enumerate(keep.tolist()):
-                frames = []
-                for t in range(real):
-                    if not visible[k, t]:
-                        continue
-                    entry = {"frame_index": state["frames"] + t, "box": [round(v, 5) for v in boxes[k][t]]}
-                    if rles is not None:
-                        entry["mask_rle"] = rles[k][t]
-                    frames.append(entry)
-                payloads[query] = {"frames": frames}
-        results = session.update(outputs.object_queries[b], scores, outputs.class_logits[b].sigmoid(), payloads)
-        wanting = [(q, track_id) for q, track_id, wants in results if wants and caption]
-        if wanting:
-            queries = torch.tensor([q for q, _ in wanting], device=scores.device)
-            caption_queries = self.model.encode_captions(
-                caption_frame_pixels[None],
-                torch.zeros(len(wanting), dtype=torch.long, device=scores.device),
-                outputs.object_queries[b, queries],
-                outputs.masks_logits[b, queries, caption_frame],
-                outputs.pred_boxes[b, queries, caption_frame],
-            )
-            for (_, track_id), caption_query in zip(wanting, caption_queries):
-                session.set_caption_query(track_id, caption_query)
-
-    @staticmethod
-    def _encode_masks(low_res, input_size, content_size=None, mask_size=None):
-        """Per-frame COCO RLE strings ``[K][T]`` of mask logits ``(K, T, h, w)``: upsampled to the input size,
-        cropped to ``content_size`` and resized to ``mask_size`` (both default to the input size)."""
-        from pycocotools import mask as mask_utils
-
-        num, frames = low_res.shape[:2]
-        logits = low_res.float().flatten(0, 1)[:, None]
-        input_size = tuple(input_size)
-        content_size = tuple(content_size or input_size)
-        mask_size = tuple(mask_size or content_size)
-        # one resize: the whole padded input at the scale that brings the content to mask_size, then a crop
-        full = (
-            round(mask_size[0] * input_size[0] / content_size[0]),
-            round(mask_size[1] * input_size[1] / content_size[1]),
-        )
-        logits = nn.functional.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-        logits = logits[..., : mask_size[0], : mask_size[1]]
-        binary = (logits[:, 0] > 0).cpu().numpy().astype(np.uint8)  # (K*T, H, W)
-        encoded = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-        strings = [rle["counts"].decode("ascii") for rle in encoded]
-        return [strings[k * frames : (k + 1) * frames] for k in range(num)]
-
-    def _trajectories(self, session, tracks, caption, aggregation, tokenizer, generate_kwargs) -> list[dict]:
-        id2label = self.config.id2label or {}
-        trajectories, to_caption, queries = [], [], []
-        for track in tracks:
-            frames = []
-            for observation in track.observations:
-                for entry in observation.payload.get("frames", []):
-                    frames.append({**entry, "score": round(observation.score, 4)})
-            category = None
-            category_id = None
-            if track.class_prob_sum is not None:
-                category_id = int(track.class_prob_sum.argmax())
-                category = id2label.get(category_id, str(category_id))
-            trajectory = {
-                "track_id": int(track.track_id),
-                "score": round(float(np.mean([o.score for o in track.observations])), 4),
-                "category": category,
-                "category_id": category_id,
-                "caption": "",
-                "frames": frames,
-            }
-            trajectories.append(trajectory)
-            if caption:
-                samples, sample_scores = session.caption_samples(track)
-                if samples is not None:
-                    to_caption.append(len(trajectories) - 1)
-                    queries.append(aggregate_caption_queries(samples[None], sample_scores[None], method=aggregation)[0])
-        if to_caption:
-            stacked = torch.stack(queries).to(self.device)
-            sequences = self.generate_captions(stacked, **generate_kwargs)
-            for index, sequence in zip(to_caption, sequences):
-                trajectories[index]["caption_ids"] = sequence.tolist()
-                if tokenizer is not None:
-                    text = tokenizer.decode(sequence, skip_special_tokens=True)
-                    trajectories[index]["caption"] = text.split("\n")[0].strip()
-        return trajectories
+        return self.finalize_video_session(session, caption=caption, aggregation=aggregation, **generate_kwargs)
 
     # ------------------------------------------------------------------ composition
     @classmethod

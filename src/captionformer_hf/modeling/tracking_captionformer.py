@@ -1,26 +1,32 @@
-"""Semi-online top-K tracking of CaptionFormer (state outside nn.Modules, like transformers' Sam2 video sessions).
+"""Video-level state of CaptionFormer inference: semi-online top-K tracking, hysteresis and caption pools.
 
-Per trajectory a memory bank keeps its last ``t_match`` clip-level query embeddings. For a new clip, the queries
-whose per-clip score S passes ``score_threshold`` are matched as in the released code's top-K voting matcher:
-one Hungarian assignment on the cosine cost ``1 - cos(query, memory)`` against each memory slot (the m-th most
-recent embedding of every track), the ``k_match`` slots with the lowest assignment cost are kept, their cost
-matrices are averaged with recency weights (newer slots weigh more), and a final Hungarian assignment links
-queries to tracks (fewer than ``k_match`` slots: the single best slot's assignment, as the release). A link is
-accepted if its combined cost is at most ``match_cost_threshold``; other queries open new tracks. Tracks absent
-from a clip keep their memory, so an object that disappears and comes back keeps its id. With ``t_match = k_match
-= 1`` this is plain adjacent-clip matching; with clips of one frame it is fully online.
+State lives here, outside the ``nn.Module``s (as transformers' Sam2 video sessions): a model creates a
+:class:`CaptionFormerVideoSession` with ``model.init_video_session()``, each clip batch goes through
+``model(pixel_values_videos, video_session=session)``, and ``model.finalize_video_session(session)`` returns the
+trajectories with their captions.
 
-At the end, a hysteresis filter drops flickering tracks: a run of consecutive observations is kept if all its
-scores are >= ``hysteresis_low``, one is >= ``hysteresis_high`` and it spans >= ``hysteresis_min_length`` frames.
+**Association** (:class:`CaptionFormerTrackingSession`). Per trajectory a memory bank keeps its last ``t_match`` clip
+query embeddings. For a new clip, the queries whose per-clip score S passes ``score_threshold`` are matched as in
+the released code's top-K voting matcher: one Hungarian assignment on the cosine cost ``1 - cos(query, memory)``
+against each memory slot (the m-th most recent embedding of every track), the ``k_match`` slots with the lowest
+assignment cost are kept, their cost matrices are averaged with recency weights (newer slots weigh more), and a
+final Hungarian assignment links queries to tracks (fewer than ``k_match`` slots: the single best slot's assignment,
+as the release). A link is accepted if its combined cost is at most ``match_cost_threshold``; other queries open new
+tracks. Tracks absent from a clip keep their memory, so an object that disappears and comes back keeps its id. With
+``t_match = k_match = 1`` this is plain adjacent-clip matching; with clips of one frame it is fully online.
 
-For captions, each track keeps at most ``2 * t_agg`` evenly spaced observations (the stride doubles when full),
-so memory stays bounded however long the video is; :meth:`CaptionFormerTrackingSession.caption_samples` then
-picks ``t_agg`` of them uniformly over the track's life.
+**Hysteresis.** At the end, a run of consecutive observations of a track is kept if all its scores are
+``>= hysteresis_low``, one is ``>= hysteresis_high`` and it spans ``>= hysteresis_min_length`` frames.
+
+**Caption pools.** Captions are computed after tracking, for the clips that aggregation samples only. Each track keeps
+at most ``2 * t_agg`` evenly spaced observations (the stride doubles when full) with what the caption head needs for
+them (its query, its mask on the caption frame at the vision encoder's patch grid, a reference to the caption frame
+at the vision encoder's input size, shared by the observations of one clip); :meth:`caption_samples` picks ``t_agg``
+of them uniformly over the track's life. Memory stays bounded however long the video is.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,19 +36,20 @@ from scipy.optimize import linear_sum_assignment
 
 @dataclass(eq=False)
 class TrackObservation:
-    """One clip of a track: its clip index, score S, class probabilities and an opaque payload (frames)."""
+    """One clip of a track: its clip index, score S, an opaque ``payload`` (e.g. the per-frame boxes and masks) and
+    the caption head's inputs for that clip (set while the observation is in the track's caption pool)."""
 
     clip_index: int
     score: float
-    class_probs: torch.Tensor | None = None
     payload: dict = field(default_factory=dict)
-    caption_query: torch.Tensor | None = None
+    caption_inputs: dict | None = None
 
 
 @dataclass(eq=False)
 class Track:
     track_id: int
-    memory: deque
+    slot: int  # row of the session's memory bank
+    session: CaptionFormerTrackingSession = field(repr=False)
     observations: list = field(default_factory=list)
     caption_pool: list = field(default_factory=list)  # evenly spaced observations kept for captioning
     caption_stride: int = 1
@@ -57,9 +64,16 @@ class Track:
     def last_clip(self) -> int:
         return self.observations[-1].clip_index
 
+    @property
+    def memory(self) -> list[torch.Tensor]:
+        """The memory bank's embeddings of this track, oldest first (at most ``t_match``)."""
+        return self.session.memory_of(self)
+
 
 class CaptionFormerTrackingSession:
-    """State of one video's tracking. Feed clips in order with :meth:`update`, then call :meth:`finalize`."""
+    """Association, hysteresis and caption pools of one video. Feed clips in order with :meth:`update`, then call
+    :meth:`finalize`. The memory banks of all tracks are one tensor ``(tracks, t_match, D)`` (ring buffers), so
+    association costs every slot of every track with one gather and one matrix product."""
 
     def __init__(
         self,
@@ -80,11 +94,15 @@ class CaptionFormerTrackingSession:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
         if k_match > t_match:
             raise ValueError(f"`k_match` ({k_match}) must not exceed `t_match` ({t_match})")
+        for name, value in (("score_threshold", score_threshold), ("hysteresis_low", hysteresis_low),
+                            ("hysteresis_high", hysteresis_high)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
         if hysteresis_low > hysteresis_high:
             raise ValueError(f"`hysteresis_low` ({hysteresis_low}) must not exceed `hysteresis_high` ({hysteresis_high})")
         self.k_match = k_match
         self.t_match = t_match
-        self.score_threshold = score_threshold
+        self.score_threshold = float(score_threshold)
         self.match_cost_threshold = match_cost_threshold
         self.hysteresis_low = hysteresis_low
         self.hysteresis_high = hysteresis_high
@@ -93,8 +111,12 @@ class CaptionFormerTrackingSession:
         self.frames_per_clip = frames_per_clip
         self.keep_observations = keep_observations
         self.tracks: list[Track] = []
+        self._by_id: dict[int, Track] = {}
         self.num_clips = 0
         self._next_id = 0
+        self._bank: torch.Tensor | None = None  # (capacity, t_match, D)
+        self._lengths = np.zeros(0, dtype=np.int64)  # embeddings held per slot
+        self._write = np.zeros(0, dtype=np.int64)  # next ring position per slot
 
     @classmethod
     def from_config(cls, config, **overrides) -> CaptionFormerTrackingSession:
@@ -102,7 +124,7 @@ class CaptionFormerTrackingSession:
             "k_match": config.k_match,
             "t_match": config.t_match,
             "score_threshold": config.score_threshold,
-            "match_cost_threshold": getattr(config, "match_cost_threshold", 0.7),
+            "match_cost_threshold": config.match_cost_threshold,
             "hysteresis_low": config.hysteresis_low,
             "hysteresis_high": config.hysteresis_high,
             "hysteresis_min_length": config.hysteresis_min_length,
@@ -112,24 +134,48 @@ class CaptionFormerTrackingSession:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
 
+    # ------------------------------------------------------------------ memory bank
+    def _new_slot(self, dim: int) -> int:
+        slot = len(self.tracks)
+        if self._bank is None or slot == self._bank.shape[0]:
+            capacity = max(8, 2 * slot)
+            bank = torch.zeros(capacity, self.t_match, dim)
+            if self._bank is not None:
+                bank[:slot] = self._bank
+            self._bank = bank
+            self._lengths = np.concatenate([self._lengths, np.zeros(capacity - len(self._lengths), dtype=np.int64)])
+            self._write = np.concatenate([self._write, np.zeros(capacity - len(self._write), dtype=np.int64)])
+        return slot
+
+    def _remember(self, slot: int, embedding: torch.Tensor) -> None:
+        self._bank[slot, self._write[slot]] = embedding
+        self._write[slot] = (self._write[slot] + 1) % self.t_match
+        self._lengths[slot] = min(self._lengths[slot] + 1, self.t_match)
+
+    def memory_of(self, track: Track) -> list[torch.Tensor]:
+        length, write = int(self._lengths[track.slot]), int(self._write[track.slot])
+        return [self._bank[track.slot, (write - length + j) % self.t_match] for j in range(length)]
+
     # ------------------------------------------------------------------ association
     def association_cost(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Combined top-K cost ``(N, num_tracks)`` of unit-norm candidate embeddings against every track."""
-        num_slots = max(len(t.memory) for t in self.tracks)
+        slots = np.array([t.slot for t in self.tracks])
+        lengths, write = self._lengths[slots], self._write[slots]
+        num_slots = int(lengths.max())
         # slot m (0 = most recent) of every track; tracks with a shorter memory repeat their oldest embedding
-        bank = torch.stack(
-            [torch.stack([t.memory[max(len(t.memory) - 1 - m, 0)] for t in self.tracks]) for m in range(num_slots)]
-        )  # (M, num_tracks, D)
-        costs = 1.0 - torch.einsum("nd,mtd->mnt", embeddings, bank)  # (M, N, num_tracks)
+        m = np.arange(num_slots)[:, None]
+        ring = (write[None, :] - 1 - np.minimum(m, lengths[None, :] - 1)) % self.t_match  # (M, tracks)
+        bank = self._bank[torch.as_tensor(slots)[None, :], torch.as_tensor(ring)]  # (M, tracks, D)
+        costs = 1.0 - torch.einsum("nd,mtd->mnt", embeddings, bank)  # (M, N, tracks)
         costs_np = costs.numpy()
         slot_costs = np.empty(num_slots)
-        for m in range(num_slots):
-            rows, cols = linear_sum_assignment(costs_np[m])
-            slot_costs[m] = costs_np[m][rows, cols].mean()
+        for s in range(num_slots):
+            rows, cols = linear_sum_assignment(costs_np[s])
+            slot_costs[s] = costs_np[s][rows, cols].mean()
         if num_slots < self.k_match:
             return costs[int(np.argmin(slot_costs))]
         chosen = np.argsort(slot_costs, kind="stable")[: self.k_match]
-        weights = torch.tensor([num_slots - m for m in chosen], dtype=costs.dtype)  # recency: newer weighs more
+        weights = torch.tensor([num_slots - s for s in chosen], dtype=costs.dtype)  # recency: newer weighs more
         return torch.einsum("k,knt->nt", weights / weights.sum(), costs[torch.as_tensor(chosen)])
 
     def update(
@@ -146,9 +192,9 @@ class CaptionFormerTrackingSession:
             class_probs: ``(Q, C)`` optional class probabilities (the track's category is their mean's argmax).
             payloads: optional per-query dicts stored with the observation (e.g. per-frame boxes and masks).
         Returns:
-            ``(query_index, track_id, wants_caption_query)`` for every query kept in a track; ``wants_caption_query``
-            says the observation entered the track's caption pool (give it a Q-Former output with
-            :meth:`set_caption_query`).
+            ``(query_index, track_id, wants_caption_inputs)`` for every query kept in a track;
+            ``wants_caption_inputs`` says the observation entered the track's caption pool (give it the caption
+            head's inputs with :meth:`set_caption_inputs`).
         """
         if embeddings.ndim != 2 or scores.ndim != 1 or embeddings.shape[0] != scores.shape[0]:
             raise ValueError(
@@ -169,17 +215,20 @@ class CaptionFormerTrackingSession:
             for r, c in zip(rows, cols):
                 if cost[r, c] <= self.match_cost_threshold:
                     assignment[int(r)] = int(c)
+        if class_probs is not None:
+            class_probs = class_probs.detach().float().cpu()
         results = []
         for position, query_index in enumerate(keep):
             if position in assignment:
                 track = self.tracks[assignment[position]]
             else:
-                track = Track(track_id=self._next_id, memory=deque(maxlen=self.t_match))
+                track = Track(track_id=self._next_id, slot=self._new_slot(candidates.shape[1]), session=self)
                 self._next_id += 1
                 self.tracks.append(track)
-            track.memory.append(candidates[position])
-            probs = None if class_probs is None else class_probs[query_index].detach().float().cpu()
-            if probs is not None:
+                self._by_id[track.track_id] = track
+            self._remember(track.slot, candidates[position])
+            if class_probs is not None:
+                probs = class_probs[query_index]
                 track.class_prob_sum = probs.clone() if track.class_prob_sum is None else track.class_prob_sum + probs
             observation = TrackObservation(
                 clip_index=clip_index,
@@ -199,23 +248,24 @@ class CaptionFormerTrackingSession:
             return False
         track.caption_pool.append(observation)
         if len(track.caption_pool) > 2 * self.t_agg:  # thin to every other one, double the stride
+            for dropped in track.caption_pool[1::2]:
+                dropped.caption_inputs = None  # release what the caption head would have needed
             track.caption_pool = track.caption_pool[::2]
             track.caption_stride *= 2
             return any(o is observation for o in track.caption_pool)
         return True
 
-    def set_caption_query(self, track_id: int, caption_query: torch.Tensor) -> None:
-        """Attach the Q-Former output of the track's latest observation (see :meth:`update`)."""
+    def set_caption_inputs(self, track_id: int, caption_inputs: dict) -> None:
+        """Attach the caption head's inputs to the track's latest observation (see :meth:`update`)."""
         track = self.track_by_id(track_id)
         if not track.caption_pool:
-            raise ValueError(f"track {track_id} has no observation waiting for a caption query")
-        track.caption_pool[-1].caption_query = caption_query.detach().cpu()
+            raise ValueError(f"track {track_id} has no observation waiting for caption inputs")
+        track.caption_pool[-1].caption_inputs = caption_inputs
 
     def track_by_id(self, track_id: int) -> Track:
-        for track in self.tracks:
-            if track.track_id == track_id:
-                return track
-        raise ValueError(f"no track with id {track_id}")
+        if track_id not in self._by_id:
+            raise ValueError(f"no track with id {track_id}")
+        return self._by_id[track_id]
 
     # ------------------------------------------------------------------ end of video
     def hysteresis_keep(self, scores: list[float], lengths: list[int]) -> list[bool]:
@@ -253,22 +303,69 @@ class CaptionFormerTrackingSession:
         final.sort(key=lambda t: (t.first_clip, t.track_id))
         return final
 
-    def caption_samples(self, track: Track, method: str = "weighted"):
-        """``(caption_queries (K, L, D), scores (K,))`` of up to ``t_agg`` clips sampled uniformly over the track's
-        life (its caption pool); ``method='best'`` needs only the best one but all are returned."""
-        pool = [o for o in track.caption_pool if o.caption_query is not None]
-        if not pool:
-            return None, None
+    def caption_samples(self, track: Track) -> list[TrackObservation]:
+        """Up to ``t_agg`` observations of the track's caption pool that have caption inputs, sampled uniformly over
+        the track's life."""
+        pool = [o for o in track.caption_pool if o.caption_inputs is not None]
         if len(pool) > self.t_agg:
             index = np.linspace(0, len(pool) - 1, self.t_agg).round().astype(int)
             pool = [pool[i] for i in index]
-        return torch.stack([o.caption_query for o in pool]), torch.tensor([o.score for o in pool])
+        return pool
 
     def memory_nbytes(self) -> int:
-        """Bytes held by memory banks and caption pools (bounded: ``t_match`` embeddings and ``2 * t_agg`` caption
-        queries per track), not counting the output payloads."""
+        """Bytes held for association and captions: the memory bank's filled slots (``t_match`` embeddings per
+        track) and the tensors of the caption pools (at most ``2 * t_agg`` observations per track; a caption frame
+        shared by several observations counts once). Output payloads are not counted."""
         total = 0
+        if self._bank is not None:
+            total += int(self._lengths[: len(self.tracks)].sum()) * self._bank.shape[-1] * self._bank.element_size()
+        seen = set()
         for track in self.tracks:
-            total += sum(e.numel() * e.element_size() for e in track.memory)
-            total += sum(o.caption_query.numel() * o.caption_query.element_size() for o in track.caption_pool if o.caption_query is not None)
+            for observation in track.caption_pool:
+                for value in (observation.caption_inputs or {}).values():
+                    if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
+                        seen.add(value.data_ptr())
+                        total += value.numel() * value.element_size()
         return total
+
+
+class CaptionFormerVideoSession:
+    """All the state of one video's inference: the tracker (:class:`CaptionFormerTrackingSession`), the frames
+    processed so far, the per-frame outputs of every observation (boxes, RLE masks) and the caption pools.
+
+    Create it with ``model.init_video_session(...)``; feed clip batches with ``model(pixel_values_videos,
+    video_session=session, frame_indices=...)``; get the trajectories with ``model.finalize_video_session(session)``.
+
+    Args:
+        tracker: the association / hysteresis / caption-pool state.
+        mask_encoder: callable ``(masks_logits (K, T, h, w), num_frames (K,)) -> K lists of RLE strings`` that turns
+            the masks of the kept queries into per-frame RLE strings at the output size (the video processor's
+            ``clip_mask_encoder(...)``); ``None``: no masks in the output.
+        caption: keep what the caption head needs for the sampled clips (``False``: no captions).
+    """
+
+    def __init__(self, tracker: CaptionFormerTrackingSession, mask_encoder=None, caption: bool = True):
+        self.tracker = tracker
+        self.mask_encoder = mask_encoder
+        self.caption = caption
+        self.num_frames = 0  # frames processed (padding excluded)
+        self.input_size: tuple[int, int] | None = None
+        self.finalized = False
+
+    @property
+    def score_threshold(self) -> float:
+        return self.tracker.score_threshold
+
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        if self.finalized:
+            raise ValueError("this video session is finalized: create a new one with `model.init_video_session()`")
+        if self.input_size is None:
+            self.input_size = tuple(size)
+        elif tuple(size) != self.input_size:
+            raise ValueError(f"all clips of a video must have the same size {self.input_size}, got {tuple(size)}")
+
+    def memory_nbytes(self) -> int:
+        return self.tracker.memory_nbytes()
+
+
+__all__ = ["CaptionFormerTrackingSession", "CaptionFormerVideoSession", "Track", "TrackObservation"]

@@ -1,16 +1,24 @@
 """`pipeline("dense-video-object-captioning")`: segment, track and caption every object of a video.
 
-Remote-code safe: imports only transformers and torch (the model and processor come from the checkpoint).
+Remote-code safe: imports only transformers, torch and single-dot siblings (the model and processor come from the
+checkpoint).
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from transformers import Pipeline
+from transformers.utils import logging
 
-logger = logging.getLogger(__name__)
+from .inference_captionformer import predict_video
+
+logger = logging.get_logger(__name__)
+
+# generation arguments accepted directly by the pipeline (others go through `generate_kwargs`)
+GENERATION_ARGUMENTS = (
+    "num_beams", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "num_beam_groups", "diversity_penalty",
+)  # fmt: skip
 
 
 def _is_frame(item) -> bool:
@@ -20,18 +28,31 @@ def _is_frame(item) -> bool:
     return isinstance(item, np.ndarray) and item.ndim == 3
 
 
+def _collate_videos(items: list[dict]) -> dict:
+    """Batches of videos stay lists: each video is processed on its own (its clips are batched by
+    ``clip_batch_size``)."""
+    return {key: [item[key] for item in items] for key in items[0]}
+
+
+def _first(items: list[dict]) -> dict:
+    return items[0]
+
+
 class DenseVideoObjectCaptioningPipeline(Pipeline):
     """Dense video object captioning with CaptionFormer.
 
     Input: a path, URL, bytes or file-like video (PyAV: mp4, avi, webm...), a ``(T, H, W, 3)`` array, a list of PIL
-    images (one video), or a list of such videos (a batch). Output per video::
+    images (one video), or a list of such videos (with ``batch_size``, videos are decoded ahead in DataLoader
+    workers; results equal one-by-one calls). Output per video (the trajectory format, ``docs/format.md``)::
 
         {"num_frames", "height", "width", "fps", "trajectories": [
-            {"track_id", "score", "category", "caption",
+            {"track_id", "score", "category", "category_id", "caption",
              "frames": [{"frame_index", "box": [x, y, w, h], "mask_rle", "score"}]}]}
 
     Parameters: ``threshold`` (per-clip score pruning), ``return_masks``, ``fps`` / ``num_frames`` (frame sampling),
-    ``max_frames``, ``num_beams``, ``max_new_tokens``, ``clip_batch_size``, ``aggregation``, ``progress``.
+    ``max_frames``, ``video_fps`` (of array inputs), ``clip_batch_size``, ``aggregation``, ``progress``; generation:
+    ``generate_kwargs`` (a dict) and the common generation arguments directly (``num_beams``, ``max_new_tokens``,
+    ``do_sample``, ``temperature``, ``top_k``, ``top_p``...).
     """
 
     _load_processor = True
@@ -53,35 +74,51 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         num_frames=None,
         max_frames=None,
         video_fps=None,
-        num_beams=None,
-        max_new_tokens=None,
         clip_batch_size=None,
         aggregation=None,
         progress=None,
+        generate_kwargs=None,
         **kwargs,
     ):
-        if kwargs:
-            raise TypeError(f"unexpected pipeline arguments: {', '.join(sorted(kwargs))}")
-        preprocess = {k: v for k, v in dict(fps=fps, num_frames=num_frames, max_frames=max_frames, video_fps=video_fps).items() if v is not None}
-        forward = {}
+        if generate_kwargs is not None and not isinstance(generate_kwargs, dict):
+            raise TypeError(f"`generate_kwargs` must be a dict, got {type(generate_kwargs).__name__}")
+        generation = dict(generate_kwargs or {})
+        unknown = sorted(k for k in kwargs if k not in GENERATION_ARGUMENTS)
+        if unknown:
+            raise TypeError(
+                f"unexpected pipeline arguments: {', '.join(unknown)} (other generation arguments go in "
+                "`generate_kwargs={...}`)"
+            )
+        for name, value in kwargs.items():
+            if name in generation and generation[name] != value:
+                raise ValueError(f"`{name}` is given twice, directly and in `generate_kwargs`, with different values")
+            generation[name] = value
+        for name in ("num_beams", "max_new_tokens"):
+            value = generation.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        preprocess = {
+            k: v for k, v in dict(fps=fps, num_frames=num_frames, max_frames=max_frames, video_fps=video_fps).items()
+            if v is not None
+        }
+        forward = {"generate_kwargs": generation}
         if threshold is not None:
-            if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
                 raise ValueError(f"`threshold` must be a number in [0, 1], got {threshold!r}")
             forward["threshold"] = float(threshold)
-        for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("clip_batch_size", clip_batch_size)):
-            if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-                forward[name] = value
+        if clip_batch_size is not None:
+            if isinstance(clip_batch_size, bool) or not isinstance(clip_batch_size, int) or clip_batch_size < 1:
+                raise ValueError(f"`clip_batch_size` must be a positive integer, got {clip_batch_size!r}")
+            forward["clip_batch_size"] = clip_batch_size
         if aggregation is not None:
+            if aggregation not in ("weighted", "mean", "best"):
+                raise ValueError(f"`aggregation` must be 'weighted', 'mean' or 'best', got {aggregation!r}")
             forward["aggregation"] = aggregation
         if progress is not None:
             forward["progress"] = bool(progress)
-        postprocess = {}
         if return_masks is not None:
             forward["return_masks"] = bool(return_masks)
-            postprocess["return_masks"] = bool(return_masks)
-        return preprocess, forward, postprocess
+        return preprocess, forward, {}
 
     def __call__(self, inputs, **kwargs):
         # a list of frames is one video, not a batch of images
@@ -89,57 +126,39 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             return super().__call__([list(inputs)], **kwargs)[0]
         return super().__call__(inputs, **kwargs)
 
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+        from torch.utils.data import DataLoader
+
+        if not hasattr(inputs, "__len__"):
+            return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
+        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        collate = _collate_videos if batch_size > 1 else _first
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
     def preprocess(self, video, fps=None, num_frames=None, max_frames=None, video_fps=None):
         frames = self.processor.video_processor.open_video(
             video, num_frames=num_frames, fps=fps, max_frames=max_frames, video_fps=video_fps
         )
         return {"frames": frames}
 
-    def _forward(self, model_inputs, threshold=None, num_beams=None, max_new_tokens=None, clip_batch_size=1,
-                 aggregation=None, return_masks=True, progress=False):
+    def _forward(self, model_inputs, threshold=None, clip_batch_size=1, aggregation=None, return_masks=True,
+                 progress=False, generate_kwargs=None):
         frames = model_inputs["frames"]
-        video_processor = self.processor.video_processor
-        indices = []
+        batch = frames if isinstance(frames, list) else [frames]
+        results = [
+            predict_video(
+                self.model, self.processor, video, threshold=threshold, clip_batch_size=clip_batch_size,
+                return_masks=return_masks, aggregation=aggregation, progress=progress, **(generate_kwargs or {}),
+            )
+            for video in batch
+        ]
+        return {"results": results} if isinstance(frames, list) else {"results": results[0]}
 
-        def clips():
-            for pixel_values, clip_indices in video_processor.iter_clips(frames, clip_length=self.model.config.clip_length):
-                indices.extend(clip_indices)
-                yield pixel_values
-
-        generate_kwargs = {}
-        if num_beams is not None:
-            generate_kwargs["num_beams"] = num_beams
-        if max_new_tokens is not None:
-            generate_kwargs["max_new_tokens"] = max_new_tokens
-        content_size = video_processor.content_size(frames.height, frames.width)
-        raw = self.model.track_video(
-            clips(),
-            mask_size=(frames.height, frames.width),
-            content_size=content_size,
-            threshold=threshold,
-            clip_batch_size=clip_batch_size,
-            return_masks=return_masks,
-            aggregation=aggregation,
-            progress=progress,
-            **generate_kwargs,
-        )
-        return {"raw": raw, "frames": frames, "indices": indices}
-
-    def postprocess(self, model_outputs, return_masks=True):
-        frames = model_outputs["frames"]
-        result = self.processor.post_process_dense_captions(
-            model_outputs["raw"],
-            original_size=(frames.height, frames.width),
-            frame_indices=model_outputs["indices"],
-            return_masks=return_masks,
-        )
-        return {
-            "num_frames": int(frames.decoded_frames),
-            "height": int(frames.height),
-            "width": int(frames.width),
-            "fps": frames.fps or frames.video_fps,
-            "trajectories": result["trajectories"],
-        }
+    def postprocess(self, model_outputs):
+        return model_outputs["results"]
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save the model, the pipeline code (``custom_pipelines``) and the processor, so that

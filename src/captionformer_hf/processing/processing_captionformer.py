@@ -17,8 +17,8 @@ class CaptionFormerProcessor(ProcessorMixin):
     - ``processor(videos=..., text=...)``: video tensors (see the video processor) and/or caption token ids
       (``caption_ids``, ``caption_attention_mask``): each caption is followed by ``caption_end_token`` (the
       tokenizer's EOS by default; the released OPT model ends captions with ``"\n"``), the LM's training target.
-    - :meth:`post_process_dense_captions`: ``track_video`` outputs -> trajectories on the original video with caption
-      text.
+    - :meth:`post_process_dense_captions`: a video output (``model.finalize_video_session`` / ``track_video``) ->
+      trajectories on the original video with caption text (``docs/format.md``).
 
     Args:
         video_processor ([`CaptionFormerVideoProcessor`]): the video processor.
@@ -84,16 +84,23 @@ class CaptionFormerProcessor(ProcessorMixin):
     def batch_decode(self, sequences, **kwargs) -> list[str]:
         return [self.decode_caption(s) for s in sequences]
 
-    def post_process_dense_captions(self, outputs: dict, original_size, content_size=None, frame_indices=None,
-                                    return_masks: bool = True) -> dict:
-        """Geometry to the original video (see the video processor) and caption ids to text."""
+    def post_process_dense_captions(
+        self,
+        outputs,
+        original_size,
+        content_size=None,
+        id2label: dict | None = None,
+        return_masks: bool = True,
+    ) -> dict:
+        """A :class:`CaptionFormerVideoOutput` -> trajectories of the original video (geometry, masks and labels by
+        the video processor) with their caption text."""
         result = self.video_processor.post_process_dense_captions(
-            outputs, original_size, content_size=content_size, frame_indices=frame_indices, return_masks=return_masks
+            outputs, original_size, content_size=content_size, id2label=id2label, return_masks=return_masks
         )
-        for trajectory in result["trajectories"]:
-            ids = trajectory.pop("caption_ids", None)
-            if ids is not None:
-                trajectory["caption"] = self.decode_caption(ids)
+        if outputs.caption_ids is not None:
+            captioned = outputs.captioned if outputs.captioned is not None else [True] * len(outputs.caption_ids)
+            for trajectory, ids, ok in zip(result["trajectories"], outputs.caption_ids, captioned):
+                trajectory["caption"] = self.decode_caption(ids) if ok else ""
         return result
 
 

@@ -1,7 +1,9 @@
-"""CaptionFormer video processor: PyAV decoding, frame sampling, resize / normalise / pad, clips of T frames, and the
-post-processing of tracked outputs back to the original video (absolute boxes, COCO RLE masks).
+"""CaptionFormer video processor: PyAV decoding (in a background thread), frame sampling, resize / normalise / pad on
+the model's device, clips of T frames in batches, and the post-processing of tracked outputs back to the original
+video: masks resized on the device and RLE-encoded from device-computed run lengths (once per clip batch), absolute
+boxes, labels. The output is the trajectory format of ``docs/format.md``.
 
-Remote-code safe: imports only transformers, torch, numpy, PyAV and pycocotools (no sibling from another folder).
+Remote-code safe: imports only transformers, torch, numpy, PyAV and single-dot siblings of this folder.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import io
 import logging
 import math
 import os
+import queue
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +25,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
+
+from .trajectory_captionformer import encode_runs, runs_from_changes
 
 logger = logging.getLogger(__name__)
 
@@ -71,24 +78,84 @@ def _check_frame(frame: np.ndarray, where: str) -> np.ndarray:
     return frame
 
 
+class _DecodeError:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+def _threaded(make_iterator, size: int):
+    """Iterate ``make_iterator()`` in a background thread, ``size`` items ahead (PyAV decodes without holding the
+    GIL, so decoding overlaps the model). Errors are re-raised in the caller; leaving the loop early stops the
+    thread."""
+    items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        iterator = make_iterator()
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            put(_DecodeError(error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="captionformer-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, _DecodeError):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+
+
 class VideoFrames:
     """Frames of one video, decoded lazily with PyAV (paths, URLs, bytes, file-like objects: mp4, avi, webm...) or
     taken from an array ``(T, H, W, 3)`` / a list of PIL images or arrays.
 
     Sampling: ``num_frames`` uniformly over the video, or ``fps`` frames per second (``video_fps`` is needed for
     arrays); ``max_frames`` stops after that many sampled frames. Iterating yields ``(source_index, frame)`` with
-    frames as ``uint8 (H, W, 3)``. The first frame is decoded on construction, so a missing, corrupt or empty video
-    fails here with a clear ``ValueError``."""
+    frames as ``uint8 (H, W, 3)``; only the sampled frames are converted to RGB, and a background thread decodes up
+    to ``prefetch`` frames ahead (``0``: decode in the caller's thread). The first frame is decoded on construction,
+    so a missing, corrupt or empty video fails here with a clear ``ValueError``."""
 
-    def __init__(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None):
+    is_video_frames = True  # recognised without isinstance (remote code may load two copies of this class)
+
+    def __init__(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch: int = 16):
         if num_frames is not None and fps is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive")
         for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-        if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-            raise ValueError(f"`fps` must be a positive number, got {fps!r}")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+                                or fps <= 0):
+            raise ValueError(f"`fps` must be a positive finite number, got {fps!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"`prefetch` must be an integer >= 0, got {prefetch!r}")
         self.num_frames, self.fps, self.max_frames = num_frames, fps, max_frames
+        self.prefetch = prefetch
         self._array = None
         self._source = None
         if isinstance(video, torch.Tensor):
@@ -111,6 +178,7 @@ class VideoFrames:
             self.video_fps, self.total_frames, first = self._probe()
         self.height, self.width = first.shape[:2]
         self.decoded_frames = 0  # source frames read so far (equals the video length once iterated)
+        self.read_to_end = False
 
     @staticmethod
     def _from_array(video: np.ndarray) -> list:
@@ -181,7 +249,8 @@ class VideoFrames:
             total = sum(1 for _ in self._decode_all())
         return video_fps, total, frame
 
-    def _decode_all(self) -> Iterator[np.ndarray]:
+    def _decode_all(self) -> Iterator:
+        """Every source frame, undecoded to RGB: arrays, or PyAV frames."""
         import av
 
         if self._array is not None:
@@ -192,8 +261,7 @@ class VideoFrames:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             try:
-                for frame in container.decode(stream):
-                    yield frame.to_ndarray(format="rgb24")
+                yield from container.decode(stream)
             except av.error.FFmpegError as error:
                 raise ValueError(f"`video`: {self._describe()} is corrupt ({error})") from error
         finally:
@@ -205,26 +273,50 @@ class VideoFrames:
             return sorted(set(np.linspace(0, total - 1, count).round().astype(int).tolist()))
         return list(range(total))
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _sampled(self) -> Iterator[tuple[int | None, int, np.ndarray | None]]:
+        """``(source index, frames read so far, uint8 frame)`` of the sampled frames, then ``(None, frames read,
+        None)`` once the video is read to its end."""
         wanted = set(self.sampled_indices(self.total_frames)) if self.num_frames is not None else None
         step = None
         if self.fps is not None and self.video_fps and self.fps < self.video_fps:
             step = self.video_fps / self.fps
         yielded = 0
         next_time = 0.0
-        self.decoded_frames = 0
+        read = 0
         for index, frame in enumerate(self._decode_all()):
-            self.decoded_frames = index + 1
+            if self.max_frames is not None and yielded >= self.max_frames:
+                return
+            read = index + 1
             if wanted is not None and index not in wanted:
                 continue
             if step is not None:
                 if index + 1e-6 < next_time:
                     continue
                 next_time += step
-            if self.max_frames is not None and yielded >= self.max_frames:
-                break
-            yield index, _check_frame(frame, "`video`")
+            array = frame if isinstance(frame, np.ndarray) else frame.to_ndarray(format="rgb24")
+            yield index, read, _check_frame(array, "`video`")
             yielded += 1
+        yield None, read, None
+
+    @property
+    def num_source_frames(self) -> int:
+        """Frames of the video: those decoded once it was read to its end, else (reading stopped at
+        ``max_frames``) the count its container declares, else the frames read so far."""
+        if self.read_to_end:
+            return self.decoded_frames
+        return self.total_frames or self.decoded_frames
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        self.decoded_frames = 0
+        self.read_to_end = False
+        threaded = self.prefetch > 0 and self._array is None
+        items = _threaded(self._sampled, self.prefetch) if threaded else self._sampled()
+        for index, read, frame in items:
+            self.decoded_frames = read
+            if index is None:
+                self.read_to_end = True
+            else:
+                yield index, frame
 
 
 # -------------------------------------------------------------------------------------------------- processor
@@ -236,8 +328,9 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
     multiple of ``size_divisor``, and cuts videos into clips of ``clip_length`` frames.
 
     ``__call__`` returns ``pixel_values_videos (B, N, 3, H, W)`` (videos padded to a common size and length) with
-    ``original_sizes``, ``content_sizes`` and ``num_frames``; :meth:`iter_clips` streams one video clip by clip;
-    :meth:`post_process_dense_captions` maps tracked outputs back to the original video.
+    ``original_sizes``, ``content_sizes`` and ``num_frames``; :meth:`iter_clip_batches` streams one video as clip
+    batches on the model's device; :meth:`clip_mask_encoder` gives a video session its mask encoder;
+    :meth:`post_process_dense_captions` maps the video output back to the original video.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -283,8 +376,17 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         d = self.size_divisor
         return math.ceil(height / d) * d, math.ceil(width / d) * d
 
-    def transform_frames(self, frames: torch.Tensor, padded_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """``uint8 (T, 3, H, W)`` -> resized, normalised, padded float frames ``(T, 3, H', W')``."""
+    def transform_frames(
+        self,
+        frames: torch.Tensor,
+        padded_size: tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """``uint8 (T, 3, H, W)`` -> resized, normalised, padded float frames ``(T, 3, H', W')``, computed on
+        ``device`` (the frames are moved there first; default: where they are) and returned in ``dtype``."""
+        if device is not None:
+            frames = frames.to(device, non_blocking=True)
         frames = frames.float() if not self.do_rescale else frames
         if self.do_resize:
             frames = self.resize(frames, size=self._size_dict(), resample=self.resample)
@@ -295,7 +397,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         target = padded_size or self.padded_size(height, width)
         if (height, width) != tuple(target):
             frames = torch.nn.functional.pad(frames, (0, target[1] - width, 0, target[0] - height))
-        return frames
+        return frames if dtype is None else frames.to(dtype)
 
     # ------------------------------------------------------------------ decoding hooks of BaseVideoProcessor
     def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
@@ -315,6 +417,10 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         return frames, metadata
 
     def _preprocess(self, videos, return_tensors=None, **kwargs):
+        """Whole videos -> ``pixel_values_videos (B, N, 3, H, W)``, padded to the batch's largest size and longest
+        video (in time by repeating the last frame), with ``original_sizes``, ``content_sizes`` and ``num_frames``.
+        ``model(**processor(videos=clip))`` runs a clip of ``clip_length`` frames; whole videos go through
+        :meth:`iter_clip_batches` (``captionformer_hf.predict_video``)."""
         original_sizes, content_sizes, processed = [], [], []
         for video in videos:
             if video.ndim != 4:
@@ -326,7 +432,6 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         height = max(v.shape[-2] for v in processed)
         width = max(v.shape[-1] for v in processed)
         length = max(v.shape[0] for v in processed)
-        length = math.ceil(length / self.clip_length) * self.clip_length
         batch = torch.zeros(len(processed), length, 3, height, width, dtype=processed[0].dtype)
         for i, video in enumerate(processed):
             batch[i, : video.shape[0], :, : video.shape[-2], : video.shape[-1]] = video
@@ -341,7 +446,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------ streaming
-    def open_video(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None) -> VideoFrames:
+    def open_video(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch=16) -> VideoFrames:
         """A lazily decoded video (see :class:`VideoFrames`); raises ``ValueError`` at once for bad input."""
         return VideoFrames(
             video,
@@ -349,82 +454,194 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             fps=fps,
             max_frames=max_frames if max_frames is not None else self.max_frames,
             video_fps=video_fps,
+            prefetch=prefetch,
         )
 
-    def iter_clips(self, frames: VideoFrames, clip_length: int | None = None):
-        """Yield ``(pixel_values (T', 3, H', W'), source_frame_indices)`` clip by clip (``T' <= clip_length``; only
-        the last clip is shorter). Memory holds one clip at a time."""
+    def geometry(self, frames: VideoFrames) -> VideoGeometry:
+        """Sizes of a video through this processor: original, resized content, padded model input."""
+        original = (int(frames.height), int(frames.width))
+        content = self.content_size(*original)
+        return VideoGeometry(original, tuple(content), tuple(self.padded_size(*content)))
+
+    def iter_clip_batches(
+        self,
+        frames: VideoFrames,
+        clip_length: int | None = None,
+        batch_size: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Iterator[CaptionFormerClipBatch]:
+        """Stream a video as batches of ``batch_size`` clips of ``clip_length`` frames (the last clip may be shorter
+        and comes in a batch of its own), resized and normalised on ``device``. Memory holds one batch at a time
+        (plus the decoder's look-ahead)."""
         clip_length = clip_length or self.clip_length
-        padded = self.padded_size(*self.content_size(frames.height, frames.width))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+        geometry = self.geometry(frames)
+        pin = device is not None and torch.device(device).type == "cuda"
         buffer, indices = [], []
+
+        def emit(count: int) -> CaptionFormerClipBatch:
+            stacked = torch.from_numpy(np.stack(buffer[:count])).permute(0, 3, 1, 2)
+            if pin:
+                stacked = stacked.pin_memory()
+            pixels = self.transform_frames(stacked, geometry.padded_size, device=device, dtype=dtype)
+            length = min(clip_length, count)
+            pixels = pixels.view(-1, length, *pixels.shape[1:])
+            clips = [indices[i : i + length] for i in range(0, count, length)]
+            del buffer[:count], indices[:count]
+            return CaptionFormerClipBatch(pixels, clips, geometry)
+
         for index, frame in frames:
-            if frame.shape[:2] != (frames.height, frames.width):
+            if frame.shape[:2] != geometry.original_size:
                 raise ValueError(
                     f"`video`: frame {index} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
                     f"{frames.width}x{frames.height}; all frames must have one size"
                 )
-            buffer.append(torch.from_numpy(np.require(frame, requirements=["C", "W"])).permute(2, 0, 1))
+            buffer.append(frame)
             indices.append(index)
-            if len(buffer) == clip_length:
-                yield self.transform_frames(torch.stack(buffer), padded), indices
-                buffer, indices = [], []
+            if len(buffer) == clip_length * batch_size:
+                yield emit(len(buffer))
+        full = (len(buffer) // clip_length) * clip_length
+        if full:
+            yield emit(full)
         if buffer:
-            yield self.transform_frames(torch.stack(buffer), padded), indices
+            yield emit(len(buffer))
+
+    def clip_mask_encoder(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28) -> ClipMaskEncoder:
+        """The mask encoder of a video session (``model.init_video_session(mask_encoder=...)``): masks at the
+        original size, RLE-encoded from run lengths computed on the device."""
+        return ClipMaskEncoder(geometry, max_chunk_bytes=max_chunk_bytes)
 
     # ------------------------------------------------------------------ post-processing
     def post_process_dense_captions(
         self,
-        outputs: dict,
+        outputs,
         original_size: tuple[int, int],
         content_size: tuple[int, int] | None = None,
-        frame_indices: list[int] | None = None,
+        id2label: dict | None = None,
         return_masks: bool = True,
     ) -> dict:
-        """Map :meth:`CaptionFormerForDenseVideoObjectCaptioning.track_video` outputs (model input space:
-        normalised ``(cx, cy, w, h)`` boxes, masks at the padded input size) to the original video: absolute
-        ``[x, y, w, h]`` boxes clipped to the frame and COCO RLE masks at ``original_size``.
+        """Map a :class:`CaptionFormerVideoOutput` (``model.finalize_video_session`` / ``track_video``: boxes
+        normalised ``(cx, cy, w, h)`` of the padded input) to trajectories of the original video (``docs/format.md``):
+        absolute ``[x, y, w, h]`` boxes clipped to the frame, the masks as the session's mask encoder made them, the
+        category name from ``id2label``. Captions stay as ``caption_ids`` (the processor decodes them).
 
         Args:
-            outputs: the ``track_video`` result. original_size: ``(height, width)`` of the source frames.
+            outputs: the video output. original_size: ``(height, width)`` of the source frames.
             content_size: ``(height, width)`` of the resized frame inside the padded input (default: the size the
                 processor resizes ``original_size`` to).
-            frame_indices: source frame index of each processed frame (frame sampling); default: identity.
+            id2label: class id -> name (the model config's).
         """
-        from pycocotools import mask as mask_utils
-
-        input_h, input_w = outputs["input_size"]
         out_h, out_w = int(original_size[0]), int(original_size[1])
+        input_h, input_w = outputs.input_size
         content_h, content_w = content_size or self.content_size(out_h, out_w)
-        sx, sy = out_w / content_w, out_h / content_h
-        # masks already encoded at the original size by track_video(mask_size=..., content_size=...)
-        masks_ready = list(outputs.get("mask_size") or []) == [out_h, out_w]
+        boxes = outputs.frame_boxes.double().numpy().reshape(-1, 4)
+        cx, cy, w, h = boxes.T
+        sx, sy = input_w * out_w / content_w, input_h * out_h / content_h
+        x0 = np.clip((cx - w / 2) * sx, 0, out_w)
+        y0 = np.clip((cy - h / 2) * sy, 0, out_h)
+        x1 = np.clip((cx + w / 2) * sx, 0, out_w)
+        y1 = np.clip((cy + h / 2) * sy, 0, out_h)
+        absolute = np.round(np.stack([x0, y0, x1 - x0, y1 - y0], 1), 2).tolist()
+        frame_scores = np.round(outputs.frame_scores.numpy().astype(np.float64), 4).tolist()
+        frame_indices = outputs.frame_indices.tolist()
+        rles = outputs.frame_mask_rles if return_masks else None
+        id2label = id2label or {}
         trajectories = []
-        for trajectory in outputs["trajectories"]:
-            frames = []
-            for entry in trajectory["frames"]:
-                cx, cy, w, h = entry["box"]
-                x0 = max(0.0, min(out_w, (cx - w / 2) * input_w * sx))
-                y0 = max(0.0, min(out_h, (cy - h / 2) * input_h * sy))
-                x1 = max(0.0, min(out_w, (cx + w / 2) * input_w * sx))
-                y1 = max(0.0, min(out_h, (cy + h / 2) * input_h * sy))
-                index = entry["frame_index"]
-                new = {
-                    "frame_index": int(frame_indices[index]) if frame_indices is not None else int(index),
-                    "box": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "score": entry.get("score"),
-                }
-                if return_masks and entry.get("mask_rle") is not None and masks_ready:
-                    new["mask_rle"] = entry["mask_rle"]
-                elif return_masks and entry.get("mask_rle") is not None:
-                    mask = mask_utils.decode({"size": [input_h, input_w], "counts": entry["mask_rle"].encode()})
-                    mask = torch.from_numpy(mask[:content_h, :content_w].copy())[None, None].float()
-                    if (content_h, content_w) != (out_h, out_w):
-                        mask = torch.nn.functional.interpolate(mask, size=(out_h, out_w), mode="nearest")
-                    binary = np.asfortranarray(mask[0, 0].numpy().astype(np.uint8))
-                    new["mask_rle"] = mask_utils.encode(binary)["counts"].decode("ascii")
-                frames.append(new)
-            trajectories.append({**{k: v for k, v in trajectory.items() if k != "frames"}, "frames": frames})
+        for track_id, score, category_id in zip(
+            outputs.track_ids.tolist(), outputs.scores.tolist(), outputs.category_ids.tolist()
+        ):
+            trajectories.append({
+                "track_id": int(track_id),
+                "score": round(float(score), 4),
+                "category": (id2label.get(category_id, str(category_id)) if category_id >= 0 else None),
+                "category_id": int(category_id) if category_id >= 0 else None,
+                "caption": "",
+                "frames": [],
+            })
+        for m, track in enumerate(outputs.frame_track_indices.tolist()):
+            entry = {"frame_index": int(frame_indices[m]), "box": absolute[m], "score": frame_scores[m]}
+            if rles is not None:
+                entry["mask_rle"] = rles[m]
+            trajectories[track]["frames"].append(entry)
         return {"height": out_h, "width": out_w, "trajectories": trajectories}
 
 
-__all__ = ["CaptionFormerVideoProcessor", "VideoFrames"]
+@dataclass(frozen=True)
+class VideoGeometry:
+    """Sizes of one video through the processor: ``original_size`` (the source frames), ``content_size`` (resized,
+    aspect kept) and ``padded_size`` (the model input: content padded bottom/right to the size divisor)."""
+
+    original_size: tuple[int, int]
+    content_size: tuple[int, int]
+    padded_size: tuple[int, int]
+
+
+@dataclass
+class CaptionFormerClipBatch:
+    """A batch of consecutive clips of one video: ``pixel_values_videos`` ``(B, T', 3, H, W)`` (normalised, padded,
+    on the requested device), ``frame_indices`` (the source frame index of each frame of each clip) and the video's
+    ``geometry``. Pass it to ``model(**batch.model_inputs(), video_session=session)``."""
+
+    pixel_values_videos: torch.Tensor
+    frame_indices: list[list[int]]
+    geometry: VideoGeometry
+
+    @property
+    def content_size(self) -> tuple[int, int]:
+        return self.geometry.content_size
+
+    def model_inputs(self) -> dict:
+        return {
+            "pixel_values_videos": self.pixel_values_videos,
+            "frame_indices": self.frame_indices,
+            "content_size": self.geometry.content_size,
+        }
+
+
+class ClipMaskEncoder:
+    """Mask logits on the model's mask grid ``(N, h, w)`` -> COCO RLE strings at the original video size.
+
+    On the logits' device, in chunks of at most ``max_chunk_bytes`` of float32 masks: bilinear upsampling to the padded
+    input size, crop to the content, bilinear resize to the original size (as the released code), threshold at 0,
+    and the positions where each column-major mask changes value (torch); one host copy per call, then the run lengths
+    and their COCO string code with numpy (equal to pycocotools' ``encode``)."""
+
+    def __init__(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28):
+        self.geometry = geometry
+        self.max_chunk_bytes = max_chunk_bytes
+
+    def binary_masks(self, masks_logits: torch.Tensor) -> torch.Tensor:
+        """``(N, h, w)`` logits -> ``(N, H, W)`` bool masks at the original size (one chunk's worth)."""
+        padded, content, original = self.geometry.padded_size, self.geometry.content_size, self.geometry.original_size
+        logits = masks_logits[:, None].float()
+        logits = torch.nn.functional.interpolate(logits, size=tuple(padded), mode="bilinear", align_corners=False)
+        logits = logits[..., : content[0], : content[1]]
+        if tuple(content) != tuple(original):
+            logits = torch.nn.functional.interpolate(logits, size=tuple(original), mode="bilinear", align_corners=False)
+        return logits[:, 0] > 0
+
+    def __call__(self, masks_logits: torch.Tensor) -> list[str]:
+        count = masks_logits.shape[0]
+        if count == 0:
+            return []
+        height, width = self.geometry.original_size
+        padded_h, padded_w = self.geometry.padded_size
+        per_mask = 4 * (height * width + padded_h * padded_w) + 2 * height * width
+        chunk = max(1, self.max_chunk_bytes // per_mask)
+        rows, positions, firsts = [], [], []
+        for start in range(0, count, chunk):
+            binary = self.binary_masks(masks_logits[start : start + chunk])
+            flat = binary.transpose(1, 2).reshape(binary.shape[0], -1)  # column-major, as COCO RLE
+            changes = torch.nonzero(flat[:, 1:] != flat[:, :-1])
+            rows.append(changes[:, 0] + start)
+            positions.append(changes[:, 1] + 1)
+            firsts.append(flat[:, 0])
+        host = torch.stack([torch.cat(rows), torch.cat(positions)]).cpu().numpy()
+        first = torch.cat(firsts).cpu().numpy()
+        runs, offsets = runs_from_changes(host[0], host[1], first, count, height * width)
+        return encode_runs(runs, offsets)
+
+
+__all__ = ["CaptionFormerClipBatch", "CaptionFormerVideoProcessor", "ClipMaskEncoder", "VideoFrames", "VideoGeometry"]

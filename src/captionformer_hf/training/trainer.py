@@ -214,20 +214,14 @@ def reference_video(example: dict) -> dict:
     }
 
 
-@torch.no_grad()
-def predict_video(model, processor, example: dict, **kwargs) -> dict:
-    """Run the model on one dataset example, trajectories mapped to the original video."""
+def predict_example(model, processor, example: dict, **kwargs) -> dict:
+    """Run the model on one dataset example (``captionformer_hf.predict_video``, as the pipeline): the example's
+    trajectories predicted on its original frames. ``kwargs`` go to ``predict_video``."""
     from ..data.loader import decode_example_frames
+    from ..processing import predict_video
 
     frames = decode_example_frames(example)
-    video_processor = processor.video_processor
-    height, width = frames.shape[1:3]
-    content = video_processor.content_size(height, width)
-    # the same clip cutting and transforms as the pipeline
-    clips = (pixel for pixel, _ in video_processor.iter_clips(video_processor.open_video(frames), model.config.clip_length))
-    raw = model.track_video(clips, mask_size=(height, width), content_size=content, **kwargs)
-    result = processor.post_process_dense_captions(raw, (height, width), content_size=content)
-    return {"video_id": example["video_id"], "num_frames": len(frames), **result}
+    return predict_video(model, processor, frames, video_id=example["video_id"], video_fps=example.get("fps"), **kwargs)
 
 
 def evaluate_chota(model, processor, dataset, max_videos: int, caption_metrics=("cider",), **kwargs) -> dict:
@@ -239,7 +233,7 @@ def evaluate_chota(model, processor, dataset, max_videos: int, caption_metrics=(
     for i, example in enumerate(dataset):
         if i >= max_videos:
             break
-        predictions.append(predict_video(model, processor, example, **kwargs))
+        predictions.append(predict_example(model, processor, example, **kwargs))
         references.append(reference_video(example))
     model.train(was_training)
     return compute_chota(predictions, references, caption_metrics=caption_metrics, score_threshold=0.0)

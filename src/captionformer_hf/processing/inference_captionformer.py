@@ -1,0 +1,92 @@
+"""`predict_video`: one video through CaptionFormer, the one orchestration the pipeline, the trainer's evaluation,
+the CLI and the Spaces share.
+
+video processor (decode in a background thread, sample, cut clips, resize and normalise on the model's device) ->
+``model(clips, video_session=session)`` (segment, track; the session's mask encoder RLE-encodes the kept masks at the
+original size, on the device) -> ``model.finalize_video_session`` (hysteresis, captions of the sampled clips) ->
+``processor.post_process_dense_captions`` (boxes, labels, caption text) -> the trajectory format of
+``docs/format.md``.
+
+Remote-code safe: single-dot imports only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+
+@torch.no_grad()
+def predict_video(
+    model,
+    processor,
+    video,
+    *,
+    video_id=None,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    video_fps: float | None = None,
+    threshold: float | None = None,
+    clip_batch_size: int = 1,
+    return_masks: bool = True,
+    caption: bool = True,
+    aggregation: str | None = None,
+    tracker_overrides: dict | None = None,
+    progress: bool = False,
+    **generate_kwargs,
+) -> dict:
+    """Segment, track and caption every object of one video.
+
+    Args:
+        model: a ``CaptionFormerForDenseVideoObjectCaptioning``. processor: its ``CaptionFormerProcessor``.
+        video: a path, URL, bytes or file-like video, a ``(T, H, W, 3)`` array, a list of frames, or a
+            ``VideoFrames`` already opened (``processor.video_processor.open_video(...)``).
+        video_id: copied into the result when given.
+        fps / num_frames / max_frames / video_fps: frame sampling (see :class:`VideoFrames`).
+        threshold: per-clip score pruning threshold (default ``model.config.score_threshold``).
+        clip_batch_size: clips per segmenter forward pass.
+        return_masks: per-frame ``mask_rle`` at the original size.
+        caption: one caption per trajectory. aggregation: ``"weighted"`` / ``"mean"`` / ``"best"``.
+        tracker_overrides: tracker settings other than the model config's (``k_match``, ``t_match``, ...).
+        generate_kwargs: the LM's generation arguments (``num_beams``, ``max_new_tokens``, ``do_sample``...).
+
+    Returns:
+        ``{"video_id"?, "num_frames", "height", "width", "fps", "trajectories": [...]}`` (``docs/format.md``).
+    """
+    video_processor = processor.video_processor
+    # (remote code can load this module and the video processor's from different folders: no isinstance)
+    if getattr(video, "is_video_frames", False) is True:
+        frames = video
+    else:
+        frames = video_processor.open_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames, video_fps=video_fps)
+    geometry = video_processor.geometry(frames)
+    session = model.init_video_session(
+        threshold=threshold,
+        mask_encoder=video_processor.clip_mask_encoder(geometry) if return_masks else None,
+        caption=caption,
+        **(tracker_overrides or {}),
+    )
+    batches = video_processor.iter_clip_batches(
+        frames, clip_length=model.config.clip_length, batch_size=clip_batch_size, device=model.device, dtype=model.dtype
+    )
+    outputs = model.track_video(batches, session=session, caption=caption, aggregation=aggregation, progress=progress,
+                                **generate_kwargs)
+    result = processor.post_process_dense_captions(
+        outputs, geometry.original_size, content_size=geometry.content_size, id2label=model.config.id2label,
+        return_masks=return_masks,
+    )
+    rate = frames.video_fps  # the frame indices are the source video's
+    prediction = {
+        "num_frames": int(frames.num_source_frames),
+        "height": int(frames.height),
+        "width": int(frames.width),
+        "fps": float(rate) if rate is not None and math.isfinite(rate) else None,
+        "trajectories": result["trajectories"],
+    }
+    return prediction if video_id is None else {"video_id": video_id, **prediction}
+
+
+__all__ = ["predict_video"]
