@@ -10,8 +10,16 @@ from captionformer_hf import CaptionFormerConfig
 def test_defaults_follow_the_paper():
     config = CaptionFormerConfig()
     assert isinstance(config.segmenter_config, Mask2FormerConfig)
-    assert config.segmenter_config.backbone_config.model_type == "swin"
+    swin = config.segmenter_config.backbone_config
+    # Swin-B as the paper and the official checkpoints
+    assert swin.model_type == "swin" and (swin.embed_dim, swin.depths, list(swin.num_heads), swin.window_size) == (
+        128, [2, 2, 18, 2], [4, 8, 16, 32], 12)
     assert config.segmenter_config.num_queries == 100 and config.segmenter_config.decoder_layers == 10
+    assert (config.vision_config.hidden_size, config.vision_config.num_hidden_layers) == (1408, 39)
+    assert config.vision_config.image_size == 364  # the release's CAPTIONING_HEAD.IMG_SIZE
+    assert (config.text_config.hidden_size, config.text_config.num_hidden_layers, config.text_config.ffn_dim) == (
+        2560, 32, 10240)  # OPT-2.7B
+    assert config.video_inference_mode == "paper"
     assert isinstance(config.vision_config, Blip2VisionConfig)
     assert isinstance(config.qformer_config, Blip2QFormerConfig)
     assert config.text_config.model_type == "opt"

@@ -13,12 +13,40 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 _AGGREGATIONS = ("weighted", "mean", "best")
 _CAPTION_FRAMES = ("middle", "first", "random")
 _CAPTION_MASK_CONVENTIONS = ("object", "release")
+_VIDEO_INFERENCE_MODES = ("paper", "release")
+
+
+# The paper's architecture (and the official checkpoints'): Mask2Former with a Swin-B backbone (embed 128, depths
+# 2-2-18-2, heads 4-8-16-32, window 12; 100 queries, 10 decoder layers, hidden 256), BLIP-2's EVA ViT-g at 364 px,
+# its Q-Former (768 wide, 12 layers, 32 query tokens) and OPT-2.7B.
+PAPER_SEGMENTER = {
+    "backbone_config": {
+        "model_type": "swin", "image_size": 384, "embed_dim": 128, "depths": [2, 2, 18, 2],
+        "num_heads": [4, 8, 16, 32], "window_size": 12, "drop_path_rate": 0.0,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    },
+    "num_queries": 100,
+    "decoder_layers": 10,
+    "hidden_dim": 256,
+}
+PAPER_VISION = {"image_size": 364}  # Blip2VisionConfig's defaults are EVA ViT-g (1408 wide, 39 layers, patch 14)
+PAPER_TEXT = {
+    "model_type": "opt", "vocab_size": 50272, "hidden_size": 2560, "num_hidden_layers": 32, "ffn_dim": 10240,
+    "num_attention_heads": 32, "max_position_embeddings": 2048, "word_embed_proj_dim": 2560,
+    "do_layer_norm_before": True, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2,
+}
 
 
 class CaptionFormerConfig(PreTrainedConfig):
     r"""
     Configuration of a CaptionFormer model (CVPR 2026): a Mask2Former-style clip segmenter with box, class and
     objectness heads, a semi-online top-K tracker and a BLIP-2 caption head with temporal aggregation.
+
+    ``CaptionFormerConfig()`` builds the paper's architecture: Mask2Former with a Swin-B backbone (embed 128, depths
+    2-2-18-2, heads 4-8-16-32, window 12), 100 queries and 10 decoder layers; BLIP-2's EVA ViT-g (1408 wide, 39
+    layers) at 364 pixels; a 12-layer Q-Former with 32 query tokens; OPT-2.7B — 3.85 billion parameters in all
+    (OPT 2.65 B and the ViT 0.99 B, both frozen by default; the segmenter 107 M). Tiny configurations (tests, the
+    toy default model) set every sub-config.
 
     Args:
         segmenter_config (`Mask2FormerConfig` or `dict`, *optional*):
@@ -68,6 +96,25 @@ class CaptionFormerConfig(PreTrainedConfig):
         t_agg (`int`, defaults to 32): clips sampled uniformly per trajectory for caption aggregation (T_agg).
         aggregation (`str`, defaults to ``"weighted"``): ``"weighted"`` (detection-score weighted sum, the paper),
             ``"mean"`` (arithmetic mean) or ``"best"`` (single best-scoring clip).
+        video_inference_mode (`str`, defaults to ``"paper"``): what happens after the clip forward.
+            ``"paper"`` (models trained here): queries with S below ``score_threshold`` are pruned, kept queries
+            join tracks behind the ``match_cost_threshold`` gate, tracks are scored by their mean S, and caption
+            clips are sampled over each track's own life (bounded memory, streaming). ``"release"`` (converted
+            official checkpoints, set by the converter presets): exactly the released code's video level: all query
+            slots of every clip are tracked (permuted by the top-K vote matching, no gate); box models keep a clip
+            when S > ``presence_threshold`` and score a track by its class-only video score; mask models keep the
+            ``max_trajectories`` best tracks by video score, with a mask on every frame; the released two-pass
+            hysteresis; ``t_agg`` caption clips sampled by ``linspace`` over all clips of the video, weighted by
+            S (``"best"``: the highest-S clip over the whole video); no caption when a track's best S is below
+            ``caption_score_threshold``; clips of T > 1 frames are captioned from a random frame. Memory grows with
+            the video (the release is offline). See the README for both side by side.
+        presence_threshold (`float`, defaults to 0.2): release mode, box models: a clip of a track is kept iff its
+            S exceeds this.
+        max_trajectories (`int`, defaults to 50): release mode, mask models: tracks kept by video score.
+        caption_score_threshold (`float`, defaults to 0.3): release mode: no caption for a track whose best S is
+            below this.
+        track_score_threshold (`float`, defaults to 0.0): release mode (``PER_FRAME_SCORE_THRESHOLD``): box models
+            drop frames whose score is not above it, mask models drop tracks whose score is not above it; 0: off.
         caption_frame (`str`, defaults to ``"middle"``): frame of a clip fed to the caption head at inference
             (training samples one at random, as the released code).
         caption_mask_threshold (`float`, defaults to 0.5): mask probability above which a vision patch is attended.
@@ -127,6 +174,11 @@ class CaptionFormerConfig(PreTrainedConfig):
     hysteresis_min_length: int = 3
     t_agg: int = 32
     aggregation: str = "weighted"
+    video_inference_mode: str = "paper"
+    presence_threshold: float = 0.2
+    max_trajectories: int = 50
+    caption_score_threshold: float = 0.3
+    track_score_threshold: float = 0.0
 
     caption_frame: str = "middle"
     caption_mask_threshold: float = 0.5
@@ -157,6 +209,14 @@ class CaptionFormerConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        # the paper's architecture where a sub-config is not given (as transformers configs default to their
+        # reference checkpoint)
+        if self.segmenter_config is None:
+            self.segmenter_config = dict(PAPER_SEGMENTER)
+        if self.vision_config is None:
+            self.vision_config = dict(PAPER_VISION)
+        if self.text_config is None:
+            self.text_config = dict(PAPER_TEXT)
         super().__post_init__(**kwargs)
         # The Q-Former cross-attends to the vision encoder: keep the two widths consistent.
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
@@ -200,11 +260,17 @@ class CaptionFormerConfig(PreTrainedConfig):
             "text_embedding_dim",
             "text_classifier_projection_layers",
             "clip_image_context_heads",
+            "max_trajectories",
         ):
             positive_int(name)
         positive_int("box_head_layers", minimum=0)
-        for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha"):
+        for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha",
+                     "presence_threshold", "caption_score_threshold", "track_score_threshold"):
             probability(name)
+        if self.video_inference_mode not in _VIDEO_INFERENCE_MODES:
+            raise ValueError(
+                f"`video_inference_mode` must be one of {_VIDEO_INFERENCE_MODES}, got {self.video_inference_mode!r}"
+            )
         for name in (
             "class_weight",
             "objectness_weight",

@@ -31,7 +31,7 @@ from .segmentation_captionformer import (
     CaptionFormerClipSegmenterMixin,
     clip_scores,
 )
-from .tracking_captionformer import CaptionFormerTrackingSession, CaptionFormerVideoSession
+from .tracking_captionformer import CaptionFormerReleaseTracker, CaptionFormerTrackingSession, CaptionFormerVideoSession
 
 logger = logging.get_logger(__name__)
 
@@ -110,6 +110,8 @@ class CaptionFormerVideoOutput(ModelOutput):
     frame_mask_rles (`list[str]`, *optional*): COCO RLE strings of the masks, as the session's mask encoder made
         them (the video processor's encodes them at the original video size); `None` without a mask encoder.
     num_frames (`int`): frames processed. input_size (`tuple[int, int]`): the padded model input `(H, W)`.
+    video_inference_mode (`str`): `"paper"` or `"release"` (see the config); release outputs are post-processed as
+        the released code does (boxes clamped per coordinate and rounded to whole pixels).
     """
 
     track_ids: torch.LongTensor | None = None
@@ -124,6 +126,7 @@ class CaptionFormerVideoOutput(ModelOutput):
     frame_mask_rles: list | None = None
     num_frames: int | None = None
     input_size: tuple | None = None
+    video_inference_mode: str | None = None
 
 
 class CaptionFormerSegmenter(CaptionFormerClipSegmenterMixin, Mask2FormerPreTrainedModel):
@@ -240,6 +243,20 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         _check_unused_kwargs(kwargs)
         if content_size is None and content_sizes is not None:
             content_size = tuple(int(v) for v in torch.as_tensor(content_sizes).reshape(-1, 2)[0])
+        output = self.segment_clips(pixel_values_videos, class_embeddings, output_attentions, clip_image_embeds,
+                                    content_size)
+        return output if return_dict is not False else output.to_tuple()
+
+    def segment_clips(
+        self,
+        pixel_values_videos: torch.Tensor,
+        class_embeddings: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        clip_image_embeds: torch.Tensor | None = None,
+        content_size: tuple[int, int] | None = None,
+    ) -> CaptionFormerModelOutput:
+        """The clip forward on clips of ``T <= config.clip_length`` frames (the released code runs the short last
+        clip of a video as it is; boxes are the first ``T`` of the box head's ``clip_length``)."""
         if class_embeddings is not None and not self.config.use_text_classifier:
             raise ValueError("`class_embeddings` needs a model built with `use_text_classifier=True`")
         if clip_image_embeds is not None and self.config.clip_vision_config is None:
@@ -252,17 +269,17 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             content_size=content_size,
         )
         final = layers[-1]
-        output = CaptionFormerModelOutput(
+        num_frames = pixel_values_videos.shape[1]
+        return CaptionFormerModelOutput(
             object_queries=final["object_queries"],
             class_logits=final["class_logits"],
             objectness_logits=final["objectness_logits"],
             scores=clip_scores(final["class_logits"], final["objectness_logits"]),
-            pred_boxes=final["pred_boxes"],
+            pred_boxes=final["pred_boxes"][:, :, :num_frames],
             masks_logits=final["masks_logits"],
             auxiliary_outputs=layers[:-1],
             attentions=decoder_out.attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
 
     def encode_captions(
         self,
@@ -558,14 +575,26 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         """A new :class:`CaptionFormerVideoSession` holding one video's tracking and caption state.
 
         Args:
-            threshold: per-clip score pruning threshold (default ``config.score_threshold``).
+            threshold: per-clip score pruning threshold (default ``config.score_threshold``; release mode, box
+                models: the presence threshold).
             mask_encoder: turns mask logits into RLE strings at the output size (the video processor's
                 ``clip_mask_encoder(...)``); ``None``: trajectories without masks.
             caption: keep what the caption head needs for the clips aggregation can sample (``False``: no captions).
             tracker_overrides: tracker settings other than the config's (``k_match``, ``t_match``, ``t_agg``,
                 ``match_cost_threshold``, ``hysteresis_low`` / ``hysteresis_high`` / ``hysteresis_min_length``).
         """
-        tracker = CaptionFormerTrackingSession.from_config(self.config, score_threshold=threshold, **tracker_overrides)
+        if self.config.video_inference_mode == "release":
+            if threshold is not None:  # the release's clip threshold is the presence threshold of box models
+                if not self.config.box_only:
+                    raise ValueError(
+                        "`threshold`: a release-mode mask model has no per-clip threshold (it keeps the "
+                        "`max_trajectories` best tracks by video score)"
+                    )
+                tracker_overrides = {"presence_threshold": threshold, **tracker_overrides}
+            tracker = CaptionFormerReleaseTracker.from_config(self.config, **tracker_overrides)
+        else:
+            tracker = CaptionFormerTrackingSession.from_config(self.config, score_threshold=threshold,
+                                                               **tracker_overrides)
         return CaptionFormerVideoSession(tracker, mask_encoder=mask_encoder, caption=caption)
 
     def pad_clips(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
@@ -611,13 +640,41 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 f"`frame_indices` must give, for each of the {batch_size} clips, the source index of each of its real "
                 f"frames (at most {real_frames}), got {frame_indices!r}"
             )
-        clips = self.pad_clips(pixel_values_videos)
-        session.check_input_size(tuple(clips.shape[-2:]))
-        outputs = self.model(
-            clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, content_size=content_size
-        )
-        track_ids = self._track_clip_batch(session, clips, outputs, frame_indices)
+        session.check_input_size(tuple(pixel_values_videos.shape[-2:]))
+        if session.release:  # the release runs a short last clip as it is
+            self._check_pixel_values(pixel_values_videos[:, :1].expand(-1, self.config.clip_length, -1, -1, -1),
+                                     self.config.clip_length)
+            if real_frames > self.config.clip_length:
+                raise ValueError(f"a clip has {real_frames} frames, more than config.clip_length={self.config.clip_length}")
+            outputs = self.model.segment_clips(pixel_values_videos, class_embeddings, None, clip_image_embeds,
+                                               content_size)
+            track_ids = self._track_clip_batch_release(session, pixel_values_videos, outputs, frame_indices)
+        else:
+            clips = self.pad_clips(pixel_values_videos)
+            outputs = self.model(
+                clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, content_size=content_size
+            )
+            track_ids = self._track_clip_batch(session, clips, outputs, frame_indices)
         return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids)
+
+    def _track_clip_batch_release(self, session, clips, outputs, frame_indices) -> torch.LongTensor:
+        """Release mode: every query slot of every clip goes to the :class:`CaptionFormerReleaseTracker`."""
+        tracker = session.tracker
+        head = self.model.caption_head
+        batch_size, num_queries = outputs.scores.shape
+        track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
+        objectness = outputs.objectness_logits.float().sigmoid()  # softmax([obj, no-obj])[0] of the release
+        for b in range(batch_size):
+            real = len(frame_indices[b])
+            caption_frames = head.prepare_frames(clips[b, :real]).clone() if session.caption else None
+            perm = tracker.update(
+                outputs.object_queries[b], outputs.scores[b], outputs.class_logits[b], objectness[b],
+                outputs.pred_boxes[b, :, :real], masks=None if self.config.box_only else outputs.masks_logits[b, :, :real],
+                frame_indices=[int(f) for f in frame_indices[b]], caption_frames=caption_frames,
+            )
+            track_ids[b, perm] = torch.arange(num_queries)
+        session.num_frames += sum(len(f) for f in frame_indices)
+        return track_ids
 
     def _track_clip_batch(self, session, clips, outputs, frame_indices) -> torch.LongTensor:
         """Link the clips' kept queries to tracks; returns the track id of every query ``(B, Q)`` (-1: pruned).
@@ -715,6 +772,10 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if session.num_frames == 0:
             raise ValueError("`video` has no frames: the session saw no clip")
         session.finalized = True
+        if session.release:
+            if aggregation is not None and aggregation != session.tracker.aggregation:
+                raise ValueError("release mode: set the aggregation when the session is created (tracker_overrides)")
+            return self._finalize_release(session, caption, caption_batch_size, generate_kwargs)
         tracks = session.tracker.finalize()
         aggregation = aggregation or self.config.aggregation
         id_list, scores, categories = [], [], []
@@ -745,6 +806,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 caption_ids = torch.full((len(tracks), max(sequences.shape[1], 1)), pad_id, dtype=torch.long)
                 caption_ids[captioned, : sequences.shape[1]] = sequences
         return CaptionFormerVideoOutput(
+            video_inference_mode="paper",
             track_ids=torch.tensor(id_list, dtype=torch.long),
             scores=torch.tensor(scores, dtype=torch.float32),
             category_ids=torch.tensor(categories, dtype=torch.long),
@@ -758,6 +820,87 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             num_frames=session.num_frames,
             input_size=session.input_size,
         )
+
+    def _finalize_release(self, session, caption: bool, batch_size: int, generate_kwargs: dict) -> CaptionFormerVideoOutput:
+        """Release mode: the :class:`CaptionFormerReleaseTracker`'s tracks, masks of the kept tracks on every listed
+        frame (encoded here, once), and captions from each track's caption plan."""
+        tracker = session.tracker
+        tracks = tracker.finalize()
+        clips = tracker.clips
+        frame_track, frame_index, frame_boxes, frame_scores, mask_logits = [], [], [], [], []
+        for position, track in enumerate(tracks):
+            for c, t, index, score in track.frames:
+                frame_track.append(position)
+                frame_index.append(index)
+                frame_scores.append(score)
+                frame_boxes.append(clips[c]["boxes"][track.slot, t])
+                if session.mask_encoder is not None and clips[c]["masks"] is not None:
+                    mask_logits.append(clips[c]["masks"][track.slot, t])
+        rles = None
+        if session.mask_encoder is not None and not self.config.box_only:
+            rles = []
+            for start in range(0, len(mask_logits), 256):  # bounded device memory for long videos
+                rles.extend(session.mask_encoder(torch.stack(mask_logits[start : start + 256])))
+        caption_ids = captioned = None
+        if caption and session.caption and tracks:
+            captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
+            pad_id = self.generation_config.pad_token_id
+            pad_id = 0 if pad_id is None else int(pad_id)
+            caption_ids = torch.full((len(tracks), 1), pad_id, dtype=torch.long)
+            if captioned.any():
+                queries = self._release_caption_queries(tracks, clips, batch_size)
+                sequences = self.generate_captions(queries, **generate_kwargs).cpu()
+                caption_ids = torch.full((len(tracks), max(sequences.shape[1], 1)), pad_id, dtype=torch.long)
+                caption_ids[captioned, : sequences.shape[1]] = sequences
+        return CaptionFormerVideoOutput(
+            video_inference_mode="release",
+            track_ids=torch.tensor([t.slot for t in tracks], dtype=torch.long),
+            scores=torch.tensor([t.score for t in tracks], dtype=torch.float32),
+            category_ids=torch.tensor([t.label for t in tracks], dtype=torch.long),
+            caption_ids=caption_ids,
+            captioned=captioned,
+            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
+            frame_indices=torch.tensor(frame_index, dtype=torch.long),
+            frame_boxes=torch.stack(frame_boxes).float() if frame_boxes else torch.zeros(0, 4),
+            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
+            frame_mask_rles=rles,
+            num_frames=session.num_frames,
+            input_size=session.input_size,
+        )
+
+    def _release_caption_queries(self, tracks, clips, batch_size: int) -> torch.Tensor:
+        """Caption queries ``(N_captioned, L, D)``: per captioned track, the Q-Former outputs of its planned (clip,
+        frame) pairs summed with the plan's weights."""
+        head = self.model.caption_head
+        pairs = [(track, c, t) for track in tracks if track.caption_clips for c, t in track.caption_clips]
+        unique = list(dict.fromkeys((c, t) for _, c, t in pairs))
+        position = {key: i for i, key in enumerate(unique)}
+        frames = torch.stack([clips[c]["caption_frames"][t] for c, t in unique])
+        tokens = torch.cat([head.vision_model(pixel_values=frames[i : i + batch_size]).last_hidden_state
+                            for i in range(0, len(unique), batch_size)])
+        which = torch.tensor([position[(c, t)] for _, c, t in pairs], device=tokens.device)
+        object_queries = torch.stack([clips[c]["embeddings"][track.slot] for track, c, t in pairs])
+        if self.config.box_only:
+            boxes = torch.stack([clips[c]["boxes"][track.slot, t] for track, c, t in pairs]).to(tokens.device)
+            grids = boxes.new_zeros(len(pairs), head.grid_size, head.grid_size)
+        else:
+            boxes = None
+            grids = mask_logits_on_grid(torch.stack([clips[c]["masks"][track.slot, t] for track, c, t in pairs]),
+                                        head.grid_size)
+        outputs = torch.cat([
+            head(tokens[which[i : i + batch_size]], object_queries[i : i + batch_size], grids[i : i + batch_size],
+                 None if boxes is None else boxes[i : i + batch_size])
+            for i in range(0, len(pairs), batch_size)
+        ])
+        aggregated, start = [], 0
+        for track in tracks:
+            if not track.caption_clips:
+                continue
+            count = len(track.caption_clips)
+            weights = torch.tensor(track.caption_weights, dtype=outputs.dtype, device=outputs.device)
+            aggregated.append(torch.einsum("k,kld->ld", weights, outputs[start : start + count]))
+            start += count
+        return torch.stack(aggregated)
 
     def _aggregated_caption_queries(self, session, tracks, aggregation: str, batch_size: int):
         """Video-level caption queries ``(N, L, D)`` of the tracks and which tracks have any (``(N,)`` bool)."""

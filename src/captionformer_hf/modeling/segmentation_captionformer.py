@@ -73,7 +73,8 @@ class CaptionFormerVideoMaskPredictor(Mask2FormerMaskPredictor):
         return outputs_mask, attention_mask
 
     def _box_forward(self, outputs, pixel_embeddings, attention_mask_target_size):
-        boxes = self.box_predictor(outputs.transpose(0, 1)).detach()  # (B, Q, T, 4)
+        # (B, Q, T, 4): the box head predicts clip_length boxes; a shorter clip (the end of a video) uses its first T
+        boxes = self.box_predictor(outputs.transpose(0, 1)).detach()[:, :, : pixel_embeddings.shape[1]]
         batch_size, num_queries = boxes.shape[:2]
         inside = rasterize_boxes(boxes, tuple(attention_mask_target_size))  # (B, Q, T, h, w)
         attention_mask = (~inside).view(batch_size, num_queries, -1).unsqueeze(1).repeat(1, self.num_heads, 1, 1)

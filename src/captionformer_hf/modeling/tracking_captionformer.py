@@ -27,6 +27,7 @@ of them uniformly over the track's life. Memory stays bounded however long the v
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -329,6 +330,264 @@ class CaptionFormerTrackingSession:
         return total
 
 
+# ------------------------------------------------------------------------------------------------- release mode
+def release_hysteresis(scores, low: float, high: float, min_duration: int) -> list[bool]:
+    """The released code's hysteresis on one track's per-frame scores: a forward and a backward pass switch on at a
+    score ``>= high`` and off below ``low`` (scores in between keep the state); a frame is active if either pass is
+    on; runs of active frames shorter than ``min_duration`` are switched off, except a run that reaches the end of
+    the video (the release checks a run only when an inactive frame follows it)."""
+    count = len(scores)
+    forward, backward = [False] * count, [False] * count
+    on = False
+    for t in range(count):
+        if scores[t] >= high:
+            on = True
+        elif scores[t] < low:
+            on = False
+        forward[t] = on
+    on = False
+    for t in range(count - 1, -1, -1):
+        if scores[t] >= high:
+            on = True
+        elif scores[t] < low:
+            on = False
+        backward[t] = on
+    active = [f or b for f, b in zip(forward, backward)]
+    run = 0
+    for t in range(count):
+        if active[t]:
+            run += 1
+            continue
+        if run < min_duration:
+            for u in range(t - run, t):
+                active[u] = False
+        run = 0
+    return active
+
+
+@dataclass(eq=False)
+class ReleaseTrack:
+    """One query slot kept by the release's video level: ``slot`` (its track id), ``score`` (video score),
+    ``label``, per-frame ``(clip index, frame in clip, frame index, score)`` entries, and the caption plan:
+    ``caption_clips`` (clip, frame in clip) with ``caption_weights`` (empty: no caption)."""
+
+    slot: int
+    score: float
+    label: int
+    frames: list = field(default_factory=list)
+    caption_clips: list = field(default_factory=list)
+    caption_weights: list = field(default_factory=list)
+
+
+class CaptionFormerReleaseTracker:
+    """The released code's video level (``video_inference_mode="release"``), for converted official checkpoints.
+
+    Every query slot of every clip is tracked: the first clip's queries define the slots; each new clip's queries
+    are permuted onto the slots by the release's top-K vote matching (one Hungarian assignment per memory clip on
+    ``1 - cos``, the ``k_match`` cheapest memory clips' cost matrices weighted by recency ``i + 1`` and averaged, a
+    final Hungarian assignment; fewer memory clips than ``k_match``: the cheapest one's assignment), with no cost
+    gate; the memory keeps the last ``t_match`` permuted clips. :meth:`finalize` applies the release's video-level
+    selection (``box_mode``: clips with S > ``presence_threshold``, class-only video score; else the
+    ``max_trajectories`` best slots by ``sqrt(class * objectness)`` video score, every frame), its hysteresis, its
+    per-frame score threshold, and plans the captions (``aggregation``: ``"weighted"`` / ``"mean"`` over the
+    ``linspace`` clips of the video, ``"best"``: the highest-S clip). All per-clip outputs are kept (offline, as the
+    release)."""
+
+    def __init__(
+        self,
+        k_match: int = 7,
+        t_match: int = 100,
+        box_mode: bool = True,
+        presence_threshold: float = 0.2,
+        max_trajectories: int = 50,
+        hysteresis_low: float = 0.4,
+        hysteresis_high: float = 0.85,
+        hysteresis_min_length: int = 3,
+        track_score_threshold: float = 0.0,
+        caption_score_threshold: float = 0.3,
+        t_agg: int = 32,
+        aggregation: str = "weighted",
+        clip_length: int = 1,
+    ):
+        for name, value in (("k_match", k_match), ("t_match", t_match), ("t_agg", t_agg),
+                            ("max_trajectories", max_trajectories), ("clip_length", clip_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        if aggregation not in ("weighted", "mean", "best"):
+            raise ValueError(f"`aggregation` must be 'weighted', 'mean' or 'best', got {aggregation!r}")
+        self.k_match, self.t_match = k_match, t_match
+        self.box_mode = box_mode
+        self.presence_threshold = presence_threshold
+        self.max_trajectories = max_trajectories
+        self.hysteresis_low, self.hysteresis_high = hysteresis_low, hysteresis_high
+        self.hysteresis_min_length = hysteresis_min_length
+        self.track_score_threshold = track_score_threshold
+        self.caption_score_threshold = caption_score_threshold
+        self.t_agg = t_agg
+        self.aggregation = aggregation
+        self.clip_length = clip_length
+        self.memory: deque = deque(maxlen=t_match)
+        self.clips: list[dict] = []
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> CaptionFormerReleaseTracker:
+        kwargs = {
+            "k_match": config.k_match, "t_match": config.t_match, "box_mode": config.box_only,
+            "presence_threshold": config.presence_threshold, "max_trajectories": config.max_trajectories,
+            "hysteresis_low": config.hysteresis_low, "hysteresis_high": config.hysteresis_high,
+            "hysteresis_min_length": config.hysteresis_min_length,
+            "track_score_threshold": config.track_score_threshold,
+            "caption_score_threshold": config.caption_score_threshold, "t_agg": config.t_agg,
+            "aggregation": config.aggregation, "clip_length": config.clip_length,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.clips)
+
+    def match(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Permutation ``(Q,)`` of the clip's queries onto the slots (slot ``j`` takes query ``perm[j]``)."""
+        current = embeddings / embeddings.norm(dim=1)[:, None]
+        cost_matrices, assignments, assignment_costs = [], [], []
+        for age, remembered in enumerate(self.memory):  # oldest first
+            target = remembered / remembered.norm(dim=1)[:, None]
+            cost = (1 - torch.mm(current, target.transpose(0, 1))).cpu()  # (current, slot)
+            slot_rows, query_cols = linear_sum_assignment(cost.transpose(0, 1))
+            assignments.append(query_cols)
+            assignment_costs.append(cost[query_cols, slot_rows].sum())
+            cost_matrices.append(cost * (age + 1))
+        totals = torch.stack(assignment_costs, dim=0).float()
+        if totals.shape[0] < self.k_match:
+            best = torch.topk(totals, k=1, largest=False)
+            return torch.as_tensor(assignments[int(best[1])])
+        chosen = torch.topk(totals, k=self.k_match, largest=False)
+        combined = torch.stack(cost_matrices, dim=0)[chosen[1]].mean(0)
+        return torch.as_tensor(linear_sum_assignment(combined.transpose(0, 1))[1])
+
+    def update(
+        self,
+        embeddings: torch.Tensor,
+        scores: torch.Tensor,
+        class_logits: torch.Tensor,
+        objectness: torch.Tensor,
+        boxes: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        frame_indices: list[int] | None = None,
+        caption_frames: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Add one clip: ``embeddings (Q, D)``, its per-clip ``scores (Q,)`` S, ``class_logits (Q, C)``,
+        ``objectness (Q,)`` probabilities, ``boxes (Q, T', 4)`` (normalised cx, cy, w, h of its T' real frames),
+        ``masks (Q, T', h, w)`` logits (mask models), the source ``frame_indices`` of its frames, and
+        ``caption_frames (T', 3, S, S)`` (the vision encoder's input). Returns the permutation onto the slots."""
+        if embeddings.ndim != 2 or scores.shape != embeddings.shape[:1]:
+            raise ValueError(
+                f"`embeddings` must be (Q, D) and `scores` (Q,), got {tuple(embeddings.shape)} and {tuple(scores.shape)}"
+            )
+        if self.memory and embeddings.shape[0] != self.memory[0].shape[0]:
+            raise ValueError(f"every clip must have the same {self.memory[0].shape[0]} queries")
+        perm = torch.arange(embeddings.shape[0]) if not self.memory else self.match(embeddings)
+        index = perm.to(embeddings.device)
+        self.memory.append(embeddings[index])
+        real = boxes.shape[1]
+        self.clips.append({
+            "embeddings": embeddings[index],
+            "scores": scores[perm.to(scores.device)].float().cpu(),
+            "class_logits": class_logits[perm.to(class_logits.device)].float().cpu(),
+            "objectness": objectness[perm.to(objectness.device)].float().cpu(),
+            "boxes": boxes[perm.to(boxes.device)].float().cpu(),
+            "masks": None if masks is None else masks[perm.to(masks.device)],
+            "frame_indices": list(frame_indices) if frame_indices is not None else None,
+            "num_frames": real,
+            "caption_frames": caption_frames,
+        })
+        return perm
+
+    def finalize(self) -> list[ReleaseTrack]:
+        """The release's video-level selection, hysteresis, per-frame threshold and caption plan."""
+        if not self.clips:
+            return []
+        scores = torch.stack([c["scores"] for c in self.clips], dim=0)  # (clips, Q)
+        class_logits = torch.stack([c["class_logits"] for c in self.clips], dim=0)  # (clips, Q, C)
+        video_class, labels = class_logits.mean(dim=0).sigmoid().max(dim=-1)
+        frames_of_clip = []
+        start = 0
+        for clip in self.clips:
+            indices = clip["frame_indices"] or list(range(start, start + clip["num_frames"]))
+            frames_of_clip.append(indices)
+            start += clip["num_frames"]
+        if self.box_mode:
+            present = scores > self.presence_threshold  # (clips, Q)
+            slots = torch.nonzero(present.any(dim=0)).flatten().tolist()
+            video_scores = video_class
+        else:
+            objectness = torch.stack([c["objectness"] for c in self.clips], dim=0)
+            video_scores = (video_class * objectness.mean(dim=0)) ** 0.5
+            count = min(self.max_trajectories, video_scores.shape[0])
+            slots = torch.topk(video_scores, count, sorted=False)[1].tolist()
+            present = torch.ones_like(scores, dtype=torch.bool)
+        plans = self._caption_plans(scores)
+        tracks = []
+        for slot in slots:
+            entries = [
+                (c, t, frames_of_clip[c][t], float(scores[c, slot]), bool(present[c, slot]))
+                for c in range(len(self.clips)) for t in range(self.clips[c]["num_frames"])
+            ]
+            active = release_hysteresis([e[3] for e in entries], self.hysteresis_low, self.hysteresis_high,
+                                        self.hysteresis_min_length)
+            if not any(active):
+                continue
+            score = float(video_scores[slot])
+            if self.box_mode:
+                kept = [e[:4] for e, on in zip(entries, active) if on and e[4]
+                        and not (self.track_score_threshold > 0 and e[3] <= self.track_score_threshold)]
+            else:
+                if self.track_score_threshold > 0 and not score > self.track_score_threshold:
+                    continue
+                kept = [e[:4] for e in entries]
+            clips, weights = plans.get(slot, ([], []))
+            tracks.append(ReleaseTrack(slot=slot, score=score, label=int(labels[slot]), frames=kept,
+                                       caption_clips=clips, caption_weights=weights))
+        return tracks
+
+    def _caption_plans(self, scores: torch.Tensor) -> dict[int, tuple[list, list]]:
+        """Per slot with a best S of at least ``caption_score_threshold``: the (clip, frame in clip) pairs and
+        weights of its caption, drawn in slot order as the release does (the frame of a clip of T > 1 frames is
+        random: ``torch.randint`` on the global generator)."""
+        best_score, best_clip = scores.max(dim=0)
+        if self.aggregation == "best":
+            sampled = None
+        else:
+            sampled = torch.linspace(0, len(self.clips) - 1, steps=self.t_agg).long().tolist()
+        plans = {}
+        for slot in range(scores.shape[1]):
+            if best_score[slot] < self.caption_score_threshold:
+                continue
+            clips = [int(best_clip[slot])] if sampled is None else sampled
+            pairs = []
+            for c in clips:
+                real = self.clips[c]["num_frames"]
+                frame = int(torch.randint(0, real, (1,))) if real > 1 else 0
+                pairs.append((c, frame))
+            if self.aggregation == "weighted":
+                clip_scores = torch.stack([scores[c, slot] for c in clips]).unsqueeze(-1)
+                weights = (clip_scores / (torch.sum(clip_scores, dim=0, keepdim=True) + 1e-6)).flatten().tolist()
+            else:
+                weights = [1.0 / len(clips)] * len(clips)
+            plans[slot] = (pairs, weights)
+        return plans
+
+    def memory_nbytes(self) -> int:
+        """Bytes of the kept per-clip outputs (they grow with the video, as in the release)."""
+        total = 0
+        for clip in self.clips:
+            for value in clip.values():
+                if isinstance(value, torch.Tensor):
+                    total += value.numel() * value.element_size()
+        return total
+
+
 class CaptionFormerVideoSession:
     """All the state of one video's inference: the tracker (:class:`CaptionFormerTrackingSession`), the frames
     processed so far, the per-frame outputs of every observation (boxes, RLE masks) and the caption pools.
@@ -337,20 +596,25 @@ class CaptionFormerVideoSession:
     video_session=session, frame_indices=...)``; get the trajectories with ``model.finalize_video_session(session)``.
 
     Args:
-        tracker: the association / hysteresis / caption-pool state.
+        tracker: the association / hysteresis / caption-pool state: a :class:`CaptionFormerTrackingSession` (the
+            paper's video level) or a :class:`CaptionFormerReleaseTracker` (the released code's).
         mask_encoder: callable ``(masks_logits (K, T, h, w), num_frames (K,)) -> K lists of RLE strings`` that turns
             the masks of the kept queries into per-frame RLE strings at the output size (the video processor's
             ``clip_mask_encoder(...)``); ``None``: no masks in the output.
         caption: keep what the caption head needs for the sampled clips (``False``: no captions).
     """
 
-    def __init__(self, tracker: CaptionFormerTrackingSession, mask_encoder=None, caption: bool = True):
+    def __init__(self, tracker, mask_encoder=None, caption: bool = True):
         self.tracker = tracker
         self.mask_encoder = mask_encoder
         self.caption = caption
         self.num_frames = 0  # frames processed (padding excluded)
         self.input_size: tuple[int, int] | None = None
         self.finalized = False
+
+    @property
+    def release(self) -> bool:
+        return isinstance(self.tracker, CaptionFormerReleaseTracker)
 
     @property
     def score_threshold(self) -> float:
@@ -368,4 +632,12 @@ class CaptionFormerVideoSession:
         return self.tracker.memory_nbytes()
 
 
-__all__ = ["CaptionFormerTrackingSession", "CaptionFormerVideoSession", "Track", "TrackObservation"]
+__all__ = [
+    "CaptionFormerReleaseTracker",
+    "CaptionFormerTrackingSession",
+    "CaptionFormerVideoSession",
+    "ReleaseTrack",
+    "Track",
+    "TrackObservation",
+    "release_hysteresis",
+]

@@ -536,14 +536,17 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         out_h, out_w = int(original_size[0]), int(original_size[1])
         input_h, input_w = outputs.input_size
         content_h, content_w = content_size or self.content_size(out_h, out_w)
-        boxes = outputs.frame_boxes.double().numpy().reshape(-1, 4)
-        cx, cy, w, h = boxes.T
-        sx, sy = input_w * out_w / content_w, input_h * out_h / content_h
-        x0 = np.clip((cx - w / 2) * sx, 0, out_w)
-        y0 = np.clip((cy - h / 2) * sy, 0, out_h)
-        x1 = np.clip((cx + w / 2) * sx, 0, out_w)
-        y1 = np.clip((cy + h / 2) * sy, 0, out_h)
-        absolute = np.round(np.stack([x0, y0, x1 - x0, y1 - y0], 1), 2).tolist()
+        if getattr(outputs, "video_inference_mode", None) == "release":
+            absolute = release_boxes(outputs.frame_boxes, (input_h, input_w), (content_h, content_w), (out_h, out_w))
+        else:
+            boxes = outputs.frame_boxes.double().numpy().reshape(-1, 4)
+            cx, cy, w, h = boxes.T
+            sx, sy = input_w * out_w / content_w, input_h * out_h / content_h
+            x0 = np.clip((cx - w / 2) * sx, 0, out_w)
+            y0 = np.clip((cy - h / 2) * sy, 0, out_h)
+            x1 = np.clip((cx + w / 2) * sx, 0, out_w)
+            y1 = np.clip((cy + h / 2) * sy, 0, out_h)
+            absolute = np.round(np.stack([x0, y0, x1 - x0, y1 - y0], 1), 2).tolist()
         frame_scores = np.round(outputs.frame_scores.numpy().astype(np.float64), 4).tolist()
         frame_indices = outputs.frame_indices.tolist()
         rles = outputs.frame_mask_rles if return_masks else None
@@ -566,6 +569,18 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
                 entry["mask_rle"] = rles[m]
             trajectories[track]["frames"].append(entry)
         return {"height": out_h, "width": out_w, "trajectories": trajectories}
+
+
+def release_boxes(boxes: torch.Tensor, input_size, content_size, original_size) -> list[list[float]]:
+    """The released code's box post-processing: normalised ``(x, y, w, h)`` of the padded input, scaled to the
+    content (``*= padded / content``), each coordinate clamped to ``[0, 1]``, scaled to the original size and rounded
+    to whole pixels (float32, as the release)."""
+    boxes = boxes.float().reshape(-1, 4)
+    xywh = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], dim=1)
+    ratio = torch.tensor([input_size[1] / content_size[1], input_size[0] / content_size[0]] * 2, dtype=torch.float32)
+    xywh = (xywh * ratio).clamp(0, 1)
+    scale = torch.tensor([original_size[1], original_size[0]] * 2, dtype=torch.float32)
+    return (xywh * scale).round().tolist()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,340 @@
+"""Release mode of the video level: parity with a re-implementation of the released code's video inference.
+
+The reference below is written from reading gabfstr/CaptionFormer (captionformer_video/video_captionformer_model.py:
+the top-K vote tracking loop, ``match_from_vote_embds``, ``inference_video_dvoc`` (boxes),
+``inference_video_dvoc_mask`` (masks), ``_apply_hysteresis_filter``, ``_apply_per_frame_score_threshold`` and the
+caption clip sampling of the forward pass); it works on the release's representation (class logits with a
+no-object column, two objectness logits, boxes as normalised (x, y, w, h), per-track lists over all frames with
+None where absent) and is fed the same per-clip outputs as the package's ``CaptionFormerReleaseTracker``.
+"""
+
+import math
+
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+from captionformer_hf.modeling.tracking_captionformer import CaptionFormerReleaseTracker, release_hysteresis
+from captionformer_hf.processing.video_processing_captionformer import release_boxes
+
+
+# ------------------------------------------------------------------------------------------- reference (release)
+def ref_vote_match(memory, current, top_k):
+    current = current / current.norm(dim=1)[:, None]
+    weighted, permutations, totals = [], [], []
+    for i, remembered in enumerate(memory):
+        target = remembered / remembered.norm(dim=1)[:, None]
+        cost = (1 - torch.mm(current, target.transpose(0, 1))).cpu()
+        rows, cols = linear_sum_assignment(cost.transpose(0, 1))
+        permutations.append(cols)
+        totals.append(cost[cols, rows].sum())
+        weighted.append(cost * (i + 1))
+    totals = torch.stack(totals).float()
+    if totals.shape[0] < top_k:
+        return permutations[torch.topk(totals, k=1, largest=False)[1]]
+    chosen = torch.topk(totals, k=top_k, largest=False)
+    return linear_sum_assignment(torch.stack(weighted)[chosen[1]].mean(0).transpose(0, 1))[1]
+
+
+def ref_scores(cls, obj):
+    per_class = cls[:, :-1].sigmoid()
+    objectness = torch.softmax(obj, dim=-1)[:, :-1]
+    return ((per_class * objectness) ** 0.5).max(dim=1).values
+
+
+def ref_track(clips, top_k, top_t):
+    """The tracking loop: per clip the permuted class logits, objectness logits, predictions and embeddings, and the
+    scores (queries, clips)."""
+    out_cls, out_obj, out_pred, out_emb = [clips[0]["cls"]], [clips[0]["obj"]], [clips[0]["pred"]], [clips[0]["emb"]]
+    memory = [clips[0]["emb"]]
+    scores = torch.zeros(clips[0]["emb"].shape[0], len(clips))
+    scores[:, 0] = ref_scores(clips[0]["cls"], clips[0]["obj"])
+    for i in range(1, len(clips)):
+        perm = ref_vote_match(memory, clips[i]["emb"], top_k)
+        memory.append(clips[i]["emb"][perm])
+        memory = memory[-top_t:]
+        out_cls.append(clips[i]["cls"][perm])
+        out_obj.append(clips[i]["obj"][perm])
+        out_pred.append(clips[i]["pred"][perm])
+        out_emb.append(clips[i]["emb"][perm])
+        scores[:, i] = ref_scores(out_cls[-1], out_obj[-1])
+    return out_cls, out_obj, out_pred, out_emb, scores
+
+
+def ref_caption_plan(scores, clip_frames, num_t, method, threshold=0.3):
+    """Per query with a best score of at least `threshold`: the (clip, frame) pairs and their weights (`method`:
+    the release's "weighted mean" / "mean" over linspace clips, or None: no aggregation, the best clip)."""
+    aggregated = method is not None
+    best, best_clip = scores.max(dim=1)
+    plans = {}
+    for q in range(scores.shape[0]):
+        if best[q] < threshold:
+            continue
+        chosen = torch.linspace(0, scores.shape[1] - 1, steps=num_t).long().tolist() if aggregated else [int(best_clip[q])]
+        pairs = []
+        for c in chosen:
+            frame = int(torch.randint(0, clip_frames[c], (1,))[0]) if clip_frames[c] > 1 else 0
+            pairs.append((c, frame))
+        if method == "weighted mean":
+            s = torch.stack([scores[q][c] for c in chosen]).unsqueeze(-1)
+            weights = (s / (torch.sum(s, dim=0, keepdim=True) + 1e-6)).flatten().tolist()
+        else:  # the mean of the stacked outputs, or the one best clip
+            weights = [1.0 / len(chosen)] * len(chosen)
+        plans[q] = (pairs, weights)
+    return plans
+
+
+def ref_hysteresis(video_output, low, high, min_duration):
+    scores = torch.tensor(video_output["pred_scores_per_frame"])
+    if scores.numel() == 0:
+        return video_output
+    num_queries, frames = scores.shape
+    active = torch.zeros_like(scores, dtype=torch.bool)
+    for i in range(num_queries):
+        forward = torch.zeros(frames, dtype=torch.bool)
+        on = False
+        for t in range(frames):
+            if scores[i, t] >= high:
+                on = True
+            elif scores[i, t] < low:
+                on = False
+            forward[t] = on
+        backward = torch.zeros(frames, dtype=torch.bool)
+        on = False
+        for t in range(frames - 1, -1, -1):
+            if scores[i, t] >= high:
+                on = True
+            elif scores[i, t] < low:
+                on = False
+            backward[t] = on
+        track = forward | backward
+        count = 0
+        for t in range(frames):
+            if track[t]:
+                count += 1
+            else:
+                if count < min_duration:
+                    track[t - count : t] = False
+                count = 0
+        active[i] = track
+    kept = active.any(dim=1).tolist()
+    out = {key: [v for v, k in zip(video_output[key], kept) if k] for key in video_output if key != "pred_boxes"}
+    if "pred_boxes" in video_output:
+        rows = []
+        for i, k in enumerate(kept):
+            if k:
+                rows.append([b if active[i, t] else None for t, b in enumerate(video_output["pred_boxes"][i])])
+        out["pred_boxes"] = rows
+    return out
+
+
+def ref_per_frame_threshold(video_output, threshold):
+    if threshold <= 0:
+        return video_output
+    if "pred_masks" in video_output:
+        keep = [s > threshold for s in video_output["pred_scores"]]
+        return {key: [v for v, k in zip(value, keep) if k] for key, value in video_output.items()}
+    out = dict(video_output)
+    out["pred_boxes"] = [[None if s <= threshold else b for s, b in zip(scores, row)]
+                         for scores, row in zip(video_output["pred_scores_per_frame"], video_output["pred_boxes"])]
+    return out
+
+
+def ref_box_mode(out_cls, out_pred, scores, clip_frames, presence=0.2):
+    """inference_video_dvoc (boxes): per-query lists over all frames; the boxes stay normalised here (the pixel
+    conversion is compared separately)."""
+    per_clip_cls = torch.stack(out_cls)
+    video_scores, labels = per_clip_cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
+    keep = scores.t() > presence  # (clips, queries)
+    keep_query = keep.any(dim=0)
+    output = {"query": [], "pred_scores": [], "pred_labels": [], "pred_boxes": [], "pred_scores_per_frame": []}
+    for q in range(keep_query.shape[0]):
+        if not keep_query[q]:
+            continue
+        boxes, per_frame = [], []
+        for c in range(len(out_pred)):
+            for t in range(clip_frames[c]):
+                boxes.append(out_pred[c][q, t].tolist() if keep[c, q] else None)
+                per_frame.append(scores[q, c].item())
+        output["query"].append(q)
+        output["pred_scores"].append(video_scores[q].item())
+        output["pred_labels"].append(int(labels[q]))
+        output["pred_boxes"].append(boxes)
+        output["pred_scores_per_frame"].append(per_frame)
+    return output
+
+
+def ref_mask_mode(out_cls, out_obj, scores, clip_frames, top=50):
+    per_clip_cls = torch.stack(out_cls)
+    object_scores = torch.softmax(torch.stack(out_obj), dim=-1)[:, :, 0]
+    video_class, labels = per_clip_cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
+    video_scores = (video_class * object_scores.mean(dim=0)) ** 0.5
+    chosen = video_scores.topk(min(top, video_scores.shape[0]), sorted=False)[1]
+    per_frame = [[scores[int(q), c].item() for c in range(len(clip_frames)) for _ in range(clip_frames[c])]
+                 for q in chosen]
+    return {"query": chosen.tolist(), "pred_scores": video_scores[chosen].tolist(),
+            "pred_labels": labels[chosen].tolist(), "pred_masks": chosen.tolist(), "pred_scores_per_frame": per_frame}
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+def make_clips(seed, num_clips=14, queries=6, dim=8, classes=3, frames_per_clip=(1,), adversarial=True):
+    """Per-clip outputs in both representations: objects whose query slot moves from clip to clip, one that
+    disappears and comes back, scores near every threshold, a track still alive at the end."""
+    g = torch.Generator().manual_seed(seed)
+    identities = torch.nn.functional.normalize(torch.randn(queries, dim, generator=g), dim=-1)
+    clips = []
+    for c in range(num_clips):
+        order = torch.randperm(queries, generator=g)
+        emb = identities[order] + 0.15 * torch.randn(queries, dim, generator=g)
+        cls = torch.randn(queries, classes + 1, generator=g)
+        obj = torch.randn(queries, 2, generator=g)
+        if adversarial:
+            for position, identity in enumerate(order.tolist()):
+                # identity 0: strong all along; 1: gone in the middle, back at the end; 2: alive only at the end;
+                # 3: hovering around the presence / hysteresis / caption thresholds
+                level = {0: 4.0, 1: 3.0 if c < 4 or c >= num_clips - 3 else -6.0,
+                         2: 3.0 if c >= num_clips - 2 else -6.0,
+                         3: [0.0, -1.1, -0.6, 1.8, -2.5][c % 5]}.get(identity)
+                if level is not None:
+                    cls[position, :-1] = level + 0.3 * torch.randn(classes, generator=g)
+                    obj[position] = torch.tensor([level, -level]) / 2
+        length = frames_per_clip[c % len(frames_per_clip)] if c < num_clips - 1 else 1
+        boxes = torch.rand(queries, length, 4, generator=g) * 0.5 + 0.1  # normalised (cx, cy, w, h)
+        masks = torch.randn(queries, length, 6, 6, generator=g)
+        clips.append({"emb": emb, "cls": cls, "obj": obj, "boxes": boxes, "masks": masks})
+    return clips
+
+
+def run_package(clips, box_mode, caption_seed=0, **kwargs):
+    tracker = CaptionFormerReleaseTracker(box_mode=box_mode, **kwargs)
+    start = 0
+    for clip in clips:
+        scores = ref_scores(clip["cls"], clip["obj"])  # S, as the model computes it
+        objectness = torch.softmax(clip["obj"], dim=-1)[:, 0]
+        frames = clip["boxes"].shape[1]
+        tracker.update(clip["emb"], scores, clip["cls"][:, :-1], objectness, clip["boxes"],
+                       masks=None if box_mode else clip["masks"], frame_indices=list(range(start, start + frames)))
+        start += frames
+    torch.manual_seed(caption_seed)
+    return tracker, tracker.finalize()
+
+
+def run_reference(clips, box_mode, k, t, t_agg, method, low, high, min_length, track_threshold=0.0, caption_seed=0):
+    frames = [clip["boxes"].shape[1] for clip in clips]
+    preds = [clip["boxes"] if box_mode else clip["masks"] for clip in clips]
+    ref_clips = [{"emb": c["emb"], "cls": c["cls"], "obj": c["obj"], "pred": p} for c, p in zip(clips, preds)]
+    out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t)
+    torch.manual_seed(caption_seed)
+    plans = ref_caption_plan(scores, frames, t_agg, method)
+    if box_mode:
+        output = ref_box_mode(out_cls, out_pred, scores, frames)
+    else:
+        output = ref_mask_mode(out_cls, out_obj, scores, frames)
+    output = ref_hysteresis(output, low, high, min_length)
+    output = ref_per_frame_threshold(output, track_threshold)
+    return output, plans, out_pred, out_emb
+
+
+# ------------------------------------------------------------------------------------------------------ parity
+SETTINGS = [
+    # (box mode, k, t, t_agg, aggregation, hysteresis low/high/min, track threshold, frames per clip)
+    (True, 3, 6, 5, "weighted", (0.4, 0.85, 3), 0.0, (1,)),  # VidSTG-like
+    (True, 2, 4, 4, "weighted", (0.3, 0.8, 5), 0.0, (1,)),  # BenSMOT-like
+    (True, 7, 100, 32, "mean", (0.4, 0.85, 3), 0.35, (1,)),  # more sampled clips than clips, frame threshold
+    (False, 2, 5, 8, "weighted", (0.3, 0.9, 5), 0.0, (1,)),  # VLN-like (masks)
+    (False, 1, 1, 8, "best", (0.0, 0.0, 1), 0.5, (5, 3, 5)),  # LV-VIS-like: T = 5, adjacent matching, no hysteresis
+]
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("seed", range(4))
+def test_release_video_level_equals_the_release(setting, seed):
+    box_mode, k, t, t_agg, aggregation, (low, high, min_length), threshold, frames_per_clip = setting
+    clips = make_clips(seed, frames_per_clip=frames_per_clip)
+    tracker, tracks = run_package(
+        clips, box_mode, k_match=k, t_match=t, t_agg=t_agg, aggregation=aggregation, hysteresis_low=low,
+        hysteresis_high=high, hysteresis_min_length=min_length, track_score_threshold=threshold,
+        caption_seed=seed, clip_length=max(frames_per_clip),
+    )
+    reference, plans, out_pred, out_emb = run_reference(
+        clips, box_mode, k, t, t_agg, {"weighted": "weighted mean", "mean": "mean", "best": None}[aggregation], low,
+        high, min_length, threshold, caption_seed=seed
+    )
+    # the same slots, in the same order for boxes (mask mode: a set, the release's top-k is unsorted)
+    ours = {track.slot: track for track in tracks}
+    assert (list(ours) if box_mode else sorted(ours)) == (reference["query"] if box_mode else sorted(reference["query"]))
+    assert tracks, "the case keeps no track: it tests nothing"
+    by_query = dict(zip(reference["query"], range(len(reference["query"]))))
+    frame_clip = [(c, f) for c, clip in enumerate(clips) for f in range(clip["boxes"].shape[1])]
+    for slot, track in ours.items():
+        r = by_query[slot]
+        assert track.score == pytest.approx(reference["pred_scores"][r], abs=1e-6)
+        assert track.label == reference["pred_labels"][r]
+        if box_mode:
+            expected = [(i, box) for i, box in enumerate(reference["pred_boxes"][r]) if box is not None]
+            assert [f[2] for f in track.frames] == [i for i, _ in expected]
+            for (c, f, index, score), (_, box) in zip(track.frames, expected):
+                assert tracker.clips[c]["boxes"][slot, f].tolist() == box
+                assert score == pytest.approx(reference["pred_scores_per_frame"][r][index], abs=0)
+        else:  # every frame, with the slot's (permuted) mask of that clip
+            assert [f[2] for f in track.frames] == list(range(len(frame_clip)))
+            for c, f, index, score in track.frames:
+                assert torch.equal(tracker.clips[c]["masks"][slot, f], out_pred[c][slot, f])
+                assert score == pytest.approx(reference["pred_scores_per_frame"][r][index], abs=0)
+        # captions: the same clips, frames and weights, and the same permuted queries there
+        pairs, weights = plans.get(slot, ([], []))
+        assert track.caption_clips == pairs
+        assert track.caption_weights == pytest.approx(weights, abs=1e-7)
+        for c, _ in pairs:
+            assert torch.equal(tracker.clips[c]["embeddings"][slot], out_emb[c][slot])
+
+
+def test_release_hysteresis_by_hand():
+    # on at >= high, off below low, kept in between; both directions; short runs dropped unless at the end
+    assert release_hysteresis([0.5, 0.9, 0.5, 0.2, 0.5, 0.9], 0.4, 0.85, 2) == [True, True, True, False, True, True]
+    assert release_hysteresis([0.9, 0.1, 0.1, 0.9], 0.4, 0.85, 2) == [False, False, False, True]
+    assert release_hysteresis([0.6, 0.6, 0.6], 0.4, 0.85, 1) == [False, False, False]
+
+
+def test_release_boxes_follow_the_release_conversion():
+    # (x, y, w, h) = (0.1, 0.2, 0.3, 0.4) of a 64x128 input whose content is 48x96, to a 480x960 video
+    boxes = torch.tensor([[0.1 + 0.15, 0.2 + 0.2, 0.3, 0.4], [0.9 + 0.3, 0.5, 0.6, 0.2]])
+    out = release_boxes(boxes, (64, 128), (48, 96), (480, 960))
+    ratio_w, ratio_h = 128 / 96, 64 / 48
+    expected = [round(0.1 * ratio_w * 960), round(0.2 * ratio_h * 480), round(0.3 * ratio_w * 960), round(0.4 * ratio_h * 480)]
+    assert out[0] == expected
+    # each coordinate clamped to [0, 1] on its own (so x + w may pass the frame's edge, as in the release)
+    assert out[1][0] == 960 and out[1][2] == round(0.6 * ratio_w * 960)
+
+
+# ------------------------------------------------------------------------------------------------ with a model
+@pytest.mark.parametrize("box_only", [False, True])
+def test_a_release_mode_model_tracks_every_slot_end_to_end(tiny_config, box_only):
+    torch.manual_seed(0)
+    extra = {"box_head_layers": 2, "box_only": True} if box_only else {}
+    config = tiny_config(clip_length=2, video_inference_mode="release", presence_threshold=0.0,
+                         caption_score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
+                         hysteresis_min_length=1, t_agg=3, **extra)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+    video = torch.randn(5, 3, 64, 64)  # clips of 2, 2 and 1 frame (the last one is not padded)
+    from captionformer_hf.processing import ClipMaskEncoder, VideoGeometry
+
+    encoder = ClipMaskEncoder(VideoGeometry((64, 64), (64, 64), (64, 64)))
+    session = model.init_video_session(mask_encoder=encoder)
+    assert session.release
+    out = model.track_video(video, session=session, max_new_tokens=2)
+    num_queries = config.segmenter_config.num_queries
+    assert out.video_inference_mode == "release" and sorted(out.track_ids.tolist()) == list(range(num_queries))
+    assert [c["num_frames"] for c in session.tracker.clips] == [2, 2, 1]
+    if box_only:
+        assert out.frame_mask_rles is None
+    else:  # masks on every frame of every kept track
+        assert len(out.frame_mask_rles) == num_queries * 5
+    assert bool(out.captioned.all()) and out.caption_ids.shape[0] == num_queries
+    if box_only:  # the threshold of a release-mode box model is its presence threshold
+        assert model.init_video_session(threshold=0.35).tracker.presence_threshold == 0.35
+    else:
+        with pytest.raises(ValueError, match="mask model has no per-clip threshold"):
+            model.init_video_session(threshold=0.3)
+    assert not math.isnan(float(out.scores.sum()))
