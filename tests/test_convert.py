@@ -7,6 +7,7 @@ formulas, not this package's code."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -246,14 +247,18 @@ def test_converted_model_runs_and_round_trips(converted, tmp_path):
 def _check_pipeline(folder):
     """The converted folder serves pipeline("dense-video-object-captioning") as is."""
     import numpy as np
-    from transformers import pipeline
 
-    pipe = pipeline("dense-video-object-captioning", model=str(folder))
-    # an untrained model: let every track through the hysteresis filter
-    pipe.model.config.hysteresis_low = pipe.model.config.hysteresis_high = 0.0
-    pipe.model.config.hysteresis_min_length = 1
+    from captionformer_hf.defaults import load_pipeline
+
+    pipe = load_pipeline(str(folder))
+    config = pipe.model.config
+    assert config.video_inference_mode == "release"  # the presets run the release's video level
+    # an untrained model: let every track through the hysteresis filter and get a caption
+    config.hysteresis_low = config.hysteresis_high = 0.0
+    config.hysteresis_min_length = 1
+    config.presence_threshold = config.caption_score_threshold = 0.0
     video = (np.random.default_rng(0).random((3, 24, 32, 3)) * 255).astype(np.uint8)
-    result = pipe(video, threshold=0.0, max_new_tokens=2, num_beams=1)
+    result = pipe(video, max_new_tokens=2, num_beams=1)
     assert result["num_frames"] == 3
     assert result["trajectories"]
     for trajectory in result["trajectories"]:
@@ -315,10 +320,25 @@ def test_problems_fail_with_the_offending_keys():
     sd = official_state_dict(seed=3)
     for key in [k for k in sd if "mask_features" in k]:
         del sd[key]
-    with pytest.raises(ValueError, match="for a box-only checkpoint"):
+    with pytest.raises(ValueError, match=r"unknown checkpoint variant: no mask branch \(box-only\) and no box head"):
+        convert(sd)
+    sd = official_state_dict(seed=3, box_only=True)
+    for key in [k for k in sd if k.startswith("backbone.norm")]:
+        del sd[key]
+    with pytest.raises(ValueError, match="must output stages"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    del sd["captioning_head.query_tokens"]
+    with pytest.raises(ValueError, match=r"unknown checkpoint variant: not a CaptionFormer.*captioning_head.query_tokens"):
         convert(sd)
     with pytest.raises(ValueError, match="`preset` must be one of"):
         convert(official_state_dict(seed=3), preset="coco")
+    # a preset that contradicts the weights: VidSTG checkpoints are box-only with a zero-shot classifier
+    with pytest.raises(ValueError, match=r"`preset` 'vidstg' contradicts the weights: the vidstg checkpoints are "
+                                         r"box-only checkpoints, this one is a mask checkpoint.*looks like a 'vln'"):
+        convert(official_state_dict(seed=3), preset="vidstg")
+    with pytest.raises(ValueError, match="`preset` 'vln' contradicts the weights"):
+        convert(official_state_dict(seed=3, box_only=True), preset="vln")
     with pytest.raises(ValueError, match=r"attention heads of the vision \(width 16\).*--num-heads vision=N"):
         config_from_original(official_state_dict(seed=3), num_heads={"segmenter": 2, "qformer": 2, "text": 2})
 
@@ -473,8 +493,10 @@ def test_zero_shot_classifier_with_clip_image_context(tmp_path):
         convert(sd)
     clip = _tiny_clip()
     heads = {**HEADS, "clip_context": 4}
-    model, report = convert(sd, clip_vision_config=clip.config, clip_state_dict=clip.state_dict(), num_heads=heads)
-    assert report.ok
+    # a mask checkpoint with the zero-shot classifier: the lvviscap preset (clips of 5) unless overridden
+    model, report = convert(sd, clip_vision_config=clip.config, clip_state_dict=clip.state_dict(), num_heads=heads,
+                            clip_length=1)
+    assert report.ok and model.config.video_inference_mode == "release" and model.config.aggregation == "best"
     assert any(key.startswith("model.segmenter.clip_image_encoder.") for key in report.filled_from_base)
     config = model.config
     assert config.use_text_classifier and config.num_labels == NUM_CLASSES and config.text_embedding_dim == 24
@@ -648,3 +670,32 @@ def test_decoder_reproduces_the_release_forward(frames, box_only):
         torch.testing.assert_close(boxes, torch.stack([x + w / 2, y + h / 2, w, h], -1), rtol=1e-4, atol=1e-4)
     else:
         torch.testing.assert_close(decoder_out.masks_queries_logits[-1], masks, rtol=1e-4, atol=1e-4)
+
+
+def test_converted_captions_end_at_a_newline_as_the_release(tmp_path):
+    """The release trains captions ending with OPT's newline token and stops generating there."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from captionformer_hf import CaptionFormerProcessor
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["a red dog running\n", "a cat\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    assert len(newline) == 1
+    model, _ = convert(official_state_dict(seed=5), preset="vln")
+    model.config.text_config.vocab_size = len(tokenizer)  # (generation is not run here)
+    folder = write_converted(model, tmp_path / "out", tokenizer=tokenizer, preset="vln")
+    processor = CaptionFormerProcessor.from_pretrained(folder)
+    assert processor.end_token_id == newline[0]
+    encoded = processor.tokenize_captions(["a red dog running"])
+    length = int(encoded["caption_attention_mask"][0].sum())
+    assert encoded["caption_ids"][0, length - 1] == newline[0]  # the training target ends with the newline
+    generated = tokenizer("a cat\na dog", add_special_tokens=False).input_ids
+    assert processor.decode_caption(generated) == "a cat"  # generation's text is cut at the newline
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert newline[0] in generation["eos_token_id"] and tokenizer.eos_token_id in generation["eos_token_id"]

@@ -14,18 +14,33 @@ logger = logging.getLogger("captionformer_hf")
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import compute_chota
-    from .metrics.formats import load_videos
+    from .metrics.formats import _load, load_videos
 
+    if args.protocol is not None:
+        given = [flag for flag, value in (("--iou-type", args.iou_type), ("--caption-metrics", args.caption_metrics),
+                                          ("--score-threshold", args.score_threshold), ("--alphas", args.alphas))
+                 if value is not None]
+        if given:
+            raise ValueError(f"--protocol {args.protocol} sets the evaluation settings; drop {', '.join(given)}")
+    elif args.full_capa or args.sparse_frames:
+        raise ValueError("--full-capa and --sparse-frames go with --protocol")
+    sparse = _load(args.sparse_frames) if args.sparse_frames else None  # read before the evaluation starts
     predictions, references, detected = load_videos(args.predictions, args.references)
     logger.info("evaluating %d videos (%s format)", len(references), detected)
-    result = compute_chota(
-        predictions,
-        references,
-        iou_type=args.iou_type,
-        alphas=tuple(args.alphas),
-        caption_metrics=tuple(args.caption_metrics),
-        score_threshold=args.score_threshold,
-    )
+    if args.protocol is not None:
+        from .metrics.protocols import evaluate_protocol
+
+        result = evaluate_protocol(args.protocol, predictions, references, full_capa=args.full_capa,
+                                   sparse_frames=sparse)
+    else:
+        result = compute_chota(
+            predictions,
+            references,
+            iou_type=args.iou_type or "box",
+            alphas=tuple(args.alphas or (0.5,)),
+            caption_metrics=tuple(args.caption_metrics if args.caption_metrics is not None else ("cider", "meteor", "spice")),
+            score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
+        )
     if args.out:
         atomic_write_json(args.out, result)
     summary = {k: v for k, v in result.items() if k not in ("per_alpha", "per_video")}
@@ -61,6 +76,30 @@ def _caption(args: argparse.Namespace) -> int:
             f"{trajectory.get('category') or ''}: {trajectory['caption']}\n"
         )
     sys.stdout.write(f"{len(result['trajectories'])} trajectories -> {out}" + (f", overlay -> {args.render}" if args.render else "") + "\n")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .defaults import load_pipeline
+    from .prediction import check_output, load_split, output_paths, predict_dataset
+
+    check_output(args.out)  # before loading anything
+    split = load_split(args.dataset, args.split, streaming=args.streaming)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = load_pipeline(args.model, device=args.device, **({"dtype": dtype} if dtype else {}))
+    kwargs = {"return_masks": not args.no_masks}
+    for name in ("threshold", "num_beams", "max_new_tokens", "clip_batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    videos = predict_dataset(pipe.model, pipe.processor, split, args.out, max_videos=args.max_videos,
+                             progress=not args.quiet, **kwargs)
+    if videos is not None:
+        out, official, _ = output_paths(args.out)
+        tracks = sum(len(v["trajectories"]) for v in videos)
+        sys.stdout.write(f"{len(videos)} videos, {tracks} trajectories -> {out} (and the release's format: {official})\n")
     return 0
 
 
@@ -231,12 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("predictions", help="predictions JSON")
     evaluate.add_argument("references", help="ground-truth JSON")
-    evaluate.add_argument("--iou-type", choices=("box", "mask"), default="box")
-    evaluate.add_argument("--alphas", type=float, nargs="+", default=[0.5], help="IoU thresholds (default 0.5)")
+    evaluate.add_argument("--protocol", choices=("vidstg", "vln", "bensmot", "lvviscap"),
+                          help="a benchmark's published protocol (IoU type, caption scoring, score threshold 0, "
+                          "alpha 0.5); see README")
+    evaluate.add_argument("--full-capa", action="store_true",
+                          help="with --protocol: the full CapA (CIDEr, METEOR, SPICE) instead of the published CIDEr")
+    evaluate.add_argument("--sparse-frames", help="with --protocol vln: the extended ground truth whose "
+                          "sparse_frame_indices select the annotated frames of dense predictions")
+    evaluate.add_argument("--iou-type", choices=("box", "mask"), help="default: box")
+    evaluate.add_argument("--alphas", type=float, nargs="+", help="IoU thresholds (default 0.5)")
     evaluate.add_argument(
-        "--caption-metrics", nargs="*", default=["cider", "meteor", "spice"], choices=("cider", "meteor", "spice")
+        "--caption-metrics", nargs="*", choices=("cider", "meteor", "spice"), help="default: cider meteor spice"
     )
-    evaluate.add_argument("--score-threshold", type=float, default=0.5)
+    evaluate.add_argument("--score-threshold", type=float, help="default: 0.5")
     evaluate.add_argument("--out", help="write the full result (per alpha, per video) to this JSON file")
     evaluate.set_defaults(func=_evaluate)
 
@@ -255,6 +301,28 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--device", help="torch device, e.g. cuda:0")
     caption.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     caption.set_defaults(func=_caption)
+
+    predict = commands.add_parser(
+        "predict", help="predict a whole dataset split (sharded with `accelerate launch`, resumable)",
+        description="Run a model over a dataset split: trajectories JSON (docs/format.md) and the released code's "
+        "per-track results.json. Shard over processes with `accelerate launch -m captionformer_hf.cli predict ...`; "
+        "a killed run resumes where it stopped.",
+    )
+    predict.add_argument("--model", help="model path or Hub id (default: the embedded model)")
+    predict.add_argument("--dataset", required=True, help="dataset folder (captionformer data ...) or Hub dataset id")
+    predict.add_argument("--split", default="validation")
+    predict.add_argument("--out", required=True, help="predictions JSON (also <stem>.results.json)")
+    predict.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+    predict.add_argument("--max-videos", type=int)
+    predict.add_argument("--threshold", type=float)
+    predict.add_argument("--num-beams", type=int)
+    predict.add_argument("--max-new-tokens", type=int)
+    predict.add_argument("--clip-batch-size", type=int)
+    predict.add_argument("--no-masks", action="store_true")
+    predict.add_argument("--device", help="torch device (default: the process's accelerator under accelerate)")
+    predict.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    predict.add_argument("-q", "--quiet", action="store_true")
+    predict.set_defaults(func=_predict)
 
     sample = commands.add_parser("sample-video", help="write a synthetic sample video (coloured shapes) to try")
     sample.add_argument("out", help="output video path (.mp4, .avi or .webm)")

@@ -5,12 +5,11 @@ Usage (also ``captionformer convert``)::
     python -m captionformer_hf.convert_captionformer_original_to_hf \\
         --checkpoint models/ckpt_vln.pth --preset vln --tokenizer facebook/opt-2.7b --output converted/vln
 
-Every official parameter is mapped by name (the table is in the README and in ``KEY_MAPPING`` below); keys that
-match no rule, rules that find no key and parameters of the converted model that nothing filled are collected in a
-:class:`ConversionReport` and the conversion fails on any of them. A few official tensors are dropped on purpose
-(``DROPPED_KEYS``: loss buffers, buffers recomputed from the config, the Q-Former's text-only branch), each for a
-stated reason, and a few parameters of this package have no official counterpart but do not change any output
-(``UNUSED_TARGET_KEYS``).
+Every official parameter is placed by one executed table, ``RULES`` (official key pattern -> target, with a
+transform, or dropped with the reason; the README's table is rendered from it); official keys that match no rule,
+targets the model does not have and parameters of the converted model that nothing filled are collected in a
+:class:`ConversionReport` and the conversion fails on any of them. A few parameters of this package have no official
+counterpart but do not change any output (``UNUSED_TARGET_KEYS``).
 
 Where the released code differs from the paper text, the converted config follows the code:
 
@@ -65,59 +64,94 @@ from .utils import atomic_directory, check_new_directory
 
 logger = logging.getLogger(__name__)
 
-# Tracking / aggregation settings of the released evaluation configs (configs/eval/*.yaml of gabfstr/CaptionFormer);
-# they are not stored in the .pth.
+# Video-level settings of the released evaluation configs (configs/eval/*.yaml of gabfstr/CaptionFormer); they are
+# not stored in the .pth. Every preset runs the release's video level (`video_inference_mode="release"`); `variant`
+# says which checkpoints it fits (box-only or masks; linear or zero-shot classifier) and is checked against the
+# weights.
+_RELEASE_VIDEO_LEVEL = {
+    "video_inference_mode": "release",
+    "presence_threshold": 0.2,  # inference_video_dvoc's presence threshold (box models)
+    "max_trajectories": 50,  # TEST.DETECTIONS_PER_IMAGE / the top-50 of inference_video_dvoc_mask (mask models)
+    "caption_score_threshold": 0.3,  # CAPTIONING_THRESH
+    "track_score_threshold": 0.0,  # PER_FRAME_SCORE_THRESHOLD
+    "aggregation": "weighted",  # AGGREGATION_METHOD: weighted mean
+}
 RELEASE_PRESETS: dict[str, dict] = {
-    "vln": {
-        "clip_length": 1,
-        "k_match": 5,
-        "t_match": 20,
-        "hysteresis_low": 0.3,
-        "hysteresis_high": 0.9,
-        "hysteresis_min_length": 5,
-        "t_agg": 8,
-        "max_caption_length": 30,
+    "vln": {  # configs/eval/vln.yaml: masks, one class
+        **_RELEASE_VIDEO_LEVEL,
+        "clip_length": 1, "k_match": 5, "t_match": 20,
+        "hysteresis_low": 0.3, "hysteresis_high": 0.9, "hysteresis_min_length": 5,
+        "t_agg": 8, "max_caption_length": 30,
     },
-    "vidstg": {
-        "clip_length": 1,
-        "k_match": 7,
-        "t_match": 100,
-        "hysteresis_low": 0.4,
-        "hysteresis_high": 0.85,
-        "hysteresis_min_length": 3,
-        "t_agg": 32,
-        "max_caption_length": 30,
+    "vidstg": {  # configs/eval/vidstg_tempagg.yaml: box-only, zero-shot classifier (80 classes)
+        **_RELEASE_VIDEO_LEVEL,
+        "clip_length": 1, "k_match": 7, "t_match": 100,
+        "hysteresis_low": 0.4, "hysteresis_high": 0.85, "hysteresis_min_length": 3,
+        "t_agg": 32, "max_caption_length": 30,
     },
-    "bensmot": {
-        "clip_length": 1,
-        "k_match": 7,
-        "t_match": 40,
-        "hysteresis_low": 0.3,
-        "hysteresis_high": 0.8,
-        "hysteresis_min_length": 5,
-        "t_agg": 8,
-        "max_caption_length": 200,
+    "bensmot": {  # configs/eval/bensmot.yaml: box-only, one class
+        **_RELEASE_VIDEO_LEVEL,
+        "clip_length": 1, "k_match": 7, "t_match": 40,
+        "hysteresis_low": 0.3, "hysteresis_high": 0.8, "hysteresis_min_length": 5,
+        "t_agg": 8, "max_caption_length": 200,
+    },
+    "lvviscap": {  # configs/eval/lvvis_captioner.yaml: masks, zero-shot classifier (1196 classes), clips of 5,
+        # adjacent-clip matching (TOPK_MATCHING off), no hysteresis, no temporal aggregation (the best clip), a 0.5
+        # track score threshold, top 50
+        **_RELEASE_VIDEO_LEVEL,
+        "clip_length": 5, "k_match": 1, "t_match": 1,
+        "hysteresis_low": 0.0, "hysteresis_high": 0.0, "hysteresis_min_length": 1,
+        "t_agg": 1, "aggregation": "best", "track_score_threshold": 0.5, "max_caption_length": 30,
     },
 }
+# what each preset's checkpoints look like: (box-only, zero-shot classifier)
+PRESET_VARIANTS = {"vln": (False, False), "vidstg": (True, True), "bensmot": (True, False), "lvviscap": (False, True)}
+
+
+def checkpoint_variant(state: dict) -> tuple[bool, bool]:
+    """``(box_only, zero_shot)`` of an official state dict; ``ValueError`` when it is not a CaptionFormer checkpoint
+    of a known variant."""
+    required = ("backbone.patch_embed.proj.weight", "sem_seg_head.pixel_decoder.input_proj.0.0.weight",
+                "sem_seg_head.predictor.query_feat.weight", "captioning_head.query_tokens")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(
+            "unknown checkpoint variant: not a CaptionFormer (Swin + MSDeformAttn pixel decoder + video decoder + "
+            f"BLIP-2 caption head) checkpoint; missing {missing}"
+        )
+    box_only = "sem_seg_head.pixel_decoder.mask_features.weight" not in state
+    zero_shot = "sem_seg_head.predictor.class_embed.zs_weight" in state
+    if not zero_shot and "sem_seg_head.predictor.class_embed.weight" not in state:
+        raise ValueError("unknown checkpoint variant: its classifier is neither linear nor the ZeroShotClassifier")
+    if box_only and "sem_seg_head.predictor.box_embed.layers.0.weight" not in state:
+        raise ValueError("unknown checkpoint variant: no mask branch (box-only) and no box head")
+    return box_only, zero_shot
+
+
+def preset_for(state: dict) -> str:
+    """The release preset whose checkpoints look like ``state``."""
+    variant = checkpoint_variant(state)
+    return next(name for name, v in PRESET_VARIANTS.items() if v == variant)
+
+
+def check_preset(state: dict, preset: str) -> None:
+    """``ValueError`` when ``preset`` contradicts the weights (a mask preset on a box-only checkpoint, ...)."""
+    box_only, zero_shot = checkpoint_variant(state)
+    want_box, want_zero_shot = PRESET_VARIANTS[preset]
+    problems = []
+    if box_only != want_box:
+        problems.append(f"the {preset} checkpoints are {'box-only' if want_box else 'mask'} checkpoints, this one is "
+                        f"{'box-only (no mask branch)' if box_only else 'a mask checkpoint'}")
+    if zero_shot != want_zero_shot:
+        problems.append(f"the {preset} checkpoints have {'the ZeroShotClassifier' if want_zero_shot else 'a linear classifier'}"
+                        f", this one has {'the ZeroShotClassifier' if zero_shot else 'a linear classifier'}")
+    if problems:
+        raise ValueError(f"`preset` {preset!r} contradicts the weights: " + "; ".join(problems) +
+                         f" (it looks like a {preset_for(state)!r} checkpoint)")
+
 
 # Head counts are not recoverable from parameter shapes: the release's values, used when the width matches.
 RELEASE_NUM_HEADS = {"segmenter": 8, "vision": {1408: 16}, "qformer": {768: 12}, "text": {2560: 32, 2048: 32, 4096: 32}}
-
-# Official keys dropped on purpose, with the reason (regular expressions on the official name).
-DROPPED_KEYS: dict[str, str] = {
-    r"criterion\.empty_weight": "loss buffer (class weights of the set criterion)",
-    r"pixel_(mean|std)": "read into segmenter_image_mean / segmenter_image_std",
-    r"backbone\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index": (
-        "buffer recomputed from the window size (checked equal before it is dropped)"
-    ),
-    r"captioning_head\.Qformer\.bert\.embeddings\.(word_embeddings\.weight|position_embeddings\.weight|position_ids)": (
-        "Q-Former text embeddings: captioning feeds query embeddings only"
-    ),
-    r"captioning_head\.Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\.": (
-        "Q-Former text-token feed-forward: the 33 query tokens use intermediate_query / output_query"
-    ),
-    r"captioning_head\.Qformer\.cls\.": "Q-Former LM head (set to None by the release)",
-}
 
 # Parameters of this package with no official counterpart that do not change any output (they keep their
 # initial values).
@@ -134,86 +168,6 @@ UNUSED_BOX_ONLY_TARGET_KEYS: dict[str, str] = {
         "mask embedding: box-only models take their attention masks from the boxes"
     ),
 }
-
-# Human-readable mapping (official -> this package); the README's table is generated from the same list.
-KEY_MAPPING: list[tuple[str, str, str]] = [
-    ("backbone.patch_embed.proj / .norm", "model.segmenter.pixel_level_module.encoder.swin.embeddings."
-     "patch_embeddings.projection / .norm", ""),
-    ("backbone.layers.{i}.blocks.{j}.norm1 / norm2", "...encoder.swin.encoder.layers.{i}.blocks.{j}.layernorm_before "
-     "/ layernorm_after", ""),
-    ("backbone.layers.{i}.blocks.{j}.attn.qkv", "...blocks.{j}.attention.q_proj / k_proj / v_proj", "split in 3"),
-    ("backbone.layers.{i}.blocks.{j}.attn.proj", "...blocks.{j}.attention.o_proj", ""),
-    ("backbone.layers.{i}.blocks.{j}.attn.relative_position_bias_table",
-     "...blocks.{j}.attention.relative_position_bias.relative_position_bias_table", ""),
-    ("backbone.layers.{i}.blocks.{j}.mlp.fc1 / fc2", "...blocks.{j}.mlp.fc1 / fc2", ""),
-    ("backbone.layers.{i}.downsample.reduction / norm", "...encoder.swin.encoder.layers.{i}.downsample.reduction / "
-     "norm", ""),
-    ("backbone.norm{i}", "...pixel_level_module.encoder.hidden_states_norms.stage{i+1}", ""),
-    ("sem_seg_head.pixel_decoder.input_proj.{i}.{0,1}", "...pixel_level_module.decoder.input_projections.{i}.{0,1}",
-     ""),
-    ("sem_seg_head.pixel_decoder.transformer.level_embed", "...pixel_level_module.decoder.level_embed", ""),
-    ("sem_seg_head.pixel_decoder.transformer.encoder.layers.{n}.self_attn.*",
-     "...decoder.encoder.layers.{n}.self_attn.* (sampling_offsets, attention_weights, value_proj, output_proj)", ""),
-    ("...transformer.encoder.layers.{n}.norm1 / linear1 / linear2 / norm2",
-     "...decoder.encoder.layers.{n}.self_attn_layer_norm / fc1 / fc2 / final_layer_norm", ""),
-    ("sem_seg_head.pixel_decoder.mask_features", "...pixel_level_module.decoder.mask_projection", ""),
-    ("sem_seg_head.pixel_decoder.adapter_1 / adapter_1.norm", "...decoder.adapter_1.0 / adapter_1.1", ""),
-    ("sem_seg_head.pixel_decoder.layer_1 / layer_1.norm", "...decoder.layer_1.0 / layer_1.1", ""),
-    ("sem_seg_head.predictor.query_feat / query_embed / level_embed",
-     "model.segmenter.transformer_module.queries_features / queries_embedder / level_embed", ""),
-    ("sem_seg_head.predictor.transformer_self_attention_layers.{i}.self_attn.in_proj_*",
-     "...transformer_module.decoder.layers.{i}.self_attn.q_proj / k_proj / v_proj", "split in 3"),
-    ("...transformer_self_attention_layers.{i}.self_attn.out_proj / norm",
-     "...decoder.layers.{i}.self_attn.out_proj / self_attn_layer_norm", ""),
-    ("...transformer_cross_attention_layers.{i}.multihead_attn.* / norm",
-     "...decoder.layers.{i}.cross_attn.* / cross_attn_layer_norm", ""),
-    ("...transformer_ffn_layers.{i}.linear1 / linear2 / norm", "...decoder.layers.{i}.fc1 / fc2 / final_layer_norm",
-     ""),
-    ("sem_seg_head.predictor.decoder_norm", "...transformer_module.decoder.layernorm", ""),
-    ("sem_seg_head.predictor.mask_embed.layers.{k}", "...decoder.mask_predictor.mask_embedder.{k}.0", ""),
-    ("sem_seg_head.predictor.class_embed", "model.segmenter.class_head.classifier", "no-object row dropped"),
-    ("sem_seg_head.predictor.class_embed.linear.{0,2} (ZeroShotClassifier)",
-     "model.segmenter.class_head.projection.{0,1}.0", ""),
-    ("sem_seg_head.predictor.class_embed.cross_attention.multihead_attn.* / .norm",
-     "model.segmenter.class_head.image_context_attention.* / image_context_norm", ""),
-    ("sem_seg_head.predictor.class_embed.zs_weight", "model.segmenter.class_head.class_embeddings",
-     "transposed, no-object column dropped"),
-    ("(CLIP ViT-B/32, --clip-model)", "model.segmenter.clip_image_encoder.*", "CLIPVisionModelWithProjection"),
-    ("sem_seg_head.predictor.object_embed.layers.{k}", "model.segmenter.objectness_head.{k}.0",
-     "last layer: logit 0 - logit 1"),
-    ("sem_seg_head.predictor.box_embed.layers.{k}", "model.segmenter.box_head.{k}.0",
-     "last layer tiled clip_length times"),
-    ("captioning_head.visual_encoder.cls_token / pos_embed / patch_embed.proj",
-     "model.caption_head.vision_model.embeddings.class_embedding / position_embedding / patch_embedding", ""),
-    ("captioning_head.visual_encoder.blocks.{i}.norm1 / norm2 / mlp.fc1 / mlp.fc2",
-     "...vision_model.encoder.layers.{i}.layer_norm1 / layer_norm2 / mlp.fc1 / mlp.fc2", ""),
-    ("captioning_head.visual_encoder.blocks.{i}.attn.qkv / q_bias + v_bias / proj",
-     "...encoder.layers.{i}.self_attn.qkv.weight / qkv.bias / projection", "bias = [q_bias, 0, v_bias]"),
-    ("captioning_head.ln_vision", "model.caption_head.vision_model.post_layernorm", ""),
-    ("captioning_head.Qformer.bert.embeddings.LayerNorm", "model.caption_head.qformer.layernorm", ""),
-    ("captioning_head.Qformer.bert.encoder.layer.{i}.attention.self.*", "...qformer.encoder.layer.{i}.attention."
-     "attention.*", ""),
-    ("captioning_head.Qformer.bert.encoder.layer.{i}.crossattention.self.*",
-     "...qformer.encoder.layer.{i}.crossattention.attention.*", ""),
-    ("...layer.{i}.{attention,crossattention}.output.* / intermediate_query.* / output_query.*", "same names", ""),
-    ("captioning_head.query_tokens", "model.caption_head.query_tokens", ""),
-    ("captioning_head.obj_linear_proj", "model.caption_head.object_query_projection", ""),
-    ("captioning_head.opt_proj", "model.caption_head.language_projection", ""),
-    ("captioning_head.opt_model.*", "language_model.*", "transformers OPT names"),
-]
-
-
-def mapping_table_markdown() -> str:
-    """The key-mapping table of the README (official name -> this package, note), built from ``KEY_MAPPING`` and
-    ``DROPPED_KEYS`` so that the two cannot drift apart (a test checks the README holds it)."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    lines = ["| official (gabfstr/CaptionFormer) | captionformer_hf | note |", "|---|---|---|"]
-    lines += [f"| `{cell(source)}` | `{cell(target)}` | {cell(note)} |" for source, target, note in KEY_MAPPING]
-    lines += [f"| `{cell(pattern)}` (regex) | dropped | {cell(reason)} |" for pattern, reason in DROPPED_KEYS.items()]
-    return "\n".join(lines)
-
 
 @dataclass
 class ConversionReport:
@@ -326,6 +280,184 @@ def _is_zero_shot(state: dict) -> bool:
     return "sem_seg_head.predictor.class_embed.zs_weight" in state
 
 
+def _need(state: dict, key: str) -> torch.Tensor:
+    if key not in state:
+        raise ValueError(f"the official checkpoint has no {key!r}")
+    return state[key]
+
+
+PD, PR, CH = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.", "captioning_head."
+
+
+def read_backbone_config(state: dict) -> dict:
+    """Swin backbone: embed dim and patch size, depths, heads (from the relative position tables), window, MLP
+    ratio, qkv bias, and the stages the pixel decoder reads (res2-res5, or res3-res5 for box-only checkpoints)."""
+    patch = _need(state, "backbone.patch_embed.proj.weight")
+    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
+    num_stages = _count(state, r"backbone\.layers\.(\d+)\.")
+    depths = [_count(state, rf"backbone\.layers\.{i}\.blocks\.(\d+)\.") for i in range(num_stages)]
+    table = _need(state, "backbone.layers.0.blocks.0.attn.relative_position_bias_table")
+    box_only = PD + "mask_features.weight" not in state  # BOX_ONLY: no mask branch, res3-res5 only
+    out_indices = [i for i in range(num_stages) if f"backbone.norm{i}.weight" in state]
+    wanted = list(range(num_stages - 3, num_stages)) if box_only else list(range(num_stages))
+    if out_indices != wanted:
+        raise ValueError(
+            f"the Swin backbone must output stages {[i + 2 for i in wanted]} (res*) for a "
+            f"{'box-only' if box_only else 'mask'} checkpoint, got norms for res{[i + 2 for i in out_indices]}"
+        )
+    return {
+        "model_type": "swin",
+        "image_size": 384,
+        "patch_size": int(patch_size),
+        "embed_dim": int(embed_dim),
+        "depths": depths,
+        "num_heads": [state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]
+                      for i in range(num_stages)],
+        "window_size": int((math.isqrt(table.shape[0]) + 1) // 2),
+        "mlp_ratio": float(_need(state, "backbone.layers.0.blocks.0.mlp.fc1.weight").shape[0] / embed_dim),
+        "qkv_bias": "backbone.layers.0.blocks.0.attn.qkv.bias" in state,
+        "drop_path_rate": 0.0,
+        "out_features": [f"stage{i + 1}" for i in out_indices],
+    }
+
+
+def read_segmenter_config(state: dict, num_heads: dict | None) -> dict:
+    """Mask2Former: the backbone, the deformable pixel decoder and the video masked-attention decoder (``DEC_LAYERS``
+    = the FFN layers + 1, as ``Mask2FormerConfig.decoder_layers`` counts)."""
+    backbone = read_backbone_config(state)
+    box_only = PD + "mask_features.weight" not in state
+    feature_size = _need(state, PD + "input_proj.0.0.weight").shape[0]
+    hidden_dim = _need(state, PR + "query_feat.weight").shape[1]
+    out_indices = [int(name[len("stage"):]) - 1 for name in backbone["out_features"]]
+    return {
+        "backbone_config": backbone,
+        "feature_size": int(feature_size),
+        "mask_feature_size": int(feature_size if box_only else _need(state, PD + "mask_features.weight").shape[0]),
+        "hidden_dim": int(hidden_dim),
+        "encoder_layers": _count(state, re.escape(PD) + r"transformer\.encoder\.layers\.(\d+)\."),
+        "encoder_feedforward_dim": int(_need(state, PD + "transformer.encoder.layers.0.linear1.weight").shape[0]),
+        "decoder_layers": _count(state, re.escape(PR) + r"transformer_ffn_layers\.(\d+)\.") + 1,
+        "dim_feedforward": int(_need(state, PR + "transformer_ffn_layers.0.linear1.weight").shape[0]),
+        "num_queries": int(_need(state, PR + "query_feat.weight").shape[0]),
+        "num_attention_heads": _heads("segmenter", hidden_dim, num_heads),
+        "enforce_input_projection": PR + "input_proj.0.weight" in state,
+        "pre_norm": False,
+        "common_stride": 4,
+        "feature_strides": [backbone["patch_size"] * 2**i for i in out_indices],
+    }
+
+
+def read_heads_config(state: dict, num_heads: dict | None, overrides: dict) -> dict:
+    """Class head (linear, or OVFormer's ZeroShotClassifier), objectness and box head depths, box-only."""
+    heads: dict = {}
+    if _is_zero_shot(state):  # CLIP_CLASSIFIER: OVFormer's ZeroShotClassifier
+        if overrides.get("clip_vision_config") is None:
+            raise ValueError(
+                "this checkpoint's classifier (ZeroShotClassifier, CLIP_CLASSIFIER: true) attends to CLIP ViT-B/32 "
+                "image embeddings of the frames: pass clip_vision_config and clip_state_dict "
+                "(--clip-model openai/clip-vit-base-patch32)"
+            )
+        zs_weight = state[PR + "class_embed.zs_weight"]  # (E, C + 1), last column: no object (zeros)
+        num_labels = int(zs_weight.shape[1]) - 1
+        heads.update({
+            "use_text_classifier": True,
+            "text_embedding_dim": int(zs_weight.shape[0]),
+            "text_classifier_projection_layers": sum(
+                1 for k in state if re.fullmatch(re.escape(PR) + r"class_embed\.linear\.\d+\.weight", k)
+            ),
+            "text_classifier_bias": PR + "class_embed.cls_bias" in state,
+            "text_classifier_temperature": 1 / 50,  # ZeroShotClassifier's norm_temperature
+            "clip_image_context_heads": int((num_heads or {}).get("clip_context", 8)),
+        })
+    else:
+        num_labels = int(_need(state, PR + "class_embed.weight").shape[0]) - 1
+    if num_labels < 1:
+        raise ValueError("the classifier must have at least one class besides the no-object logit")
+    if overrides.get("id2label") is not None and len(overrides["id2label"]) != num_labels:
+        raise ValueError(
+            f"`id2label` has {len(overrides['id2label'])} names but the checkpoint's classifier has {num_labels} classes"
+        )
+    objectness_layers = _count(state, re.escape(PR) + r"object_embed\.layers\.(\d+)\.")
+    if objectness_layers < 1:
+        raise ValueError("the official checkpoint has no object_embed (objectness head)")
+    heads.update({
+        "num_labels": num_labels,
+        "objectness_head_layers": objectness_layers,
+        "box_head_layers": _count(state, re.escape(PR) + r"box_embed\.layers\.(\d+)\."),
+        "box_only": PD + "mask_features.weight" not in state,
+        "box_format": "xywh",  # the release's box_embed: raw normalised (x, y, w, h)
+    })
+    return heads
+
+
+def read_vision_config(state: dict, base: dict, num_heads: dict | None) -> dict:
+    """EVA ViT-g of the caption head (BLIP-2's vision encoder)."""
+    vision = {key[len(CH + "visual_encoder."):]: value for key, value in state.items()
+              if key.startswith(CH + "visual_encoder.")}
+    if not vision:
+        if "vision_model.embeddings.class_embedding" in base:
+            raise ValueError(
+                "the official checkpoint has no visual_encoder weights: pass the vision config of the base BLIP-2 "
+                "checkpoint (vision_config=...) together with base_state_dict"
+            )
+        raise ValueError("the official checkpoint has no captioning_head.visual_encoder weights")
+    hidden = vision["cls_token"].shape[-1]
+    patch = vision["patch_embed.proj.weight"].shape[-1]
+    return {
+        "hidden_size": int(hidden),
+        "intermediate_size": int(vision["blocks.0.mlp.fc1.weight"].shape[0]),
+        "num_hidden_layers": _count(vision, r"blocks\.(\d+)\."),
+        "num_attention_heads": _heads("vision", hidden, num_heads),
+        "patch_size": int(patch),
+        "image_size": int(math.isqrt(vision["pos_embed"].shape[1] - 1) * patch),
+        "qkv_bias": "blocks.0.attn.q_bias" in vision,
+        "layer_norm_eps": 1e-6,
+    }
+
+
+def read_qformer_config(state: dict, num_heads: dict | None) -> dict:
+    """LAVIS's BERT Q-Former: width, depth, cross-attention frequency, query-token FFN."""
+    prefix = CH + "Qformer.bert.encoder.layer."
+    hidden = int(_need(state, CH + "query_tokens").shape[-1])
+    layers = _count(state, re.escape(prefix) + r"(\d+)\.")
+    cross = [i for i in range(layers) if f"{prefix}{i}.crossattention.self.query.weight" in state]
+    if not cross or cross[0] != 0:
+        raise ValueError("the Q-Former must cross-attend in its first layer")
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": _heads("qformer", hidden, num_heads),
+        "intermediate_size": int(_need(state, f"{prefix}0.intermediate_query.dense.weight").shape[0]),
+        "cross_attention_frequency": int(cross[1] - cross[0] if len(cross) > 1 else layers),
+        "layer_norm_eps": 1e-12,
+    }
+
+
+def read_text_config(state: dict, base: dict, num_heads: dict | None) -> dict:
+    """OPT of the caption head (from the checkpoint, else from the base BLIP-2 state dict)."""
+    lm = {key[len(CH + "opt_model."):]: value for key, value in state.items() if key.startswith(CH + "opt_model.")}
+    if not lm:
+        lm = {key[len("language_model."):]: value for key, value in base.items() if key.startswith("language_model.")}
+    if not lm:
+        raise ValueError("the official checkpoint has no captioning_head.opt_model weights; pass base_state_dict")
+    embed = lm["model.decoder.embed_tokens.weight"]
+    hidden = int(lm["model.decoder.layers.0.fc1.weight"].shape[1])
+    return {
+        "model_type": "opt",
+        "vocab_size": int(embed.shape[0]),
+        "hidden_size": hidden,
+        "word_embed_proj_dim": int(embed.shape[1]),
+        "num_hidden_layers": _count(lm, r"model\.decoder\.layers\.(\d+)\."),
+        "ffn_dim": int(lm["model.decoder.layers.0.fc1.weight"].shape[0]),
+        "num_attention_heads": _heads("text", hidden, num_heads),
+        "max_position_embeddings": int(lm["model.decoder.embed_positions.weight"].shape[0]) - 2,
+        "do_layer_norm_before": "model.decoder.final_layer_norm.weight" in lm,
+        "pad_token_id": 1,
+        "bos_token_id": 2,
+        "eos_token_id": 2,
+    }
+
+
 def config_from_original(
     state: dict[str, torch.Tensor],
     preset: str | None = None,
@@ -335,199 +467,50 @@ def config_from_original(
     base_state_dict: dict[str, torch.Tensor] | None = None,
     **overrides,
 ) -> CaptionFormerConfig:
-    """The :class:`CaptionFormerConfig` of an official state dict, its sizes read from the parameter shapes.
+    """The :class:`CaptionFormerConfig` of an official state dict, its sizes read from the parameter shapes, one
+    reader per component (``read_segmenter_config``, ``read_heads_config``, ``read_vision_config``,
+    ``read_qformer_config``, ``read_text_config``).
 
-    ``preset`` (``vln``, ``vidstg``, ``bensmot``) sets the tracker / aggregation values of the released
-    evaluation configs; ``num_heads`` gives head counts the shapes cannot tell (``segmenter``, ``vision``,
-    ``qformer``, ``text``); ``text_config`` / ``vision_config`` replace the inferred LM / ViT configs (e.g.
+    ``preset`` (``vln``, ``vidstg``, ``bensmot``, ``lvviscap``) sets the release's video level with the values of
+    its evaluation config (checked against the weights; default: the preset whose checkpoints look like this one);
+    ``num_heads`` gives head counts the shapes cannot tell (``segmenter``, ``vision``, ``qformer``, ``text``);
+    ``text_config`` / ``vision_config`` replace the inferred LM / ViT configs (e.g.
     ``AutoConfig.from_pretrained("facebook/opt-2.7b")``); ``base_state_dict`` (transformers BLIP-2 names) supplies
     the ViT / LM shapes when the official checkpoint lacks them; other keyword arguments override config fields."""
     if preset is not None and preset not in RELEASE_PRESETS:
         raise ValueError(f"`preset` must be one of {sorted(RELEASE_PRESETS)}, got {preset!r}")
+    if preset is None:
+        preset = preset_for(state)
+        logger.info("no preset given: the checkpoint looks like a %r one, using that preset", preset)
+    check_preset(state, preset)
     problems = _check_supported(state)
     if problems:
         raise ValueError("unsupported official checkpoint:\n  " + "\n  ".join(problems))
     base = base_state_dict or {}
-
-    def need(key: str) -> torch.Tensor:
-        if key not in state:
-            raise ValueError(f"the official checkpoint has no {key!r}")
-        return state[key]
-
-    # --- Swin backbone
-    patch = need("backbone.patch_embed.proj.weight")
-    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
-    num_stages = _count(state, r"backbone\.layers\.(\d+)\.")
-    depths = [_count(state, rf"backbone\.layers\.{i}\.blocks\.(\d+)\.") for i in range(num_stages)]
-    table = need("backbone.layers.0.blocks.0.attn.relative_position_bias_table")
-    window_size = (math.isqrt(table.shape[0]) + 1) // 2
-    swin_heads = [state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]
-                  for i in range(num_stages)]
-    mlp_ratio = need("backbone.layers.0.blocks.0.mlp.fc1.weight").shape[0] / embed_dim
-    pd = "sem_seg_head.pixel_decoder."
-    pr = "sem_seg_head.predictor."
-    box_only = pd + "mask_features.weight" not in state  # BOX_ONLY: no mask branch, res3-res5 only
-    out_indices = [i for i in range(num_stages) if f"backbone.norm{i}.weight" in state]
-    wanted = list(range(num_stages - 3, num_stages)) if box_only else list(range(num_stages))
-    if out_indices != wanted:
-        raise ValueError(
-            f"the Swin backbone must output stages {[i + 2 for i in wanted]} (res*) for a "
-            f"{'box-only' if box_only else 'mask'} checkpoint, got norms for res{[i + 2 for i in out_indices]}"
-        )
-    out_features = [f"stage{i + 1}" for i in out_indices]
-    backbone_config = {
-        "model_type": "swin",
-        "image_size": 384,
-        "patch_size": int(patch_size),
-        "embed_dim": int(embed_dim),
-        "depths": depths,
-        "num_heads": swin_heads,
-        "window_size": int(window_size),
-        "mlp_ratio": float(mlp_ratio),
-        "qkv_bias": "backbone.layers.0.blocks.0.attn.qkv.bias" in state,
-        "drop_path_rate": 0.0,
-        "out_features": out_features,
-    }
-
-    # --- pixel decoder and masked-attention decoder
-    feature_size = need(pd + "input_proj.0.0.weight").shape[0]
-    hidden_dim = need(pr + "query_feat.weight").shape[1]
-    segmenter_config = {
-        "backbone_config": backbone_config,
-        "feature_size": int(feature_size),
-        "mask_feature_size": int(feature_size if box_only else need(pd + "mask_features.weight").shape[0]),
-        "hidden_dim": int(hidden_dim),
-        "encoder_layers": _count(state, re.escape(pd) + r"transformer\.encoder\.layers\.(\d+)\."),
-        "encoder_feedforward_dim": int(need(pd + "transformer.encoder.layers.0.linear1.weight").shape[0]),
-        "decoder_layers": _count(state, re.escape(pr) + r"transformer_ffn_layers\.(\d+)\.") + 1,
-        "dim_feedforward": int(need(pr + "transformer_ffn_layers.0.linear1.weight").shape[0]),
-        "num_queries": int(need(pr + "query_feat.weight").shape[0]),
-        "num_attention_heads": _heads("segmenter", hidden_dim, num_heads),
-        "enforce_input_projection": pr + "input_proj.0.weight" in state,
-        "pre_norm": False,
-        "common_stride": 4,
-        "feature_strides": [patch_size * 2**i for i in out_indices],
-    }
-    classifier = {}
-    if _is_zero_shot(state):  # CLIP_CLASSIFIER: OVFormer's ZeroShotClassifier
-        if overrides.get("clip_vision_config") is None:
-            raise ValueError(
-                "this checkpoint's classifier (ZeroShotClassifier, CLIP_CLASSIFIER: true) attends to CLIP ViT-B/32 "
-                "image embeddings of the frames: pass clip_vision_config and clip_state_dict "
-                "(--clip-model openai/clip-vit-base-patch32)"
-            )
-        zs_weight = state[pr + "class_embed.zs_weight"]  # (E, C + 1), last column: no object (zeros)
-        num_labels = int(zs_weight.shape[1]) - 1
-        classifier = {
-            "use_text_classifier": True,
-            "text_embedding_dim": int(zs_weight.shape[0]),
-            "text_classifier_projection_layers": sum(
-                1 for k in state if re.fullmatch(re.escape(pr) + r"class_embed\.linear\.\d+\.weight", k)
-            ),
-            "text_classifier_bias": pr + "class_embed.cls_bias" in state,
-            "text_classifier_temperature": 1 / 50,  # ZeroShotClassifier's norm_temperature
-            "clip_image_context_heads": int((num_heads or {}).get("clip_context", 8)),
-        }
-    else:
-        num_labels = int(need(pr + "class_embed.weight").shape[0]) - 1
-    if num_labels < 1:
-        raise ValueError("the classifier must have at least one class besides the no-object logit")
-    if overrides.get("id2label") is not None and len(overrides["id2label"]) != num_labels:
-        raise ValueError(
-            f"`id2label` has {len(overrides['id2label'])} names but the checkpoint's classifier has {num_labels} classes"
-        )
-    objectness_layers = _count(state, re.escape(pr) + r"object_embed\.layers\.(\d+)\.")
-    if objectness_layers < 1:
-        raise ValueError("the official checkpoint has no object_embed (objectness head)")
-    box_layers = _count(state, re.escape(pr) + r"box_embed\.layers\.(\d+)\.")
-
-    # --- caption head
-    ch = "captioning_head."
+    segmenter_config = read_segmenter_config(state, num_heads)
+    heads = read_heads_config(state, num_heads, overrides)
     if vision_config is None:
-        vision = {key[len(ch + "visual_encoder."):]: value for key, value in state.items()
-                  if key.startswith(ch + "visual_encoder.")}
-        if vision:
-            vision_hidden = vision["cls_token"].shape[-1]
-            vision_config = {
-                "hidden_size": int(vision_hidden),
-                "intermediate_size": int(vision["blocks.0.mlp.fc1.weight"].shape[0]),
-                "num_hidden_layers": _count(vision, r"blocks\.(\d+)\."),
-                "num_attention_heads": _heads("vision", vision_hidden, num_heads),
-                "patch_size": int(vision["patch_embed.proj.weight"].shape[-1]),
-                "image_size": int(math.isqrt(vision["pos_embed"].shape[1] - 1) * vision["patch_embed.proj.weight"].shape[-1]),
-                "qkv_bias": "blocks.0.attn.q_bias" in vision,
-                "layer_norm_eps": 1e-6,
-            }
-        elif "vision_model.embeddings.class_embedding" in base:
-            raise ValueError(
-                "the official checkpoint has no visual_encoder weights: pass the vision config of the base BLIP-2 "
-                "checkpoint (vision_config=...) together with base_state_dict"
-            )
-        else:
-            raise ValueError("the official checkpoint has no captioning_head.visual_encoder weights")
-    qformer_prefix = ch + "Qformer.bert.encoder.layer."
-    qformer_hidden = int(need(ch + "query_tokens").shape[-1])
-    num_qformer_layers = _count(state, re.escape(qformer_prefix) + r"(\d+)\.")
-    cross_layers = [i for i in range(num_qformer_layers)
-                    if f"{qformer_prefix}{i}.crossattention.self.query.weight" in state]
-    if not cross_layers or cross_layers[0] != 0:
-        raise ValueError("the Q-Former must cross-attend in its first layer")
-    frequency = cross_layers[1] - cross_layers[0] if len(cross_layers) > 1 else num_qformer_layers
-    qformer_config = {
-        "hidden_size": qformer_hidden,
-        "num_hidden_layers": num_qformer_layers,
-        "num_attention_heads": _heads("qformer", qformer_hidden, num_heads),
-        "intermediate_size": int(need(f"{qformer_prefix}0.intermediate_query.dense.weight").shape[0]),
-        "cross_attention_frequency": int(frequency),
-        "layer_norm_eps": 1e-12,
-    }
+        vision_config = read_vision_config(state, base, num_heads)
+    elif hasattr(vision_config, "to_dict"):
+        vision_config = vision_config.to_dict()
+    qformer_config = read_qformer_config(state, num_heads)
     if text_config is None:
-        lm = {key[len(ch + "opt_model."):]: value for key, value in state.items() if key.startswith(ch + "opt_model.")}
-        if not lm:
-            lm = {key[len("language_model."):]: value for key, value in base.items() if key.startswith("language_model.")}
-        if not lm:
-            raise ValueError("the official checkpoint has no captioning_head.opt_model weights; pass base_state_dict")
-        embed = lm["model.decoder.embed_tokens.weight"]
-        text_hidden = int(lm["model.decoder.layers.0.fc1.weight"].shape[1])
-        text_config = {
-            "model_type": "opt",
-            "vocab_size": int(embed.shape[0]),
-            "hidden_size": text_hidden,
-            "word_embed_proj_dim": int(embed.shape[1]),
-            "num_hidden_layers": _count(lm, r"model\.decoder\.layers\.(\d+)\."),
-            "ffn_dim": int(lm["model.decoder.layers.0.fc1.weight"].shape[0]),
-            "num_attention_heads": _heads("text", text_hidden, num_heads),
-            "max_position_embeddings": int(lm["model.decoder.embed_positions.weight"].shape[0]) - 2,
-            "do_layer_norm_before": "model.decoder.final_layer_norm.weight" in lm,
-            "pad_token_id": 1,
-            "bos_token_id": 2,
-            "eos_token_id": 2,
-        }
+        text_config = read_text_config(state, base, num_heads)
     elif hasattr(text_config, "to_dict"):
         text_config = text_config.to_dict()
-    if hasattr(vision_config, "to_dict"):
-        vision_config = vision_config.to_dict()
 
-    mean = state.get("pixel_mean")
-    std = state.get("pixel_std")
+    mean, std = state.get("pixel_mean"), state.get("pixel_std")
     image_mean = [float(v) / 255.0 for v in mean.flatten()] if mean is not None else list(IMAGENET_DEFAULT_MEAN)
     image_std = [float(v) / 255.0 for v in std.flatten()] if std is not None else list(IMAGENET_DEFAULT_STD)
-
     kwargs = {
         "segmenter_config": segmenter_config,
         "vision_config": vision_config,
         "qformer_config": qformer_config,
         "text_config": text_config,
-        "num_labels": num_labels,
-        **classifier,
-        "num_query_tokens": int(need(ch + "query_tokens").shape[1]),
-        "objectness_head_layers": objectness_layers,
-        "box_head_layers": box_layers,
-        "box_only": box_only,
-        "box_format": "xywh",  # the release's box_embed: raw normalised (x, y, w, h)
+        **heads,
+        "num_query_tokens": int(_need(state, CH + "query_tokens").shape[1]),
         "caption_mask_convention": "release",
         "caption_mask_threshold": 0.5,
-        "aggregation": "weighted",
         "caption_frame": "middle",
         "segmenter_image_mean": image_mean,
         "segmenter_image_std": image_std,
@@ -538,210 +521,238 @@ def config_from_original(
         # the release prompts OPT with its (empty) text prompt tokenised with BOS: [queries, </s>]
         "caption_prompt_token_id": int(2 if text_config.get("bos_token_id") is None else text_config["bos_token_id"]),
     }
-    if preset is not None:
-        kwargs.update(RELEASE_PRESETS[preset])
+    kwargs.update(RELEASE_PRESETS[preset])
     kwargs.update(overrides)
     return CaptionFormerConfig(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------- mapping
+# One executed table: every official key is matched (``re.fullmatch``) against these rules in order; the first
+# rule that matches places it (``target``, with the pattern's groups: ``\1``, ``\2``...; ``{i+1}``-style fields via
+# the transform) or drops it (``target=None``, with the reason as note). The README's table is rendered from this
+# list (:func:`mapping_table_markdown`), so the mapping and its documentation cannot drift.
+SEG = "model.segmenter."
+PIX = SEG + "pixel_level_module."
+DEC = SEG + "transformer_module."
+CAP = "model.caption_head."
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    target: str | None  # None: dropped on purpose (note = the reason)
+    transform: str = ""  # how the tensor changes on the way (see _apply)
+    note: str = ""
+
+
+RULES: list[Rule] = [
+    # dropped on purpose
+    Rule(r"criterion\.empty_weight", None, note="loss buffer (class weights of the set criterion)"),
+    Rule(r"pixel_(mean|std)", None, note="read into segmenter_image_mean / segmenter_image_std"),
+    Rule(r"backbone\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index", None, "check_index",
+         "buffer recomputed from the window size (checked equal before it is dropped)"),
+    Rule(r"captioning_head\.Qformer\.bert\.embeddings\.(word_embeddings\.weight|position_embeddings\.weight|position_ids)",
+         None, note="Q-Former text embeddings: captioning feeds query embeddings only"),
+    Rule(r"captioning_head\.Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..*", None,
+         note="Q-Former text-token feed-forward: the 33 query tokens use intermediate_query / output_query"),
+    Rule(r"captioning_head\.Qformer\.cls\..*", None, note="Q-Former LM head (set to None by the release)"),
+    # Swin backbone
+    Rule(r"backbone\.patch_embed\.proj\.(weight|bias)", PIX + r"encoder.swin.embeddings.patch_embeddings.projection.\1"),
+    Rule(r"backbone\.patch_embed\.norm\.(weight|bias)", PIX + r"encoder.swin.embeddings.norm.\1"),
+    Rule(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.norm1\.(weight|bias)",
+         PIX + r"encoder.swin.encoder.layers.\1.blocks.\2.layernorm_before.\3"),
+    Rule(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.norm2\.(weight|bias)",
+         PIX + r"encoder.swin.encoder.layers.\1.blocks.\2.layernorm_after.\3"),
+    Rule(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)",
+         PIX + r"encoder.swin.encoder.layers.\1.blocks.\2.attention.{q,k,v}_proj.\3", "split_qkv", "split in 3"),
+    Rule(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.attn\.proj\.(weight|bias)",
+         PIX + r"encoder.swin.encoder.layers.\1.blocks.\2.attention.o_proj.\3"),
+    Rule(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table",
+         PIX + r"encoder.swin.encoder.layers.\1.blocks.\2.attention.relative_position_bias.relative_position_bias_table"),
+    Rule(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
+         PIX + r"encoder.swin.encoder.layers.\1.blocks.\2.mlp.\3.\4"),
+    Rule(r"backbone\.layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)",
+         PIX + r"encoder.swin.encoder.layers.\1.downsample.\2.\3"),
+    Rule(r"backbone\.norm(\d+)\.(weight|bias)", PIX + r"encoder.hidden_states_norms.stage{\1+1}.\2", "",
+         "stage index + 1"),
+    # MSDeformAttn pixel decoder
+    Rule(r"sem_seg_head\.pixel_decoder\.input_proj\.(\d+)\.(\d+)\.(weight|bias)",
+         PIX + r"decoder.input_projections.\1.\2.\3"),
+    Rule(r"sem_seg_head\.pixel_decoder\.transformer\.level_embed", PIX + "decoder.level_embed"),
+    Rule(r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.self_attn\."
+         r"(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)",
+         PIX + r"decoder.encoder.layers.\1.self_attn.\2.\3"),
+    Rule(r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm1\.(weight|bias)",
+         PIX + r"decoder.encoder.layers.\1.self_attn_layer_norm.\2"),
+    Rule(r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.linear1\.(weight|bias)",
+         PIX + r"decoder.encoder.layers.\1.fc1.\2"),
+    Rule(r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.linear2\.(weight|bias)",
+         PIX + r"decoder.encoder.layers.\1.fc2.\2"),
+    Rule(r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm2\.(weight|bias)",
+         PIX + r"decoder.encoder.layers.\1.final_layer_norm.\2"),
+    Rule(r"sem_seg_head\.pixel_decoder\.mask_features\.(weight|bias)", PIX + r"decoder.mask_projection.\1"),
+    Rule(r"sem_seg_head\.pixel_decoder\.(adapter_1|layer_1)\.weight", PIX + r"decoder.\1.0.weight"),
+    Rule(r"sem_seg_head\.pixel_decoder\.(adapter_1|layer_1)\.norm\.(weight|bias)", PIX + r"decoder.\1.1.\2"),
+    # video masked-attention decoder
+    Rule(r"sem_seg_head\.predictor\.query_feat\.weight", DEC + "queries_features.weight"),
+    Rule(r"sem_seg_head\.predictor\.query_embed\.weight", DEC + "queries_embedder.weight"),
+    Rule(r"sem_seg_head\.predictor\.level_embed\.weight", DEC + "level_embed.weight"),
+    Rule(r"sem_seg_head\.predictor\.input_proj\.(\d+)\.(weight|bias)", DEC + r"input_projections.\1.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_self_attention_layers\.(\d+)\.self_attn\.in_proj_(weight|bias)",
+         DEC + r"decoder.layers.\1.self_attn.{q,k,v}_proj.\2", "split_qkv", "split in 3"),
+    Rule(r"sem_seg_head\.predictor\.transformer_self_attention_layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+         DEC + r"decoder.layers.\1.self_attn.out_proj.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_self_attention_layers\.(\d+)\.norm\.(weight|bias)",
+         DEC + r"decoder.layers.\1.self_attn_layer_norm.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_cross_attention_layers\.(\d+)\.multihead_attn\.(in_proj_weight|in_proj_bias)",
+         DEC + r"decoder.layers.\1.cross_attn.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_cross_attention_layers\.(\d+)\.multihead_attn\.out_proj\.(weight|bias)",
+         DEC + r"decoder.layers.\1.cross_attn.out_proj.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_cross_attention_layers\.(\d+)\.norm\.(weight|bias)",
+         DEC + r"decoder.layers.\1.cross_attn_layer_norm.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_ffn_layers\.(\d+)\.linear1\.(weight|bias)", DEC + r"decoder.layers.\1.fc1.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_ffn_layers\.(\d+)\.linear2\.(weight|bias)", DEC + r"decoder.layers.\1.fc2.\2"),
+    Rule(r"sem_seg_head\.predictor\.transformer_ffn_layers\.(\d+)\.norm\.(weight|bias)",
+         DEC + r"decoder.layers.\1.final_layer_norm.\2"),
+    Rule(r"sem_seg_head\.predictor\.decoder_norm\.(weight|bias)", DEC + r"decoder.layernorm.\1"),
+    Rule(r"sem_seg_head\.predictor\.mask_embed\.layers\.(\d+)\.(weight|bias)",
+         DEC + r"decoder.mask_predictor.mask_embedder.\1.0.\2"),
+    # heads
+    Rule(r"sem_seg_head\.predictor\.class_embed\.(weight|bias)", SEG + r"class_head.classifier.\1", "drop_no_object",
+         "no-object row dropped"),
+    Rule(r"sem_seg_head\.predictor\.class_embed\.linear\.(\d+)\.(weight|bias)", SEG + r"class_head.projection{\1/2}.\2",
+         "", "ZeroShotClassifier: Sequential(Linear, ReLU, Linear), Linear k at index 2k"),
+    Rule(r"sem_seg_head\.predictor\.class_embed\.cross_attention\.multihead_attn\.(in_proj_weight|in_proj_bias)",
+         SEG + r"class_head.image_context_attention.\1"),
+    Rule(r"sem_seg_head\.predictor\.class_embed\.cross_attention\.multihead_attn\.out_proj\.(weight|bias)",
+         SEG + r"class_head.image_context_attention.out_proj.\1"),
+    Rule(r"sem_seg_head\.predictor\.class_embed\.cross_attention\.norm\.(weight|bias)",
+         SEG + r"class_head.image_context_norm.\1"),
+    Rule(r"sem_seg_head\.predictor\.class_embed\.zs_weight", SEG + "class_head.class_embeddings", "zs_weight",
+         "transposed, no-object column dropped"),
+    Rule(r"sem_seg_head\.predictor\.class_embed\.cls_bias", SEG + "class_head.bias"),
+    Rule(r"sem_seg_head\.predictor\.object_embed\.layers\.(\d+)\.(weight|bias)", SEG + r"objectness_head{\1}.\2",
+         "objectness", "last layer: logit 0 - logit 1"),
+    Rule(r"sem_seg_head\.predictor\.box_embed\.layers\.(\d+)\.(weight|bias)", SEG + r"box_head.\1.0.\2", "tile_box",
+         "last layer tiled clip_length times"),
+    # caption head: EVA ViT-g, ln_vision, Q-Former, projections, OPT
+    Rule(r"captioning_head\.visual_encoder\.cls_token", CAP + "vision_model.embeddings.class_embedding"),
+    Rule(r"captioning_head\.visual_encoder\.pos_embed", CAP + "vision_model.embeddings.position_embedding"),
+    Rule(r"captioning_head\.visual_encoder\.patch_embed\.proj\.(weight|bias)",
+         CAP + r"vision_model.embeddings.patch_embedding.\1"),
+    Rule(r"captioning_head\.visual_encoder\.blocks\.(\d+)\.norm(1|2)\.(weight|bias)",
+         CAP + r"vision_model.encoder.layers.\1.layer_norm\2.\3"),
+    Rule(r"captioning_head\.visual_encoder\.blocks\.(\d+)\.attn\.qkv\.weight",
+         CAP + r"vision_model.encoder.layers.\1.self_attn.qkv.weight"),
+    Rule(r"captioning_head\.visual_encoder\.blocks\.(\d+)\.attn\.(q_bias|v_bias)",
+         CAP + r"vision_model.encoder.layers.\1.self_attn.qkv.bias", "qkv_bias", "bias = [q_bias, 0, v_bias]"),
+    Rule(r"captioning_head\.visual_encoder\.blocks\.(\d+)\.attn\.proj\.(weight|bias)",
+         CAP + r"vision_model.encoder.layers.\1.self_attn.projection.\2"),
+    Rule(r"captioning_head\.visual_encoder\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
+         CAP + r"vision_model.encoder.layers.\1.mlp.\2.\3"),
+    Rule(r"captioning_head\.ln_vision\.(weight|bias)", CAP + r"vision_model.post_layernorm.\1"),
+    Rule(r"captioning_head\.Qformer\.bert\.embeddings\.LayerNorm\.(weight|bias)", CAP + r"qformer.layernorm.\1"),
+    Rule(r"captioning_head\.Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(query|key|value)\.(weight|bias)",
+         CAP + r"qformer.encoder.layer.\1.\2.attention.\3.\4"),
+    Rule(r"captioning_head\.Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.output\.(dense|LayerNorm)\.(weight|bias)",
+         CAP + r"qformer.encoder.layer.\1.\2.output.\3.\4"),
+    Rule(r"captioning_head\.Qformer\.bert\.encoder\.layer\.(\d+)\.(intermediate_query|output_query)\.(dense|LayerNorm)\.(weight|bias)",
+         CAP + r"qformer.encoder.layer.\1.\2.\3.\4"),
+    Rule(r"captioning_head\.query_tokens", CAP + "query_tokens"),
+    Rule(r"captioning_head\.obj_linear_proj\.(weight|bias)", CAP + r"object_query_projection.\1"),
+    Rule(r"captioning_head\.opt_proj\.(weight|bias)", CAP + r"language_projection.\1"),
+    Rule(r"captioning_head\.opt_model\.(.+)", r"language_model.\1", "", "transformers OPT names"),
+]
+
+
+def _target(rule: Rule, match: re.Match, config: CaptionFormerConfig) -> str:
+    """The target name of a matched key: the pattern's groups filled in, then the computed fields: ``{\\N+1}`` (a
+    Swin stage index plus one), ``{\\N/2}`` (the ZeroShotClassifier's Linear at index 2k: ``.k.0``, nothing for a
+    1-layer projection) and ``{\\N}`` (an MLP objectness head's layer ``.N.0``, nothing for a 1-layer head)."""
+    target = match.expand(rule.target.replace("{\\", "{g\\").replace("{q,k,v}", "QKV"))
+
+    def field(found: re.Match) -> str:
+        value, op = int(found.group(1)), found.group(2)
+        if op == "+1":
+            return str(value + 1)
+        layers = config.text_classifier_projection_layers if op == "/2" else config.objectness_head_layers
+        return "" if layers == 1 else f".{value // 2 if op == '/2' else value}.0"
+
+    return re.sub(r"\{g(\d+)(\+1|/2)?\}", field, target)
+
+
+def _apply(rule: Rule, key: str, value: torch.Tensor, target: str, config: CaptionFormerConfig, m: _Mapper) -> None:
+    """Place ``value`` at ``target`` through the rule's transform."""
+    if rule.transform == "split_qkv":
+        for name, chunk in zip("qkv", value.chunk(3, dim=0)):
+            m.put(target.replace("QKV", name), chunk.clone())
+    elif rule.transform == "drop_no_object":  # inference reads sigmoid(logits[:, :-1]) only
+        m.put(target, value[:-1].clone())
+    elif rule.transform == "zs_weight":  # (E, C + 1) -> (C, E), the zero no-object column dropped
+        m.put(target, value[:, :-1].t().contiguous())
+    elif rule.transform == "objectness":  # softmax([a, b])[0] == sigmoid(a - b)
+        layer = int(re.search(r"layers\.(\d+)\.", key).group(1))
+        if layer == config.objectness_head_layers - 1:
+            if value.shape[0] != 2:
+                m.report.shape_mismatches.append(f"{key}: expected 2 logits (object, no object), got {value.shape[0]}")
+                return
+            value = (value[0] - value[1])[None]
+        m.put(target, value.clone())
+    elif rule.transform == "tile_box":  # one box per frame from the same query
+        layer = int(re.search(r"layers\.(\d+)\.", key).group(1))
+        if layer == config.box_head_layers - 1:
+            value = value.repeat(config.clip_length, 1) if value.ndim == 2 else value.repeat(config.clip_length)
+        m.put(target, value.clone())
+    elif rule.transform == "qkv_bias":  # EVA has q and v biases and no k bias: joined once both are read
+        m.pending.setdefault(target, {})[key.rsplit(".", 1)[1]] = value
+    else:
+        m.put(target, value)
+
+
 class _Mapper:
     def __init__(self, source: dict[str, torch.Tensor], report: ConversionReport):
         self.source = dict(source)
         self.target: dict[str, torch.Tensor] = OrderedDict()
+        self.pending: dict[str, dict] = {}
         self.report = report
 
-    def take(self, key: str) -> torch.Tensor | None:
-        """Pop an official tensor (``None`` if absent: the target stays unfilled and is reported as missing)."""
-        return self.source.pop(key, None)
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self.target[key] = value
+        self.report.mapped += 1
 
-    def put(self, key: str, value: torch.Tensor | None) -> None:
-        if value is not None:
-            self.target[key] = value
-            self.report.mapped += 1
-
-    def rename(self, source: str, target: str) -> None:
-        self.put(target, self.take(source))
-
-    def rename_prefix(self, source: str, target: str, names=("weight", "bias")) -> None:
-        for name in names:
-            self.rename(f"{source}.{name}", f"{target}.{name}")
-
-    def split_qkv(self, source: str, targets: tuple[str, str, str], names=("weight", "bias")) -> None:
-        for name in names:
-            value = self.take(f"{source}{name}")
-            if value is None:
-                continue
-            for target, chunk in zip(targets, value.chunk(3, dim=0)):
-                self.put(f"{target}.{name}", chunk.clone())
-
-
-def _map_swin(m: _Mapper, config: CaptionFormerConfig) -> None:
-    src, dst = "backbone.", "model.segmenter.pixel_level_module.encoder."
-    swin = config.segmenter_config.backbone_config
-    m.rename_prefix(src + "patch_embed.proj", dst + "swin.embeddings.patch_embeddings.projection")
-    m.rename_prefix(src + "patch_embed.norm", dst + "swin.embeddings.norm")
-    for i, depth in enumerate(swin.depths):
-        for j in range(depth):
-            s, d = f"{src}layers.{i}.blocks.{j}.", f"{dst}swin.encoder.layers.{i}.blocks.{j}."
-            m.rename_prefix(s + "norm1", d + "layernorm_before")
-            m.split_qkv(s + "attn.qkv.", (d + "attention.q_proj", d + "attention.k_proj", d + "attention.v_proj"),
-                        names=("weight", "bias") if swin.qkv_bias else ("weight",))
-            m.rename_prefix(s + "attn.proj", d + "attention.o_proj")
-            m.rename(s + "attn.relative_position_bias_table",
-                     d + "attention.relative_position_bias.relative_position_bias_table")
-            m.rename_prefix(s + "norm2", d + "layernorm_after")
-            m.rename_prefix(s + "mlp.fc1", d + "mlp.fc1")
-            m.rename_prefix(s + "mlp.fc2", d + "mlp.fc2")
-        if i < len(swin.depths) - 1:
-            m.rename(f"{src}layers.{i}.downsample.reduction.weight", f"{dst}swin.encoder.layers.{i}.downsample.reduction.weight")
-            m.rename_prefix(f"{src}layers.{i}.downsample.norm", f"{dst}swin.encoder.layers.{i}.downsample.norm")
-        if f"stage{i + 1}" in swin.out_features:
-            m.rename_prefix(f"{src}norm{i}", f"{dst}hidden_states_norms.stage{i + 1}")
+    def run(self, config: CaptionFormerConfig) -> None:
+        compiled = [(re.compile(rule.pattern), rule) for rule in RULES]
+        for key in list(self.source):
+            value = self.source[key]
+            for regex, rule in compiled:
+                match = regex.fullmatch(key)
+                if match is None:
+                    continue
+                self.source.pop(key)
+                if rule.target is None:
+                    if rule.transform == "check_index":
+                        _check_relative_position_index(key, value)
+                    self.report.dropped[key] = rule.note
+                else:
+                    _apply(rule, key, value, _target(rule, match, config), config, self)
+                break
+        for target, parts in self.pending.items():
+            if "q_bias" in parts and "v_bias" in parts:
+                q_bias, v_bias = parts["q_bias"], parts["v_bias"]
+                self.put(target, torch.cat([q_bias, torch.zeros_like(q_bias), v_bias]))
 
 
-def _map_pixel_decoder(m: _Mapper, config: CaptionFormerConfig) -> None:
-    src, dst = "sem_seg_head.pixel_decoder.", "model.segmenter.pixel_level_module.decoder."
-    for i in range(3):
-        for j in range(2):
-            m.rename_prefix(f"{src}input_proj.{i}.{j}", f"{dst}input_projections.{i}.{j}")
-    m.rename(src + "transformer.level_embed", dst + "level_embed")
-    for n in range(config.segmenter_config.encoder_layers):
-        s, d = f"{src}transformer.encoder.layers.{n}.", f"{dst}encoder.layers.{n}."
-        for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
-            m.rename_prefix(s + "self_attn." + name, d + "self_attn." + name)
-        m.rename_prefix(s + "norm1", d + "self_attn_layer_norm")
-        m.rename_prefix(s + "linear1", d + "fc1")
-        m.rename_prefix(s + "linear2", d + "fc2")
-        m.rename_prefix(s + "norm2", d + "final_layer_norm")
-    if config.box_only:  # no mask branch in the release
-        return
-    m.rename_prefix(src + "mask_features", dst + "mask_projection")
-    m.rename(src + "adapter_1.weight", dst + "adapter_1.0.weight")
-    m.rename_prefix(src + "adapter_1.norm", dst + "adapter_1.1")
-    m.rename(src + "layer_1.weight", dst + "layer_1.0.weight")
-    m.rename_prefix(src + "layer_1.norm", dst + "layer_1.1")
+def mapping_table_markdown() -> str:
+    """The key-mapping table of the README, rendered from :data:`RULES` (the table the conversion executes): official
+    key pattern -> target, or dropped with its reason."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
 
-
-def _map_decoder_and_heads(m: _Mapper, config: CaptionFormerConfig) -> None:
-    src, dst = "sem_seg_head.predictor.", "model.segmenter.transformer_module."
-    seg = config.segmenter_config
-    m.rename(src + "query_feat.weight", dst + "queries_features.weight")
-    m.rename(src + "query_embed.weight", dst + "queries_embedder.weight")
-    m.rename(src + "level_embed.weight", dst + "level_embed.weight")
-    if seg.enforce_input_projection:
-        for i in range(3):
-            m.rename_prefix(f"{src}input_proj.{i}", f"{dst}input_projections.{i}")
-    for i in range(seg.decoder_layers - 1):
-        d = f"{dst}decoder.layers.{i}."
-        s = f"{src}transformer_self_attention_layers.{i}."
-        m.split_qkv(s + "self_attn.in_proj_", (d + "self_attn.q_proj", d + "self_attn.k_proj", d + "self_attn.v_proj"))
-        m.rename_prefix(s + "self_attn.out_proj", d + "self_attn.out_proj")
-        m.rename_prefix(s + "norm", d + "self_attn_layer_norm")
-        s = f"{src}transformer_cross_attention_layers.{i}."
-        m.rename(s + "multihead_attn.in_proj_weight", d + "cross_attn.in_proj_weight")
-        m.rename(s + "multihead_attn.in_proj_bias", d + "cross_attn.in_proj_bias")
-        m.rename_prefix(s + "multihead_attn.out_proj", d + "cross_attn.out_proj")
-        m.rename_prefix(s + "norm", d + "cross_attn_layer_norm")
-        s = f"{src}transformer_ffn_layers.{i}."
-        m.rename_prefix(s + "linear1", d + "fc1")
-        m.rename_prefix(s + "linear2", d + "fc2")
-        m.rename_prefix(s + "norm", d + "final_layer_norm")
-    m.rename_prefix(src + "decoder_norm", dst + "decoder.layernorm")
-    if not config.box_only:
-        for k in range(3):
-            m.rename_prefix(f"{src}mask_embed.layers.{k}", f"{dst}decoder.mask_predictor.mask_embedder.{k}.0")
-
-    heads = "model.segmenter."
-    if config.use_text_classifier:  # ZeroShotClassifier
-        c, d = src + "class_embed.", heads + "class_head."
-        layers = config.text_classifier_projection_layers
-        for k in range(layers):  # nn.Sequential(Linear, ReLU, Linear): Linear k at index 2k
-            target = d + "projection" if layers == 1 else f"{d}projection.{k}.0"
-            m.rename_prefix(f"{c}linear.{2 * k}", target)
-        for name in ("in_proj_weight", "in_proj_bias"):
-            m.rename(f"{c}cross_attention.multihead_attn.{name}", f"{d}image_context_attention.{name}")
-        m.rename_prefix(c + "cross_attention.multihead_attn.out_proj", d + "image_context_attention.out_proj")
-        m.rename_prefix(c + "cross_attention.norm", d + "image_context_norm")
-        zs_weight = m.take(c + "zs_weight")
-        if zs_weight is not None:  # (E, C + 1) -> (C, E), the zero no-object column dropped
-            m.put(d + "class_embeddings", zs_weight[:, :-1].t().contiguous())
-        if config.text_classifier_bias:
-            m.rename(c + "cls_bias", d + "bias")
-    else:
-        # class: drop the no-object logit (inference reads sigmoid(logits[:, :-1]) only)
-        for name in ("weight", "bias"):
-            value = m.take(f"{src}class_embed.{name}")
-            if value is not None:
-                m.put(f"{heads}class_head.classifier.{name}", value[:-1].clone())
-    # objectness: softmax([a, b])[0] == sigmoid(a - b)
-    layers = config.objectness_head_layers
-    for k in range(layers):
-        weight, bias = m.take(f"{src}object_embed.layers.{k}.weight"), m.take(f"{src}object_embed.layers.{k}.bias")
-        if weight is None or bias is None:
-            continue
-        if k == layers - 1:
-            if weight.shape[0] != 2:
-                m.report.shape_mismatches.append(
-                    f"{src}object_embed.layers.{k}.weight: expected 2 logits (object, no object), got {weight.shape[0]}"
-                )
-                continue
-            weight, bias = (weight[0] - weight[1])[None], (bias[0] - bias[1])[None]
-        prefix = f"{heads}objectness_head" if layers == 1 else f"{heads}objectness_head.{k}.0"
-        m.put(f"{prefix}.weight", weight.clone())
-        m.put(f"{prefix}.bias", bias.clone())
-    # boxes: one box per frame from the same query -> tile the last layer clip_length times
-    for k in range(config.box_head_layers):
-        weight, bias = m.take(f"{src}box_embed.layers.{k}.weight"), m.take(f"{src}box_embed.layers.{k}.bias")
-        if weight is None or bias is None:
-            continue
-        if k == config.box_head_layers - 1:
-            weight, bias = weight.repeat(config.clip_length, 1), bias.repeat(config.clip_length)
-        m.put(f"{heads}box_head.{k}.0.weight", weight.clone())
-        m.put(f"{heads}box_head.{k}.0.bias", bias.clone())
-
-
-def _map_caption_head(m: _Mapper, config: CaptionFormerConfig) -> None:
-    src, dst = "captioning_head.", "model.caption_head."
-    if any(key.startswith(src + "visual_encoder.") for key in m.source):
-        s, d = src + "visual_encoder.", dst + "vision_model."
-        m.rename(s + "cls_token", d + "embeddings.class_embedding")
-        m.rename(s + "pos_embed", d + "embeddings.position_embedding")
-        m.rename_prefix(s + "patch_embed.proj", d + "embeddings.patch_embedding")
-        for i in range(config.vision_config.num_hidden_layers):
-            sb, db = f"{s}blocks.{i}.", f"{d}encoder.layers.{i}."
-            m.rename_prefix(sb + "norm1", db + "layer_norm1")
-            m.rename(sb + "attn.qkv.weight", db + "self_attn.qkv.weight")
-            if config.vision_config.qkv_bias:
-                q_bias, v_bias = m.take(sb + "attn.q_bias"), m.take(sb + "attn.v_bias")
-                if q_bias is not None and v_bias is not None:
-                    m.put(db + "self_attn.qkv.bias", torch.cat([q_bias, torch.zeros_like(q_bias), v_bias]))
-            m.rename_prefix(sb + "attn.proj", db + "self_attn.projection")
-            m.rename_prefix(sb + "norm2", db + "layer_norm2")
-            m.rename_prefix(sb + "mlp.fc1", db + "mlp.fc1")
-            m.rename_prefix(sb + "mlp.fc2", db + "mlp.fc2")
-    if src + "ln_vision.weight" in m.source:
-        m.rename_prefix(src + "ln_vision", dst + "vision_model.post_layernorm")
-    q, dq = src + "Qformer.bert.", dst + "qformer."
-    m.rename_prefix(q + "embeddings.LayerNorm", dq + "layernorm")
-    frequency = config.qformer_config.cross_attention_frequency
-    for i in range(config.qformer_config.num_hidden_layers):
-        s, d = f"{q}encoder.layer.{i}.", f"{dq}encoder.layer.{i}."
-        blocks = ["attention"] + (["crossattention"] if i % frequency == 0 else [])
-        for block in blocks:
-            for name in ("query", "key", "value"):
-                m.rename_prefix(f"{s}{block}.self.{name}", f"{d}{block}.attention.{name}")
-            m.rename_prefix(f"{s}{block}.output.dense", f"{d}{block}.output.dense")
-            m.rename_prefix(f"{s}{block}.output.LayerNorm", f"{d}{block}.output.LayerNorm")
-        m.rename_prefix(s + "intermediate_query.dense", d + "intermediate_query.dense")
-        m.rename_prefix(s + "output_query.dense", d + "output_query.dense")
-        m.rename_prefix(s + "output_query.LayerNorm", d + "output_query.LayerNorm")
-    m.rename(src + "query_tokens", dst + "query_tokens")
-    m.rename_prefix(src + "obj_linear_proj", dst + "object_query_projection")
-    m.rename_prefix(src + "opt_proj", dst + "language_projection")
-    lm = src + "opt_model."
-    for key in [k for k in m.source if k.startswith(lm)]:
-        m.rename(key, "language_model." + key[len(lm):])
+    lines = ["| official key (regex) | captionformer_hf key | note |", "|---|---|---|"]
+    for rule in RULES:
+        target = "dropped" if rule.target is None else f"`{cell(rule.target)}`"
+        lines.append(f"| `{cell(rule.pattern)}` | {target} | {cell(rule.note)} |")
+    return "\n".join(lines)
 
 
 def _fill_from_base(target: dict, expected: dict, base: dict, report: ConversionReport) -> None:
@@ -783,19 +794,7 @@ def convert_state_dict(
     if report.unsupported:
         return {}, report
     m = _Mapper(state, report)
-    # drop what is dropped on purpose (checking the recomputed buffers on the way)
-    for key in list(m.source):
-        for pattern, reason in DROPPED_KEYS.items():
-            if re.match(pattern, key):
-                value = m.source.pop(key)
-                if key.endswith("relative_position_index"):
-                    _check_relative_position_index(key, value)
-                report.dropped[key] = reason
-                break
-    _map_swin(m, config)
-    _map_pixel_decoder(m, config)
-    _map_decoder_and_heads(m, config)
-    _map_caption_head(m, config)
+    m.run(config)
     target = m.target
     if "language_model.lm_head.weight" in expected and "language_model.lm_head.weight" not in target:
         embed = target.get("language_model.model.decoder.embed_tokens.weight")
@@ -890,38 +889,56 @@ def release_video_processor(config: CaptionFormerConfig, shortest_edge: int = 48
     )
 
 
+CONVERTED_CARD = (
+    "An official CaptionFormer checkpoint (gabfstr/CaptionFormer) converted to transformers with "
+    "`captionformer convert`; its config runs the released code's video level (`video_inference_mode=\"release\"`)."
+)
+RELEASE_BASE_MODELS = ["Salesforce/blip2-opt-2.7b"]  # the caption head's EVA ViT-g, Q-Former and OPT-2.7B
+PRESET_DATASETS = {"vidstg": ["VidSTG"], "vln": ["VLN"], "bensmot": ["BenSMOT"], "lvviscap": ["LV-VISCap"]}
+
+
 def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: str | None = None,
-                    shortest_edge: int = 480) -> Path:
+                    shortest_edge: int = 480, preset: str | None = None) -> Path:
     """Save the converted model (safetensors + config + generation config) and, with a ``tokenizer``, the
-    processor, into ``output_dir`` (absent or empty; written atomically); optionally push both to the Hub repository
-    ``push_to_hub``."""
+    processor, the code and a model card (a folder that works without this package) into ``output_dir`` (absent or
+    empty; written atomically); optionally push it to the Hub repository ``push_to_hub``."""
     from .processing.processing_captionformer import CaptionFormerProcessor
 
     output_dir = Path(output_dir)
+    processor = None
     if tokenizer is not None:
-        # the release stops captions at a newline (OPT's "\n" token) as BLIP-2 does; keep the EOS token too
+        # the release trains captions ending with a newline (OPT's "\n" token) and stops generating there, as BLIP-2
+        # does; generation keeps the EOS token as a stop too
         newline = tokenizer("\n", add_special_tokens=False).input_ids
+        end_token = None
         if len(newline) == 1:
             model.generation_config.eos_token_id = [newline[0]] + (
                 [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             )
-    processor = None
-    if tokenizer is not None:
+            end_token = tokenizer.convert_ids_to_tokens(newline[0])
         processor = CaptionFormerProcessor(
             video_processor=release_video_processor(model.config, shortest_edge),
             tokenizer=tokenizer,
+            caption_end_token=end_token,
             max_caption_length=model.config.max_caption_length,
         )
     else:
         logger.warning("no tokenizer given: %s has the model only (no processor)", output_dir)
     with atomic_directory(output_dir, argument="output") as tmp:
-        model.save_pretrained(tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
+        if processor is not None:  # weights, config, processor, the code and a model card: usable without this package
+            from .hub import save_for_hub
+
+            save_for_hub(model, processor, tmp, title=f"CaptionFormer ({preset or 'official'} checkpoint, converted)",
+                         description=CONVERTED_CARD, base_model=RELEASE_BASE_MODELS,
+                         datasets=PRESET_DATASETS.get(preset), tags=["converted"] + ([preset] if preset else []))
+        else:
+            model.save_pretrained(tmp)
     if push_to_hub:
-        model.push_to_hub(push_to_hub)
-        if processor is not None:
-            processor.push_to_hub(push_to_hub)
+        if processor is None:
+            raise ValueError("`push_to_hub` needs the processor: pass the tokenizer (--tokenizer)")
+        from .hub import push_folder
+
+        push_folder(output_dir, push_to_hub)
     return output_dir
 
 
@@ -966,7 +983,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="official .pth (detectron2 checkpoint or state dict)")
     parser.add_argument("--output", required=True, help="output folder (safetensors, config, processor)")
-    parser.add_argument("--preset", choices=sorted(RELEASE_PRESETS), help="tracker / aggregation settings")
+    parser.add_argument("--preset", choices=sorted(RELEASE_PRESETS),
+                        help="the benchmark's evaluation settings (the release's video level); checked against the "
+                        "weights; default: the preset whose checkpoints look like this one")
     parser.add_argument("--tokenizer", help="tokenizer of the LM (Hub id or folder), e.g. facebook/opt-2.7b")
     parser.add_argument("--text-config", help="LM config (Hub id or folder) instead of the inferred one")
     parser.add_argument("--base-blip2", help="transformers BLIP-2 checkpoint (Hub id or folder) that supplies the "
@@ -1023,7 +1042,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     )
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     write_converted(model, args.output, tokenizer=tokenizer, push_to_hub=args.push_to_hub,
-                    shortest_edge=args.shortest_edge)
+                    shortest_edge=args.shortest_edge, preset=args.preset or preset_for(state))
     print(report.summary())
     print(f"wrote {args.output}")
     return 0

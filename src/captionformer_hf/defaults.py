@@ -18,14 +18,18 @@ def default_model_path() -> str:
 
 def load_pipeline(model: str | None = None, device=None, **kwargs):
     """``pipeline("dense-video-object-captioning")`` for ``model`` (a local path or Hub id; default: the embedded
-    model). Extra keyword arguments go to ``transformers.pipeline``."""
+    model) with this package's code: folders saved for the Hub carry their own copy of the code (for users without
+    the package), which is not run here. Extra keyword arguments go to ``transformers.pipeline``."""
     from transformers import pipeline
 
     from . import _HAS_TORCH
 
     if not _HAS_TORCH:
         raise ValueError("the captioning pipeline needs torch: pip install torch torchvision")
+    from .processing import DenseVideoObjectCaptioningPipeline
+
     model = model or default_model_path()
     if isinstance(model, str) and not os.path.exists(model) and model.startswith((".", "/")):
         raise ValueError(f"`model`: no such directory: {model}")
-    return pipeline("dense-video-object-captioning", model=model, device=device, **kwargs)
+    return pipeline("dense-video-object-captioning", model=model, device=device,
+                    pipeline_class=DenseVideoObjectCaptioningPipeline, **kwargs)

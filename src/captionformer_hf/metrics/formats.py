@@ -130,6 +130,55 @@ def _track_to_videos(tracks: Sequence[Mapping], gt: Mapping, is_prediction: bool
     return list(videos.values())
 
 
+def track_results_to_coco_videos(results: Sequence[Mapping], gt: Mapping) -> list[dict]:
+    """Per-track results (the released code's ``results.json``: per-frame ``bbox`` / ``segmentations`` lists over
+    the video's frames) -> prediction videos aligned with :func:`coco_to_videos` of a COCO-style ground truth, frame
+    ``i`` of a track being the video's ``i``-th image (by id), as the published ``convert_per_track_to_coco``. A
+    box's score is the track's ``score_per_frame`` entry when given, a mask's the track's score."""
+    frames_of_video, size_of_video, _ = _coco_video_index(gt)
+    tracks = defaultdict(list)
+    for index, result in enumerate(results):
+        if not isinstance(result, Mapping) or "video_id" not in result:
+            raise ValueError(f"result {index} must be a dict with a `video_id`")
+        video_id = result["video_id"]
+        if video_id not in frames_of_video:
+            raise ValueError(f"result {index}: video_id {video_id!r} is not among the GT videos")
+        if "score" not in result:
+            raise ValueError(f"result {index} (video {video_id!r}) has no `score`")
+        num_frames = len(frames_of_video[video_id])
+        boxes = result.get("bbox") or [None] * num_frames
+        segmentations = result.get("segmentations") or [None] * num_frames
+        per_frame = result.get("score_per_frame")
+        for name, values in (("bbox", boxes), ("segmentations", segmentations)):
+            if len(values) != num_frames:
+                raise ValueError(
+                    f"result {index} (video {video_id!r}): `{name}` has {len(values)} frames, the video {num_frames}"
+                )
+        caption = result.get("caption") or ""
+        frames = []
+        for f in range(num_frames):
+            box, segmentation = boxes[f], segmentations[f]
+            if box is None and segmentation is None:
+                continue
+            score = per_frame[f] if per_frame is not None and segmentation is None else result["score"]
+            frame_caption = caption[f] if isinstance(caption, list) and len(caption) == num_frames else caption
+            if isinstance(frame_caption, list):
+                frame_caption = frame_caption[0] if frame_caption else ""
+            frames.append(_frame_entry(box, segmentation, score, frame_caption) | {"frame_index": f})
+        trajectory = {"track_id": len(tracks[video_id]), "score": float(result["score"]),
+                      "caption": caption if isinstance(caption, str) else "", "frames": frames}
+        if result.get("category_id") is not None:
+            trajectory["category_id"] = result["category_id"]
+        tracks[video_id].append(trajectory)
+    videos = []
+    for video_id, image_ids in frames_of_video.items():
+        video = {"video_id": video_id, "num_frames": len(image_ids), "trajectories": tracks[video_id]}
+        if video_id in size_of_video:
+            video["height"], video["width"] = size_of_video[video_id]
+        videos.append(video)
+    return videos
+
+
 def ytvis_to_videos(gt: Mapping) -> list[dict]:
     """Per-track (YouTube-VIS / LV-VIS style) ground truth -> reference videos."""
     return _track_to_videos(gt.get("annotations", []), gt, is_prediction=False)
@@ -139,6 +188,43 @@ def track_results_to_videos(results: Sequence[Mapping], gt: Mapping) -> list[dic
     """Per-track results (``video_id``, ``score``, per-frame ``bboxes`` / ``segmentations``, ``caption``) ->
     prediction videos aligned with :func:`ytvis_to_videos` of the same ground truth."""
     return _track_to_videos(results, gt, is_prediction=True)
+
+
+def videos_to_track_results(videos: Sequence[Mapping], masks: bool | None = None) -> list[dict]:
+    """Trajectory-format predictions -> the released code's per-track ``results.json`` (what its evaluation scripts
+    read): one entry per trajectory with ``video_id``, ``score``, ``category_id``, ``caption`` and per-frame lists
+    over all ``num_frames`` frames (``None`` where the object is absent): ``bbox`` ``[x, y, w, h]`` with
+    ``score_per_frame``, and ``segmentations`` (``{"size": [h, w], "counts"}`` RLE) when the video has masks
+    (``masks``: force on / off)."""
+    results = []
+    for video in videos:
+        num_frames = int(video["num_frames"])
+        with_masks = masks
+        if with_masks is None:
+            with_masks = any(f.get("mask_rle") for t in video["trajectories"] for f in t["frames"])
+        for trajectory in video["trajectories"]:
+            boxes = [None] * num_frames
+            scores = [None] * num_frames
+            segmentations = [None] * num_frames
+            for entry in trajectory["frames"]:
+                index = int(entry["frame_index"])
+                boxes[index] = entry.get("box")
+                scores[index] = entry.get("score", trajectory.get("score"))
+                if entry.get("mask_rle") is not None:
+                    segmentations[index] = {"size": [int(video["height"]), int(video["width"])],
+                                            "counts": entry["mask_rle"]}
+            result = {
+                "video_id": video["video_id"],
+                "score": trajectory.get("score"),
+                "category_id": trajectory.get("category_id"),
+                "caption": trajectory.get("caption") or "",
+                "bbox": boxes,
+                "score_per_frame": [s if s is not None else 0.0 for s in scores],
+            }
+            if with_masks:
+                result["segmentations"] = segmentations
+            results.append(result)
+    return results
 
 
 def _load(path_or_data):
@@ -173,8 +259,13 @@ def load_videos(predictions, references) -> tuple[list[dict], list[dict], str]:
             raise ValueError("references are in the trajectory format, so predictions must be too")
         return native_pred, native_gt, "trajectories"
     if isinstance(gt, Mapping) and "images" in gt:
+        native_pred = _native_videos(pred)
+        if native_pred is not None:  # trajectories on the GT videos' frames (frame i = the video's i-th image)
+            return native_pred, coco_to_videos(gt), "coco-frames"
         if isinstance(pred, Mapping):
             pred = pred.get("annotations", [])
+        if pred and isinstance(pred[0], Mapping) and "image_id" not in pred[0]:
+            return track_results_to_coco_videos(pred, gt), coco_to_videos(gt), "coco-frames, per-track results"
         return coco_predictions_to_videos(pred, gt), coco_to_videos(gt), "coco-frames"
     if isinstance(gt, Mapping) and "videos" in gt:
         if isinstance(pred, Mapping):

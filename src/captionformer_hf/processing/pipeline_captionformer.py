@@ -6,6 +6,8 @@ checkpoint).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from transformers import Pipeline
 from transformers.utils import logging
@@ -32,6 +34,51 @@ def _collate_videos(items: list[dict]) -> dict:
     """Batches of videos stay lists: each video is processed on its own (its clips are batched by
     ``clip_batch_size``)."""
     return {key: [item[key] for item in items] for key in items[0]}
+
+
+LICENSE = "apache-2.0"
+PIPELINE_TAG = "video-text-to-text"  # the Hub's closest task; the transformers task is dense-video-object-captioning
+TAGS = ("captionformer", "dense-video-object-captioning", "video", "object-tracking", "custom_code")
+
+
+def model_card_text(model, *, title=None, description=None, base_model=None, datasets=None, license=LICENSE,
+                    tags=None) -> str:
+    """A model card (Hub metadata: ``pipeline_tag``, ``library_name``, ``license``, ``base_model``, ``datasets``,
+    ``tags``; and how to use the model) for a CaptionFormer folder."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        license=license,
+        base_model=base_model,
+        datasets=list(datasets) if datasets else None,
+        tags=list(dict.fromkeys([*TAGS, *(tags or [])])),
+    )
+    config = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    default = "A CaptionFormer (CVPR 2026) model: it segments, detects, tracks and captions every object of a video."
+    body = f"""
+# {title or "CaptionFormer"}
+
+{description or default}
+
+- {parameters / 1e6:.1f} M parameters; clips of {config.clip_length} frame(s); {config.segmenter_config.num_queries}
+  queries; {config.num_labels} classes; video level: {config.video_inference_mode} mode
+- output: trajectories (track id, score, category, caption, per-frame boxes and COCO RLE masks)
+
+```python
+from transformers import pipeline
+
+pipe = pipeline(model="THIS_REPO_OR_FOLDER", trust_remote_code=True)  # the code comes with the model
+result = pipe("video.mp4")
+for trajectory in result["trajectories"]:
+    print(trajectory["track_id"], trajectory["caption"])
+```
+
+With `pip install captionformer_hf` it also runs as `pipeline("dense-video-object-captioning", model=...)`.
+"""
+    return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
 
 def _first(items: list[dict]) -> dict:
@@ -160,11 +207,33 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
     def postprocess(self, model_outputs):
         return model_outputs["results"]
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save the model, the pipeline code (``custom_pipelines``) and the processor, so that
-        ``pipeline(model=path_or_repo, trust_remote_code=True)`` works without this package."""
+    def save_pretrained(self, save_directory, card: str | None = None, title=None, description=None,
+                        base_model=None, datasets=None, license=LICENSE, tags=None, **kwargs):
+        """Save the model, the pipeline code (``custom_pipelines``), the processor and a model card (``card``, or
+        one made by :func:`model_card_text` from the other arguments), so that ``pipeline(model=path_or_repo,
+        trust_remote_code=True)`` works without this package. ``push_to_hub`` saves through here too."""
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
+        if card is None:
+            card = model_card_text(self.model, title=title, description=description, base_model=base_model,
+                                   datasets=datasets, license=license, tags=tags)
+        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token=None, commit_message: str | None = None,
+                    **card_kwargs):
+        """Upload what :meth:`save_pretrained` writes (model, code, processor, this package's model card: transformers'
+        own push would replace the card) to the Hub model repository ``repo_id``."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **card_kwargs)
+            return api.upload_folder(folder_path=folder, repo_id=repo_id,
+                                     commit_message=commit_message or "Upload CaptionFormer")
 
 
 __all__ = ["DenseVideoObjectCaptioningPipeline"]

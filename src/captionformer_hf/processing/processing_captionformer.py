@@ -23,7 +23,8 @@ class CaptionFormerProcessor(ProcessorMixin):
     Args:
         video_processor ([`CaptionFormerVideoProcessor`]): the video processor.
         tokenizer ([`PreTrainedTokenizerBase`]): the LM's tokenizer.
-        caption_end_token (`str`, *optional*): token that ends a caption (default: the tokenizer's EOS token).
+        caption_end_token (`str`, *optional*): token that ends a caption (default: the tokenizer's EOS token; the
+            released OPT models end captions with the newline token, OPT's ``"Ċ"``, which their conversion sets).
         max_caption_length (`int`, *optional*, defaults to 32): caption length (tokens, end token included).
     """
 
@@ -39,13 +40,20 @@ class CaptionFormerProcessor(ProcessorMixin):
             raise ValueError("the tokenizer has no EOS token: set `caption_end_token` on the processor")
         return token
 
+    @property
+    def end_token_id(self) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(self.end_token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"`caption_end_token` {self.end_token!r} is not a token of the tokenizer")
+        return int(token_id)
+
     def tokenize_captions(self, captions: list[str], max_length: int | None = None) -> dict:
         """Caption token ids ``(N, L)`` ending with the end token, and their attention mask; an empty caption gives
         an all-zero mask row (no caption loss for that object)."""
         if isinstance(captions, str):
             captions = [captions]
         max_length = max_length or self.max_caption_length
-        end_id = self.tokenizer.convert_tokens_to_ids(self.end_token)
+        end_id = self.end_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else end_id
         rows = []
         for caption in captions:
@@ -72,13 +80,12 @@ class CaptionFormerProcessor(ProcessorMixin):
         return BatchFeature(data=data)
 
     def decode_caption(self, token_ids) -> str:
-        """Caption text of generated ids: special tokens dropped, cut at the end token."""
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
-        for token in (self.end_token, self.tokenizer.eos_token):
-            if token and token in text:
-                text = text.split(token)[0]
-        for token in self.tokenizer.all_special_tokens:
-            text = text.replace(token, "")
+        """Caption text of generated ids: cut at the first end token (or EOS), special tokens dropped, whitespace
+        collapsed."""
+        ids = [int(t) for t in token_ids]
+        stops = {self.end_token_id, self.tokenizer.eos_token_id} - {None}
+        end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
         return " ".join(text.split())
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:

@@ -383,14 +383,18 @@ def train(config: TrainingConfig) -> dict:
         with open(os.path.join(config.output_dir, f"fingerprint-rank{accelerator.process_index}.txt"), "w") as f:
             f.write(state_fingerprint(raw_model, parameters_only=True))
     if accelerator.is_main_process:
+        from ..hub import push_folder, save_for_hub
+        from ..utils import atomic_directory
+
         final = os.path.join(config.output_dir, "final")
-        raw_model.save_pretrained(final)
-        processor.save_pretrained(final)
-        with open(os.path.join(final, "training_history.json"), "w") as f:
-            json.dump({"config": dataclasses.asdict(config), "history": history, "seconds": elapsed}, f, indent=1)
+        with atomic_directory(final, overwrite=True, argument="output_dir") as tmp:
+            save_for_hub(raw_model, processor, tmp, title="CaptionFormer (trained with captionformer_hf)",
+                         datasets=None if config.dataset == "synthetic" or os.path.isdir(config.dataset)
+                         else [config.dataset], tags=[config.stage])
+            with open(os.path.join(tmp, "training_history.json"), "w") as f:
+                json.dump({"config": dataclasses.asdict(config), "history": history, "seconds": elapsed}, f, indent=1)
         if config.push_to_hub:
-            raw_model.push_to_hub(config.push_to_hub)
-            processor.push_to_hub(config.push_to_hub)
+            push_folder(final, config.push_to_hub)
     if config.report_to:
         accelerator.end_training()
     return {"history": history, "steps": step, "seconds": elapsed, "model": raw_model, "processor": processor}

@@ -1,0 +1,120 @@
+"""`captionformer predict`: a dataset split through predict_video, sharded over processes, resumable."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+from captionformer_hf.cli import main
+from captionformer_hf.processing import validate_video
+from captionformer_hf.testing_utils import tiny_config, tiny_processor
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    assert main(["data", "synthetic", "--num-videos", "5", "--out", str(root / "data"), "--frames", "6",
+                 "--seed", "3", "-q"]) == 0
+    torch.manual_seed(0)
+    config = tiny_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
+                         hysteresis_min_length=1, max_caption_length=4)
+    CaptionFormerForDenseVideoObjectCaptioning(config).eval().save_pretrained(root / "model")
+    tiny_processor(clip_length=2).save_pretrained(root / "model")
+    return root
+
+
+def predict_args(root, out, *extra):
+    return ["predict", "--model", str(root / "model"), "--dataset", str(root / "data"), "--split", "train",
+            "--out", str(out), "--max-new-tokens", "2", "-q", *extra]
+
+
+def test_predict_writes_both_formats_in_dataset_order(setup, tmp_path, capsys):
+    from captionformer_hf.data.schema import load_parquet_dataset
+
+    out = tmp_path / "preds.json"
+    assert main(predict_args(setup, out)) == 0
+    videos = json.loads(out.read_text())
+    split = load_parquet_dataset(str(setup / "data"))["train"]
+    assert [v["video_id"] for v in videos] == list(split["video_id"])
+    for video, example in zip(videos, split):
+        validate_video(video, require_scores=True)
+        assert (video["num_frames"], video["height"], video["width"]) == (
+            example["num_frames"], example["height"], example["width"])
+        assert video["trajectories"]
+    results = json.loads((tmp_path / "preds.results.json").read_text())
+    assert len(results) == sum(len(v["trajectories"]) for v in videos)
+    first, video = results[0], videos[0]
+    assert len(first["bbox"]) == len(first["segmentations"]) == len(first["score_per_frame"]) == video["num_frames"]
+    listed = {f["frame_index"]: f for f in video["trajectories"][0]["frames"]}
+    for index, box in enumerate(first["bbox"]):
+        assert (box is None) == (index not in listed)
+        if box is not None:
+            assert box == listed[index]["box"]
+            assert first["segmentations"][index] == {"size": [video["height"], video["width"]],
+                                                     "counts": listed[index]["mask_rle"]}
+    assert not (tmp_path / "preds.json.parts").exists()  # removed once the outputs are written
+    assert "4 videos" in capsys.readouterr().out  # the train split of 5 synthetic videos
+
+
+def test_a_killed_run_resumes_without_redoing_finished_videos(setup, tmp_path, monkeypatch):
+    import captionformer_hf.training.trainer as trainer
+
+    straight = tmp_path / "straight.json"
+    assert main(predict_args(setup, straight)) == 0
+    real = trainer.predict_example
+    calls = []
+
+    def dies_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill in the middle of the third video
+        calls.append(args[2]["video_id"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "predict_example", dies_after_two)
+    out = tmp_path / "resumed.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(predict_args(setup, out))
+    parts = sorted(os.listdir(tmp_path / "resumed.json.parts"))
+    assert parts == ["00000000.json", "00000001.json"] and not out.exists()
+    stamps = {name: os.stat(tmp_path / "resumed.json.parts" / name).st_mtime_ns for name in parts}
+    calls.clear()
+    monkeypatch.setattr(trainer, "predict_example", lambda *a, **k: (calls.append(a[2]["video_id"]), real(*a, **k))[1])
+    assert main(predict_args(setup, out)) == 0
+    assert len(calls) == 2  # only the two videos that were not finished
+    assert json.loads(out.read_text()) == json.loads(straight.read_text())
+    assert stamps  # the finished parts were read, not rewritten (they are gone with the folder now)
+
+
+def test_two_processes_give_the_same_file_as_one(setup, tmp_path):
+    one = tmp_path / "one.json"
+    assert main(predict_args(setup, one)) == 0
+    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    two = tmp_path / "two.json"
+    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "captionformer_hf.cli",
+               *predict_args(setup, two)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(two.read_text()) == json.loads(one.read_text())
+    assert json.loads((tmp_path / "two.results.json").read_text()) == json.loads((tmp_path / "one.results.json").read_text())
+
+
+def test_bad_arguments_fail_before_any_work(setup, tmp_path, capsys):
+    args = predict_args(setup, tmp_path / "p.json")
+    args[args.index("--split") + 1] = "validation"
+    assert main(args) == 2
+    assert "no split 'validation'" in capsys.readouterr().err
+    (tmp_path / "dir.json").mkdir()
+    assert main(predict_args(setup, tmp_path / "dir.json")) == 2
+    assert "is a directory" in capsys.readouterr().err
+    args = predict_args(setup, tmp_path / "p.json")
+    args[args.index("--dataset") + 1] = str(tmp_path / "dir.json" / ".." / "p.json")
+    (tmp_path / "p.json").write_text("[]")
+    assert main(args) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -1,0 +1,176 @@
+"""`captionformer evaluate --protocol`: the benchmarks' published protocols."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from captionformer_hf.cli import main
+from captionformer_hf.metrics import compute_chota
+from captionformer_hf.metrics.formats import (
+    coco_predictions_to_videos,
+    coco_to_videos,
+    load_videos,
+    track_results_to_coco_videos,
+    videos_to_track_results,
+)
+from captionformer_hf.metrics.protocols import evaluate_protocol, restrict_to_frames, smot_caption_pairs
+
+H, W = 40, 60
+
+
+def rle(x, y, w, h):
+    mask = np.zeros((H, W), np.uint8)
+    mask[y : y + h, x : x + w] = 1
+    return mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
+
+
+def coco_gt(with_masks=True, captions=True):
+    """Two videos of 4 annotated frames; video 1 has two objects."""
+    images, annotations = [], []
+    objects = {1: [(0, "a red dog running", (5, 5, 10, 10))], 2: [(0, "a cat sitting", (30, 10, 12, 12)),
+                                                                 (1, "a bird flying up", (2, 20, 8, 8))]}
+    image_id = 1
+    for video_id, tracks in objects.items():
+        for frame in range(4):
+            images.append({"id": image_id, "video_id": video_id, "height": H, "width": W})
+            for track_id, caption, (x, y, w, h) in tracks:
+                annotation = {"id": len(annotations) + 1, "image_id": image_id, "track_id": track_id,
+                              "bbox": [x + frame, y, w, h], "caption": caption if captions else "", "category_id": 1}
+                if with_masks:
+                    annotation["segmentation"] = {"size": [H, W], "counts": rle(x + frame, y, w, h)}
+                annotations.append(annotation)
+            image_id += 1
+    return {"images": images, "annotations": annotations}
+
+
+def predicted_videos(shift=1):
+    """Trajectory-format predictions: good boxes/masks, one caption right, one partly, one false positive."""
+    def track(track_id, caption, box, frames, score=0.9):
+        x, y, w, h = box
+        return {"track_id": track_id, "score": score, "category_id": 1, "caption": caption,
+                "frames": [{"frame_index": f, "box": [x + f + shift, y, w, h], "score": score,
+                            "mask_rle": rle(x + f + shift, y, w, h)} for f in frames]}
+    return [
+        {"video_id": 1, "num_frames": 4, "height": H, "width": W,
+         "trajectories": [track(0, "a red dog running", (5, 5, 10, 10), range(4))]},
+        {"video_id": 2, "num_frames": 4, "height": H, "width": W,
+         "trajectories": [track(0, "a cat standing", (30, 10, 12, 12), range(4)),
+                          track(1, "a bird flying up", (2, 20, 8, 8), range(3)),
+                          track(2, "a plane", (40, 30, 5, 5), range(2), score=0.4)]},
+    ]
+
+
+def ref_per_track_to_coco(results, gt, masks=False):
+    """The published convert_per_track_to_coco (threshold 0), re-implemented from reading it."""
+    out = []
+    for vid in sorted({r["video_id"] for r in results}):
+        image_ids = [img["id"] for img in gt["images"] if img["video_id"] == vid]
+        for track_id, track in enumerate([r for r in results if r["video_id"] == vid]):
+            for f in range(len(image_ids)):
+                score = track["score"] if masks else track["score_per_frame"][f]
+                if score <= 0.0:
+                    continue
+                value = track["segmentations"][f] if masks else track["bbox"][f]
+                if value is None:
+                    continue
+                entry = {"image_id": image_ids[f], "video_id": vid, "category_id": track["category_id"],
+                         "score": score, "track_id": track_id, "caption": track["caption"]}
+                entry["segmentation" if masks else "bbox"] = value
+                out.append(entry)
+    return out
+
+
+@pytest.mark.parametrize("masks", [False, True])
+def test_per_track_results_are_read_as_the_published_converter_does(masks):
+    gt = coco_gt()
+    results = videos_to_track_results(predicted_videos(), masks=masks)
+    if not masks:
+        for result in results:
+            result.pop("segmentations", None)
+    ours = track_results_to_coco_videos(results, gt)
+    reference = coco_predictions_to_videos(ref_per_track_to_coco(results, gt, masks=masks), gt)
+    kwargs = {"iou_type": "mask" if masks else "box", "caption_metrics": ("cider",), "score_threshold": 0.0}
+    a = compute_chota(ours, coco_to_videos(gt), **kwargs)
+    b = compute_chota(reference, coco_to_videos(gt), **kwargs)
+    for key in ("CHOTA", "DetA", "AssA", "CapA", "HOTA_TP", "HOTA_FP"):
+        assert a[key] == pytest.approx(b[key], abs=1e-12), key
+    assert a["CHOTA"] > 0 and a["DetA"] < 1  # (CIDEr is on its x10 scale: CapA may pass 1)
+
+
+@pytest.mark.parametrize("name, iou_type", [("vidstg", "box"), ("lvviscap", "mask")])
+def test_box_and_mask_protocols_are_chota_with_cider_at_threshold_zero(name, iou_type):
+    gt = coco_to_videos(coco_gt())
+    predictions = predicted_videos()
+    result = evaluate_protocol(name, predictions, gt)
+    expected = compute_chota(predictions, gt, iou_type=iou_type, caption_metrics=("cider",), score_threshold=0.0)
+    assert result["CHOTA"] == expected["CHOTA"] and result["protocol"] == name
+    assert "CapA_cider" in result and "CapA_meteor" not in result
+    # the 0.4-score false positive counts (threshold 0): it lowers DetA compared with the default 0.5 threshold
+    default = compute_chota(predictions, gt, iou_type=iou_type, caption_metrics=("cider",), score_threshold=0.5)
+    assert result["DetA"] < default["DetA"]
+
+
+def test_vln_keeps_the_sparse_frames_of_dense_predictions():
+    gt = coco_to_videos(coco_gt())  # 4 annotated frames per video
+    sparse = predicted_videos()  # what the model predicts on the annotated frames
+    dense_frames = {1: [0, 3, 6, 9], 2: [1, 2, 5, 8]}  # the annotated frames inside 10-frame videos
+    dense = []
+    for video in sparse:
+        frames = dense_frames[video["video_id"]]
+        dense.append({**video, "num_frames": 10, "trajectories": [
+            {**t, "frames": [dict(f, frame_index=frames[f["frame_index"]]) for f in t["frames"]]
+             + [dict(t["frames"][0], frame_index=frames[-1] + 1)]}  # a detection on an unannotated frame
+            for t in video["trajectories"]]})
+    extended = {"videos": [{"id": v, "sparse_frame_indices": f} for v, f in dense_frames.items()]}
+    result = evaluate_protocol("vln", dense, gt, sparse_frames=extended)
+    assert result["CHOTA"] == pytest.approx(evaluate_protocol("vln", sparse, gt)["CHOTA"], abs=1e-12)
+    assert restrict_to_frames(dense, dense_frames)[0]["num_frames"] == 4
+    with pytest.raises(ValueError, match="cover more frames than the sparse ground truth.*--sparse-frames"):
+        evaluate_protocol("vln", dense, gt)
+
+
+def test_bensmot_pairs_each_track_with_its_best_mean_iou_ground_truth():
+    from pycocoevalcap.cider.cider import Cider
+
+    gt = coco_to_videos(coco_gt())
+    predictions = predicted_videos()
+    refs, cands = smot_caption_pairs(predictions, gt)
+    # video 1: the dog; video 2: cat -> cat, bird -> bird, the false positive overlaps nothing -> the first track
+    assert cands == ["a red dog running", "a cat standing", "a bird flying up", "a plane"]
+    assert refs == ["a red dog running", "a cat sitting", "a bird flying up", "a cat sitting"]
+    result = evaluate_protocol("bensmot", predictions, gt)
+    score, _ = Cider().compute_score({i: [r] for i, r in enumerate(refs)}, {i: [c] for i, c in enumerate(cands)})
+    assert result["SMOT_CIDEr"] == pytest.approx(score, abs=1e-9) and result["SMOT_pairs"] == 4
+    hota = compute_chota(predictions, gt, iou_type="box", caption_metrics=(), score_threshold=0.0)
+    assert (result["DetA"], result["AssA"]) == (hota["DetA"], hota["AssA"])
+
+
+def test_protocols_name_the_missing_annotations():
+    with pytest.raises(ValueError, match="needs ground-truth masks.*video 1, track 0, frame 0"):
+        evaluate_protocol("lvviscap", predicted_videos(), coco_to_videos(coco_gt(with_masks=False)))
+    with pytest.raises(ValueError, match="ground truth has none"):
+        evaluate_protocol("vidstg", predicted_videos(), coco_to_videos(coco_gt(captions=False)))
+    with pytest.raises(ValueError, match="`protocol` must be one of"):
+        evaluate_protocol("coco", predicted_videos(), coco_to_videos(coco_gt()))
+
+
+def test_cli_protocol(tmp_path, capsys):
+    (tmp_path / "gt.json").write_text(json.dumps(coco_gt()))
+    results = videos_to_track_results(predicted_videos())
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "preds.json").write_text(json.dumps(predicted_videos()))
+    for predictions in ("results.json", "preds.json"):  # the release's per-track format and ours
+        assert main(["evaluate", str(tmp_path / predictions), str(tmp_path / "gt.json"), "--protocol", "vidstg",
+                     "--out", str(tmp_path / "r.json")]) == 0
+        saved = json.loads((tmp_path / "r.json").read_text())
+        assert saved["protocol"] == "vidstg" and "CapA_cider" in saved
+    expected = evaluate_protocol("vidstg", *load_videos(str(tmp_path / "preds.json"), str(tmp_path / "gt.json"))[:2])
+    assert saved["CHOTA"] == pytest.approx(expected["CHOTA"])
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "preds.json"), str(tmp_path / "gt.json"), "--protocol", "vidstg",
+                 "--iou-type", "mask"]) == 2
+    assert "--protocol vidstg sets the evaluation settings; drop --iou-type" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "preds.json"), str(tmp_path / "gt.json"), "--full-capa"]) == 2
+    assert "go with --protocol" in capsys.readouterr().err
