@@ -18,7 +18,12 @@ import time
 import torch
 
 from captionformer_hf.convert_captionformer_original_to_hf import convert_original_checkpoint
-from captionformer_hf.testing_utils import RELEASE_OFFICIAL_SIZES, official_style_state_dict
+import os
+import sys
+
+# the official-style state dict builder is a test helper (tests/official_checkpoint.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from official_checkpoint import RELEASE_OFFICIAL_SIZES, official_style_state_dict  # noqa: E402
 
 
 def main() -> None:

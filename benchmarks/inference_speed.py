@@ -93,13 +93,13 @@ def main():
     from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning, CaptionFormerProcessor, predict_video
     from captionformer_hf.data.synthetic import SyntheticVideoConfig, generate_video, write_video
     from captionformer_hf.processing import CaptionFormerVideoProcessor
-    from captionformer_hf.testing_utils import tiny_tokenizer
+    from captionformer_hf.toy import toy_tokenizer
 
     torch.manual_seed(0)
     config = (release_config if size == "release" else small_config)(clip_length=1)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).to(args.device, dtype).eval()
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
-    processor = CaptionFormerProcessor(CaptionFormerVideoProcessor(), tiny_tokenizer())
+    processor = CaptionFormerProcessor(CaptionFormerVideoProcessor(), toy_tokenizer())
     video_processor = processor.video_processor
     worst = {"threshold": 0.0, "tracker_overrides": {"hysteresis_low": 0.0, "hysteresis_high": 0.0,
                                                     "hysteresis_min_length": 1}}

@@ -28,10 +28,10 @@ def main():
 
     from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
     from captionformer_hf.data.synthetic import SyntheticVideoConfig, generate_video, write_video
-    from captionformer_hf.testing_utils import tiny_config, tiny_processor
+    from captionformer_hf.toy import toy_config, toy_processor
 
     torch.manual_seed(0)
-    config = tiny_config(
+    config = toy_config(
         clip_length=4, score_threshold=0.3, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1,
         segmenter_overrides={"backbone_config": {"model_type": "resnet", "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256],
                                                  "depths": [1, 1, 2, 1], "layer_type": "basic",
@@ -39,7 +39,7 @@ def main():
                              "feature_size": 64, "mask_feature_size": 64, "hidden_dim": 64, "num_queries": 20},
     )
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
-    processor = tiny_processor(clip_length=4, size=args.size)
+    processor = toy_processor(clip_length=4, size=args.size)
     folder = tempfile.mkdtemp()
     video = generate_video(0, SyntheticVideoConfig(height=192, width=256, num_frames=args.frames, max_size=40, min_size=20))
     path = os.path.join(folder, "video.mp4")

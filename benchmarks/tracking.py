@@ -17,10 +17,10 @@ import time
 CHILD = r"""
 import json, resource, sys, torch
 from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
-from captionformer_hf.testing_utils import tiny_config
+from captionformer_hf.toy import toy_config
 torch.manual_seed(0)
 frames = int(sys.argv[1])
-config = tiny_config(clip_length=5, score_threshold=0.3, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
+config = toy_config(clip_length=5, score_threshold=0.3, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
 model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
 base = torch.randn(1, 3, 64, 64)
 def clips():

@@ -10,8 +10,8 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture
-def tiny_config():
-    from captionformer_hf.testing_utils import tiny_config as make
+def toy_config():
+    from captionformer_hf.toy import toy_config as make
 
     return make
 

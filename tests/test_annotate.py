@@ -183,13 +183,13 @@ def test_transformers_backend_with_a_tiny_random_vlm():
     import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
 
-    from captionformer_hf.testing_utils import tiny_config, tiny_tokenizer
+    from captionformer_hf.toy import toy_config, toy_tokenizer
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = toy_tokenizer()
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
     processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=2)
     image_token = tokenizer.convert_tokens_to_ids("<image>")  # added by the processor
-    base = tiny_config(text_overrides={"max_position_embeddings": 512})  # the prompt is a few hundred tokens
+    base = toy_config(text_overrides={"max_position_embeddings": 512})  # the prompt is a few hundred tokens
     torch.manual_seed(0)
     model = Blip2ForConditionalGeneration(Blip2Config(
         vision_config=base.vision_config.to_dict(), qformer_config=base.qformer_config.to_dict(),

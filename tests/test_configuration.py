@@ -40,8 +40,8 @@ def test_defaults_follow_the_paper():
     assert config.qformer_config.encoder_hidden_size == config.vision_config.hidden_size
 
 
-def test_round_trip_through_json(tmp_path, tiny_config):
-    config = tiny_config(clip_length=3, k_match=2, t_match=5, aggregation="mean", id2label={0: "a", 1: "b", 2: "c"})
+def test_round_trip_through_json(tmp_path, toy_config):
+    config = toy_config(clip_length=3, k_match=2, t_match=5, aggregation="mean", id2label={0: "a", 1: "b", 2: "c"})
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "captionformer"
@@ -54,8 +54,8 @@ def test_round_trip_through_json(tmp_path, tiny_config):
     assert loaded.id2label == {0: "a", 1: "b", 2: "c"}
 
 
-def test_any_causal_lm_as_text_config(tiny_config):
-    config = tiny_config(text_overrides={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2})
+def test_any_causal_lm_as_text_config(toy_config):
+    config = toy_config(text_overrides={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2})
     assert config.text_config.model_type == "gpt2"
 
 

@@ -24,7 +24,7 @@ from captionformer_hf.convert_captionformer_original_to_hf import (
 )
 from captionformer_hf.modeling.captioning_captionformer import object_cross_attention_mask
 from captionformer_hf.modeling.segmentation_captionformer import clip_pixel_values, temporal_sine_embedding
-from captionformer_hf.testing_utils import official_style_state_dict
+from official_checkpoint import official_style_state_dict
 
 HEADS = {"segmenter": 2, "vision": 2, "qformer": 2, "text": 2}
 SWIN = {"embed": 32, "depths": [1, 1, 2, 1], "heads": [1, 2, 2, 4], "window": 2}
@@ -198,7 +198,7 @@ def test_release_caption_mask_convention():
 
 
 def test_converted_model_runs_and_round_trips(converted, tmp_path):
-    from captionformer_hf.testing_utils import tiny_tokenizer
+    from captionformer_hf.toy import toy_tokenizer
 
     _, model, _ = converted
     torch.manual_seed(0)
@@ -228,7 +228,7 @@ def test_converted_model_runs_and_round_trips(converted, tmp_path):
     assert "loss_mask" in output.loss_dict and "loss_caption" in output.loss_dict
     assert not any("bbox" in key or "giou" in key for key in output.loss_dict)  # no box head, no box loss
 
-    out = write_converted(model, tmp_path / "converted", tokenizer=tiny_tokenizer())
+    out = write_converted(model, tmp_path / "converted", tokenizer=toy_tokenizer())
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
     reloaded = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(out)
     with torch.no_grad():
@@ -449,9 +449,9 @@ def test_box_only_checkpoint_attends_to_its_boxes(tmp_path):
     }])
     assert set(output.loss_dict) >= {"loss_bbox", "loss_giou", "loss_class"}
     assert not any(key.startswith(("loss_mask", "loss_dice")) for key in output.loss_dict)
-    from captionformer_hf.testing_utils import tiny_tokenizer
+    from captionformer_hf.toy import toy_tokenizer
 
-    _check_pipeline(write_converted(model, tmp_path / "box_only", tokenizer=tiny_tokenizer()))
+    _check_pipeline(write_converted(model, tmp_path / "box_only", tokenizer=toy_tokenizer()))
     with pytest.raises(ValueError, match="`boxes` are needed"):
         model.model.encode_captions(clip[:, 0], torch.tensor([0]), torch.randn(1, HIDDEN), torch.randn(1, 16, 16))
 
@@ -533,9 +533,9 @@ def test_zero_shot_classifier_with_clip_image_context(tmp_path):
     with torch.no_grad():
         outputs = model.model(clip_video)
     assert outputs.class_logits.shape == (1, QUERIES, NUM_CLASSES)
-    from captionformer_hf.testing_utils import tiny_tokenizer
+    from captionformer_hf.toy import toy_tokenizer
 
-    folder = write_converted(model, tmp_path / "zero_shot", tokenizer=tiny_tokenizer())
+    folder = write_converted(model, tmp_path / "zero_shot", tokenizer=toy_tokenizer())
     reloaded = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(folder)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(clip_video).class_logits, outputs.class_logits)

@@ -10,10 +10,9 @@ from pycocotools import mask as mask_utils
 
 from captionformer_hf.cli import main
 from captionformer_hf.data.converters import convert
-from captionformer_hf.data.loader import DVOCClipDataset, collate_clips, example_to_clips
 from captionformer_hf.data.schema import load_parquet_dataset, validate_example
 from captionformer_hf.data.synthetic import COLORS, SyntheticVideoConfig, build_synthetic_dataset, generate_video
-from captionformer_hf.testing_utils import tiny_processor
+from captionformer_hf.toy import toy_processor
 
 H, W = 24, 32
 
@@ -234,31 +233,3 @@ def test_cli_push_embeds_files(tmp_path, monkeypatch):
     assert uploaded["path_in_repo"] == "README.md" and uploaded["repo_type"] == "dataset"
 
 
-# ------------------------------------------------------------------------------------------------------ loader
-def test_clip_loader_shapes_and_targets():
-    dataset = build_synthetic_dataset(3, seed=5, splits={"train": 1.0})
-    processor = tiny_processor(clip_length=4, size=96)
-    example = dataset["train"][0]
-    clips = example_to_clips(example, processor, clip_length=4, clips_per_video=2)
-    assert len(clips) == 2
-    clip = clips[0]
-    assert clip["pixel_values"].shape == (4, 3, 96, 128)
-    targets = clip["labels"]
-    n = len(targets["class_labels"])
-    assert targets["mask_labels"].shape == (n, 4, 96, 128) and targets["boxes"].shape == (n, 4, 4)
-    assert targets["caption_ids"].shape[0] == n
-    # the box target equals the normalised mask extent where the object is visible
-    for i in range(n):
-        for t in range(4):
-            if targets["valid"][i, t]:
-                ys, xs = torch.nonzero(targets["mask_labels"][i, t], as_tuple=True)
-                cx = (xs.min() + xs.max() + 1) / 2 / 128
-                assert abs(float(targets["boxes"][i, t, 0]) - float(cx)) < 0.02
-    loader = torch.utils.data.DataLoader(
-        DVOCClipDataset(dataset["train"], processor, clip_length=4, seed=1), batch_size=2, collate_fn=collate_clips
-    )
-    batch = next(iter(loader))
-    assert batch["pixel_values_videos"].shape == (2, 4, 3, 96, 128) and len(batch["labels"]) == 2
-    # streaming datasets work too
-    streamed = DVOCClipDataset(dataset["train"].to_iterable_dataset(), processor, clip_length=4, shuffle=False)
-    assert len(list(streamed)) == 3

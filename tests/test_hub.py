@@ -13,7 +13,7 @@ import yaml
 from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
 from captionformer_hf.defaults import load_pipeline
 from captionformer_hf.hub import push_folder, save_for_hub
-from captionformer_hf.testing_utils import tiny_config, tiny_processor
+from captionformer_hf.toy import toy_config, toy_processor
 
 METADATA = ("pipeline_tag", "library_name", "license", "base_model", "datasets", "tags")
 
@@ -56,9 +56,9 @@ def check_without_the_package(folder, tmp_path, video):
 @pytest.fixture(scope="module")
 def model_and_processor():
     torch.manual_seed(0)
-    config = tiny_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
+    config = toy_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
                          hysteresis_min_length=1)
-    return CaptionFormerForDenseVideoObjectCaptioning(config).eval(), tiny_processor(clip_length=2)
+    return CaptionFormerForDenseVideoObjectCaptioning(config).eval(), toy_processor(clip_length=2)
 
 
 VIDEO = (np.random.default_rng(0).random((4, 48, 64, 3)) * 255).astype(np.uint8)
@@ -115,14 +115,15 @@ def test_pipeline_push_to_hub_uploads_the_self_contained_folder(model_and_proces
 
 def test_converter_output_is_self_contained(tmp_path):
     from captionformer_hf.convert_captionformer_original_to_hf import convert_original_checkpoint, write_converted
-    from captionformer_hf.testing_utils import official_style_state_dict, tiny_tokenizer
+    from captionformer_hf.toy import toy_tokenizer
+    from official_checkpoint import official_style_state_dict
 
     heads = {"segmenter": 2, "vision": 2, "qformer": 2, "text": 2}
     model, _ = convert_original_checkpoint(official_style_state_dict(seed=1), preset="vln", num_heads=heads)
     model.config.hysteresis_low = model.config.hysteresis_high = model.config.presence_threshold = 0.0
     model.config.hysteresis_min_length = 1
     model.config.caption_score_threshold = 0.0
-    folder = write_converted(model, tmp_path / "converted", tokenizer=tiny_tokenizer(), preset="vln")
+    folder = write_converted(model, tmp_path / "converted", tokenizer=toy_tokenizer(), preset="vln")
     meta = card_metadata(folder)
     assert all(meta.get(key) for key in METADATA), meta
     assert meta["base_model"] == ["Salesforce/blip2-opt-2.7b"] and "vln" in meta["tags"]

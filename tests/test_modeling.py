@@ -29,8 +29,8 @@ def build(config, seed=0):
 
 
 @pytest.mark.parametrize("clip_length", [1, 3])
-def test_output_shapes(tiny_config, clip_length):
-    config = tiny_config(clip_length=clip_length)
+def test_output_shapes(toy_config, clip_length):
+    config = toy_config(clip_length=clip_length)
     model = build(config)
     pixel_values = torch.randn(2, clip_length, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -49,9 +49,9 @@ def test_output_shapes(tiny_config, clip_length):
     torch.testing.assert_close(out.scores, expected)
 
 
-def test_single_frame_segmenter_matches_mask2former(tiny_config):
+def test_single_frame_segmenter_matches_mask2former(toy_config):
     """Parity: for T = 1 the clip segmenter computes exactly what transformers' Mask2FormerModel computes."""
-    config = tiny_config(clip_length=1)
+    config = toy_config(clip_length=1)
     model = build(config)
     reference = Mask2FormerModel(config.segmenter_config).eval()
     segmenter = model.model.segmenter
@@ -67,9 +67,9 @@ def test_single_frame_segmenter_matches_mask2former(tiny_config):
     torch.testing.assert_close(ours.masks_logits[:, :, 0], theirs.masks_queries_logits[-1])
 
 
-def test_frames_of_a_clip_are_segmented_jointly(tiny_config):
+def test_frames_of_a_clip_are_segmented_jointly(toy_config):
     """Changing one frame of a clip changes the masks of the other frames (queries attend to all T frames)."""
-    model = build(tiny_config(clip_length=3))
+    model = build(toy_config(clip_length=3))
     pixel_values = torch.randn(1, 3, 3, SIZE, SIZE)
     altered = pixel_values.clone()
     altered[:, 2] = torch.randn(3, SIZE, SIZE)
@@ -79,8 +79,8 @@ def test_frames_of_a_clip_are_segmented_jointly(tiny_config):
 
 
 @pytest.mark.parametrize("clip_length", [1, 3])
-def test_loss_is_finite_and_reaches_every_trainable_parameter(tiny_config, clip_length):
-    config = tiny_config(clip_length=clip_length)
+def test_loss_is_finite_and_reaches_every_trainable_parameter(toy_config, clip_length):
+    config = toy_config(clip_length=clip_length)
     model = build(config).train()
     out = model(torch.randn(2, clip_length, 3, SIZE, SIZE), labels=make_labels(2, clip_length))
     expected_terms = {"loss_class", "loss_objectness", "loss_mask", "loss_dice", "loss_bbox", "loss_giou", "loss_caption"}
@@ -99,8 +99,8 @@ def test_loss_is_finite_and_reaches_every_trainable_parameter(tiny_config, clip_
     assert not any(p.requires_grad for p in model.language_model.parameters())
 
 
-def test_frozen_segmenter_gets_no_gradient(tiny_config):
-    model = build(tiny_config(clip_length=1))
+def test_frozen_segmenter_gets_no_gradient(toy_config):
+    model = build(toy_config(clip_length=1))
     model.freeze_segmenter()
     model.train()
     assert not model.model.segmenter.training  # kept in eval mode (no dropout / batch-norm updates)
@@ -115,14 +115,14 @@ def test_frozen_segmenter_gets_no_gradient(tiny_config):
     assert all(p.requires_grad for p in model.model.segmenter.parameters())
 
 
-def test_frozen_segmenter_without_captions_is_an_error(tiny_config):
-    model = build(tiny_config(freeze_segmenter=True))
+def test_frozen_segmenter_without_captions_is_an_error(toy_config):
+    model = build(toy_config(freeze_segmenter=True))
     with pytest.raises(ValueError, match="nothing to train"):
         model(torch.randn(1, 1, 3, SIZE, SIZE), labels=make_labels(1, 1, with_captions=False))
 
 
-def test_empty_targets_give_a_finite_loss(tiny_config):
-    model = build(tiny_config()).train()
+def test_empty_targets_give_a_finite_loss(toy_config):
+    model = build(toy_config()).train()
     labels = make_labels(2, 1)
     labels[0] = {
         "class_labels": torch.zeros(0, dtype=torch.long),
@@ -136,8 +136,8 @@ def test_empty_targets_give_a_finite_loss(tiny_config):
     assert len(out.matched_indices[0][0]) == 0 and len(out.matched_indices[1][0]) == 2
 
 
-def test_save_load_round_trip_gives_identical_outputs(tmp_path, tiny_config):
-    model = build(tiny_config(clip_length=3))
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, toy_config):
+    model = build(toy_config(clip_length=3))
     pixel_values = torch.randn(1, 3, 3, SIZE, SIZE)
     with torch.no_grad():
         before = model(pixel_values)
@@ -155,8 +155,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, tiny_config):
     assert torch.equal(generated["sequences"], generated_loaded["sequences"])
 
 
-def test_remote_code_load_without_the_package(tmp_path, tiny_config):
-    model = build(tiny_config(clip_length=1))
+def test_remote_code_load_without_the_package(tmp_path, toy_config):
+    model = build(toy_config(clip_length=1))
     model.save_pretrained(tmp_path / "ckpt")
     pixel_values = torch.randn(1, 1, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -196,14 +196,14 @@ def test_remote_code_load_without_the_package(tmp_path, tiny_config):
     [((2, 3, SIZE, SIZE), "5 dimensions"), ((2, 1, 1, 3, SIZE, SIZE), "5 dimensions"), ((1, 1, 4, SIZE, SIZE), "3 channels"),
      ((1, 2, 3, SIZE, SIZE), "clip_length=1"), ((1, 1, 3, 8, 8), "at least 32x32")],
 )
-def test_bad_input_shape_is_a_clear_error(tiny_config, shape, error):
-    model = build(tiny_config(clip_length=1))
+def test_bad_input_shape_is_a_clear_error(toy_config, shape, error):
+    model = build(toy_config(clip_length=1))
     with pytest.raises(ValueError, match=error):
         model(torch.randn(*shape))
 
 
-def test_bad_input_types_are_clear_errors(tiny_config):
-    model = build(tiny_config())
+def test_bad_input_types_are_clear_errors(toy_config):
+    model = build(toy_config())
     with pytest.raises(TypeError, match="torch.Tensor"):
         model([[0.0]])
     with pytest.raises(TypeError, match="float tensor"):
@@ -218,8 +218,8 @@ def test_bad_input_types_are_clear_errors(tiny_config):
         model(torch.randn(1, 1, 3, SIZE, SIZE), class_embeddings=torch.randn(3, 8))
 
 
-def test_open_vocabulary_classifier(tiny_config):
-    config = tiny_config(use_text_classifier=True, text_embedding_dim=8)
+def test_open_vocabulary_classifier(toy_config):
+    config = toy_config(use_text_classifier=True, text_embedding_dim=8)
     model = build(config)
     pixel_values = torch.randn(1, 1, 3, SIZE, SIZE)
     embeddings = torch.randn(7, 8)  # a different vocabulary at inference time
@@ -250,9 +250,9 @@ def test_cross_attention_mask_is_additive_and_restricts_to_the_object():
     assert (empty == 0).all()
 
 
-def test_qformer_only_sees_the_object(tiny_config):
+def test_qformer_only_sees_the_object(toy_config):
     """Vision tokens outside the object's mask do not influence its caption query; tokens inside do."""
-    model = build(tiny_config())
+    model = build(toy_config())
     head = model.model.caption_head
     grid = head.grid_size
     tokens = torch.randn(1, 1 + grid * grid, model.config.vision_config.hidden_size)
@@ -287,8 +287,8 @@ def test_aggregation_weights_by_hand():
         aggregation_weights(scores, valid, "median")
 
 
-def test_generate_captions(tiny_config):
-    model = build(tiny_config())
+def test_generate_captions(toy_config):
+    model = build(toy_config())
     queries = torch.randn(3, 1 + model.config.num_query_tokens, model.config.qformer_config.hidden_size)
     sequences = model.generate_captions(queries, max_new_tokens=5, do_sample=False)
     assert sequences.shape[0] == 3 and 1 <= sequences.shape[1] <= 5
@@ -303,8 +303,8 @@ def test_generate_captions(tiny_config):
     assert model.generate_captions(queries[:0]).shape == (0, 0)
 
 
-def test_generate_clip_level(tiny_config):
-    model = build(tiny_config(clip_length=3))
+def test_generate_clip_level(toy_config):
+    model = build(toy_config(clip_length=3))
     result = model.generate(torch.randn(2, 3, 3, SIZE, SIZE), threshold=0.0, max_new_tokens=3)
     assert result["sequences"].shape[0] == 2 * model.config.segmenter_config.num_queries
     assert result["batch_indices"].tolist() == [0] * 5 + [1] * 5
@@ -312,10 +312,10 @@ def test_generate_clip_level(tiny_config):
     assert none["sequences"].shape[0] == 0
 
 
-def test_from_pretrained_components(tmp_path, tiny_config):
+def test_from_pretrained_components(tmp_path, toy_config):
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Mask2FormerForUniversalSegmentation
 
-    config = tiny_config()
+    config = toy_config()
     torch.manual_seed(1)
     segmenter = Mask2FormerForUniversalSegmentation(config.segmenter_config).eval()
     blip = Blip2ForConditionalGeneration(
@@ -353,10 +353,10 @@ def test_from_pretrained_components(tmp_path, tiny_config):
         torch.testing.assert_close(model.language_model(inputs_embeds=embeds).logits, blip.language_model(inputs_embeds=embeds).logits)
 
 
-def test_a_tiny_model_learns_one_clip(tiny_config):
+def test_a_tiny_model_learns_one_clip(toy_config):
     """20 steps on one synthetic clip: the loss goes down."""
     torch.manual_seed(0)
-    config = tiny_config(clip_length=2, freeze_language_model=False)
+    config = toy_config(clip_length=2, freeze_language_model=False)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).train()
     pixel_values = torch.zeros(1, 2, 3, SIZE, SIZE)
     labels = make_labels(1, 2, num_objects=2, seed=3)
@@ -374,17 +374,17 @@ def test_a_tiny_model_learns_one_clip(tiny_config):
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
 
 
-def test_base_model_has_no_language_model(tiny_config):
-    model = CaptionFormerModel(tiny_config()).eval()
+def test_base_model_has_no_language_model(toy_config):
+    model = CaptionFormerModel(toy_config()).eval()
     assert not hasattr(model, "language_model")
     with torch.no_grad():
         out = model(torch.randn(1, 1, 3, SIZE, SIZE))
     assert out.scores.shape == (1, 5)
 
 
-def test_caption_head_renormalises_segmenter_input(tiny_config):
+def test_caption_head_renormalises_segmenter_input(toy_config):
     """The vision encoder sees the frame normalised with its own (CLIP) statistics, not the segmenter's."""
-    config = tiny_config()
+    config = toy_config()
     model = build(config)
     rgb = torch.rand(1, 3, 32, 32)
     seg_mean, seg_std = torch.tensor(config.segmenter_image_mean), torch.tensor(config.segmenter_image_std)

@@ -12,7 +12,7 @@ import torch
 from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
 from captionformer_hf.cli import main
 from captionformer_hf.processing import validate_video
-from captionformer_hf.testing_utils import tiny_config, tiny_processor
+from captionformer_hf.toy import toy_config, toy_processor
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,10 @@ def setup(tmp_path_factory):
     assert main(["data", "synthetic", "--num-videos", "5", "--out", str(root / "data"), "--frames", "6",
                  "--seed", "3", "-q"]) == 0
     torch.manual_seed(0)
-    config = tiny_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
+    config = toy_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
                          hysteresis_min_length=1, max_caption_length=4)
     CaptionFormerForDenseVideoObjectCaptioning(config).eval().save_pretrained(root / "model")
-    tiny_processor(clip_length=2).save_pretrained(root / "model")
+    toy_processor(clip_length=2).save_pretrained(root / "model")
     return root
 
 

@@ -17,7 +17,7 @@ from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning, Caption
 from captionformer_hf.cli import main
 from captionformer_hf.data.synthetic import SyntheticVideoConfig, generate_video, write_video
 from captionformer_hf.processing import VideoFrames
-from captionformer_hf.testing_utils import tiny_config, tiny_processor
+from captionformer_hf.toy import toy_config, toy_processor
 
 GRADIO_VIDEOS = None
 try:
@@ -43,11 +43,11 @@ def sample(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     torch.manual_seed(0)
-    config = tiny_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
+    config = toy_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
     folder = tmp_path_factory.mktemp("model")
     model.save_pretrained(folder)
-    tiny_processor(clip_length=2).save_pretrained(folder)
+    toy_processor(clip_length=2).save_pretrained(folder)
     return str(folder)
 
 
@@ -219,7 +219,7 @@ def test_mask_encoder_equals_pycocotools_on_the_resized_masks():
 
 
 def test_processor_round_trip_and_captions(tmp_path):
-    processor = tiny_processor(clip_length=2)
+    processor = toy_processor(clip_length=2)
     encoded = processor(text=["a red square moving to the left", ""])
     assert encoded["caption_ids"].shape[0] == 2
     end = processor.tokenizer.eos_token_id

@@ -310,10 +310,10 @@ def test_release_boxes_follow_the_release_conversion():
 
 # ------------------------------------------------------------------------------------------------ with a model
 @pytest.mark.parametrize("box_only", [False, True])
-def test_a_release_mode_model_tracks_every_slot_end_to_end(tiny_config, box_only):
+def test_a_release_mode_model_tracks_every_slot_end_to_end(toy_config, box_only):
     torch.manual_seed(0)
     extra = {"box_head_layers": 2, "box_only": True} if box_only else {}
-    config = tiny_config(clip_length=2, video_inference_mode="release", presence_threshold=0.0,
+    config = toy_config(clip_length=2, video_inference_mode="release", presence_threshold=0.0,
                          caption_score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
                          hysteresis_min_length=1, t_agg=3, **extra)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()

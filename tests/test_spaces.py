@@ -45,13 +45,13 @@ def load_app(name: str, env: dict):
 @pytest.fixture(scope="module")
 def demo_app(tmp_path_factory):
     from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
-    from captionformer_hf.testing_utils import tiny_config, tiny_processor
+    from captionformer_hf.toy import toy_config, toy_processor
 
     folder = tmp_path_factory.mktemp("space-model")
     torch.manual_seed(0)
-    config = tiny_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
+    config = toy_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
     CaptionFormerForDenseVideoObjectCaptioning(config).save_pretrained(folder)
-    tiny_processor(clip_length=2).save_pretrained(folder)
+    toy_processor(clip_length=2).save_pretrained(folder)
     module = load_app("demo", {"CAPTIONFORMER_MODEL": str(folder), "CAPTIONFORMER_MAX_FRAMES": "40",
                                "CAPTIONFORMER_EXAMPLES": str(tmp_path_factory.mktemp("examples"))})
     port = free_port()

@@ -185,8 +185,8 @@ def test_session_validates_its_arguments():
 
 
 # ----------------------------------------------------------------------------------------- streaming with a model
-def loose(tiny_config, **kwargs):
-    return tiny_config(score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1, **kwargs)
+def loose(toy_config, **kwargs):
+    return toy_config(score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1, **kwargs)
 
 
 def encoder_for(height, width, content=None, original=None):
@@ -194,9 +194,9 @@ def encoder_for(height, width, content=None, original=None):
     return ClipMaskEncoder(VideoGeometry(tuple(original or content), tuple(content), (height, width)))
 
 
-def test_track_video_output(tiny_config):
+def test_track_video_output(toy_config):
     torch.manual_seed(0)
-    model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=3)).eval()
+    model = CaptionFormerForDenseVideoObjectCaptioning(loose(toy_config, clip_length=3)).eval()
     video = torch.randn(7, 3, 64, 64)  # 3 clips, the last one padded
     out = model.track_video(video, mask_encoder=encoder_for(64, 64), max_new_tokens=3)
     assert isinstance(out, CaptionFormerVideoOutput)
@@ -216,9 +216,9 @@ def test_track_video_output(tiny_config):
     assert model.track_video(video, caption=False).frame_mask_rles is None
 
 
-def test_forward_with_a_session_reports_track_ids(tiny_config):
+def test_forward_with_a_session_reports_track_ids(toy_config):
     torch.manual_seed(0)
-    model = CaptionFormerForDenseVideoObjectCaptioning(tiny_config(clip_length=2, score_threshold=0.5)).eval()
+    model = CaptionFormerForDenseVideoObjectCaptioning(toy_config(clip_length=2, score_threshold=0.5)).eval()
     session = model.init_video_session()
     clips = torch.randn(2, 2, 3, 64, 64)
     with torch.no_grad():
@@ -236,9 +236,9 @@ def test_forward_with_a_session_reports_track_ids(tiny_config):
         model(clips, video_session=object())
 
 
-def test_streaming_iterator_equals_tensor_and_batching(tiny_config):
+def test_streaming_iterator_equals_tensor_and_batching(toy_config):
     torch.manual_seed(0)
-    model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=2)).eval()
+    model = CaptionFormerForDenseVideoObjectCaptioning(loose(toy_config, clip_length=2)).eval()
     video = torch.randn(6, 3, 64, 64)
     whole = model.track_video(video, caption=False)
     streamed = model.track_video((video[i : i + 2] for i in range(0, 6, 2)), caption=False)
@@ -249,9 +249,9 @@ def test_streaming_iterator_equals_tensor_and_batching(tiny_config):
     torch.testing.assert_close(whole.frame_boxes, batched.frame_boxes, atol=0.05, rtol=0)
 
 
-def test_single_frame_clips_track_online(tiny_config):
+def test_single_frame_clips_track_online(toy_config):
     torch.manual_seed(0)
-    model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=1)).eval()
+    model = CaptionFormerForDenseVideoObjectCaptioning(loose(toy_config, clip_length=1)).eval()
     # the same frame repeated: every query is the same object in every frame, so ids persist frame to frame
     video = torch.randn(1, 3, 64, 64).expand(5, -1, -1, -1)
     out = model.track_video(video, caption=False)
@@ -260,8 +260,8 @@ def test_single_frame_clips_track_online(tiny_config):
         assert out.frame_indices[out.frame_track_indices == position].tolist() == list(range(5))
 
 
-def test_track_video_bad_input(tiny_config):
-    model = CaptionFormerForDenseVideoObjectCaptioning(tiny_config(clip_length=2)).eval()
+def test_track_video_bad_input(toy_config):
+    model = CaptionFormerForDenseVideoObjectCaptioning(toy_config(clip_length=2)).eval()
     with pytest.raises(ValueError, match="no frames"):
         model.track_video(torch.zeros(0, 3, 64, 64))
     with pytest.raises(ValueError, match="one video"):
@@ -282,10 +282,10 @@ def test_track_video_bad_input(tiny_config):
         model.finalize_video_session(session)
 
 
-def test_long_video_streams_with_bounded_state(tiny_config):
+def test_long_video_streams_with_bounded_state(toy_config):
     """2,000 frames of tiny input stream through; the session state stays bounded."""
     torch.manual_seed(0)
-    config = tiny_config(clip_length=4, t_match=8, k_match=2, t_agg=4, score_threshold=0.3,
+    config = toy_config(clip_length=4, t_match=8, k_match=2, t_agg=4, score_threshold=0.3,
                          hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1,
                          segmenter_overrides={"num_queries": 3})
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
@@ -312,11 +312,11 @@ def test_long_video_streams_with_bounded_state(tiny_config):
     assert 0 < sizes[0] <= bound and sizes[1] <= bound
 
 
-def test_captions_come_from_the_sampled_clips_only(tiny_config):
+def test_captions_come_from_the_sampled_clips_only(toy_config):
     """The vision encoder and Q-Former run after tracking on the sampled clips only, and give the captions of the
     Q-Former run on each sampled observation's own frame, query and mask, aggregated by score."""
     torch.manual_seed(0)
-    config = loose(tiny_config, clip_length=2, t_agg=2, k_match=1, t_match=2)
+    config = loose(toy_config, clip_length=2, t_agg=2, k_match=1, t_match=2)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
     clips = [torch.randn(1, 2, 3, 64, 64) for _ in range(6)]
     session = model.init_video_session()
@@ -352,9 +352,9 @@ def test_captions_come_from_the_sampled_clips_only(tiny_config):
         assert row[: len(want)].tolist() == want.tolist()
 
 
-def test_track_video_masks_at_the_requested_size(tiny_config):
+def test_track_video_masks_at_the_requested_size(toy_config):
     torch.manual_seed(0)
-    model = CaptionFormerForDenseVideoObjectCaptioning(loose(tiny_config, clip_length=1)).eval()
+    model = CaptionFormerForDenseVideoObjectCaptioning(loose(toy_config, clip_length=1)).eval()
     video = torch.randn(2, 3, 64, 96)
     full = model.track_video(video, caption=False, mask_encoder=encoder_for(64, 96))
     resized = model.track_video(video, caption=False, mask_encoder=encoder_for(64, 96, content=(64, 80), original=(32, 40)))

@@ -243,17 +243,25 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 
     from .training.trainer import TrainingConfig
 
+    def boolean(value: str) -> bool:
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value.lower() in ("1", "true", "yes")
+
     for f in dataclasses.fields(TrainingConfig):
         flag = "--" + f.name.replace("_", "-")
-        default_type = type(f.default) if f.default is not None and f.default is not dataclasses.MISSING else str
-        if f.name == "model_overrides":
-            parser.add_argument(flag, dest=f"cfg_{f.name}", type=_json.loads, help="JSON object of config overrides")
-        elif default_type is bool:
-            parser.add_argument(flag, dest=f"cfg_{f.name}", type=lambda v: v.lower() in ("1", "true", "yes"))
-        elif f.name in ("clip_length", "stop_after_steps"):
-            parser.add_argument(flag, dest=f"cfg_{f.name}", type=int)
+        annotation = str(f.type)
+        if annotation.startswith(("dict", "list")):
+            kind = _json.loads  # JSON: --datasets '[{"path": ..., "ratio": 0.5}]'
+        elif annotation.startswith("bool"):
+            kind = boolean
+        elif annotation.startswith("int"):
+            kind = int
+        elif annotation.startswith("float"):
+            kind = float
         else:
-            parser.add_argument(flag, dest=f"cfg_{f.name}", type=default_type if default_type in (int, float) else str)
+            kind = str
+        parser.add_argument(flag, dest=f"cfg_{f.name}", type=kind)
 
 
 def build_parser() -> argparse.ArgumentParser:

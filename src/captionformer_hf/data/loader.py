@@ -1,187 +1,446 @@
-"""Examples -> clip batches with per-clip targets, for training (torch DataLoader, map-style or streaming
-`datasets`).
+"""Examples -> training clips: decoding only the frames a clip needs, augmentation, targets, and the datasets and
+samplers that mix several sources with sampling ratios (map-style or streaming ``datasets``).
 
-A clip is ``clip_length`` consecutive frames of a video, processed like at inference (resize, normalise, pad); its
-targets are the tracks visible in it: ``class_labels (N,)``, ``mask_labels (N, T, H, W)`` at the padded input
-size, ``boxes (N, T, 4)`` normalised (cx, cy, w, h) of the padded input, ``valid (N, T)`` and the tokenised
-captions ``caption_ids`` / ``caption_attention_mask``.
+A clip is ``clip_length`` consecutive frames of a video (or, for an image, ``clip_length`` augmented copies of it: a
+pseudo-clip), processed like at inference (resize, normalise, pad). Its targets are the tracks visible in it:
+``class_labels (N,)``, ``mask_labels (N, T, H, W)`` at the padded input size, ``boxes (N, T, 4)`` normalised
+``(cx, cy, w, h)`` of the padded input, ``valid (N, T)``, ``track_ids (N,)`` and the tokenised captions
+``caption_ids`` / ``caption_attention_mask``.
+
+The randomness of a clip (its start frame, its augmentation) is a function of a seed that the sampler draws from
+``(seed, epoch)``, so data-loader workers need no state and a resumed run sees the same clips.
 """
 
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .augment import AugmentConfig, augment_clip, boxes_from_masks, resize_clip, scaled_size
 
-def decode_example_frames(example: dict) -> np.ndarray:
-    """``uint8 (T, H, W, 3)`` frames of an example whose ``video`` is encoded bytes/path or a list of images."""
-    from ..processing.video_processing_captionformer import VideoFrames
 
+# ------------------------------------------------------------------------------------------------------ decoding
+_REFORMATTER = None
+
+
+def _rgb(frame) -> np.ndarray:
+    """``uint8 (H, W, 3)`` of a decoded frame through one reformatter per process, single-threaded: its conversion
+    context is reused (``frame.to_ndarray(format="rgb24")`` builds a new one, with a thread pool, for every frame; the
+    pixels are the same), and a forked data-loader worker inherits no thread pool it could wait on forever."""
+    global _REFORMATTER
+    if _REFORMATTER is None:
+        from av.video.reformatter import VideoReformatter
+
+        _REFORMATTER = VideoReformatter()
+    return _REFORMATTER.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+def _open_container(source):
+    import av
+
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    return av.open(source, mode="r")
+
+
+def read_video_frames(source, indices: list[int]) -> np.ndarray:
+    """``uint8 (len(indices), H, W, 3)`` frames of a video file (path or bytes): seek to the keyframe before the first
+    wanted frame, decode forward, convert only the wanted frames and stop after the last one. Frames are identified by
+    their timestamps; a video without usable timestamps is decoded from the start."""
+    wanted = sorted(set(int(i) for i in indices))
+    found = _decode_by_timestamp(source, wanted)
+    if found is None or len(found) < len(wanted):
+        found = _decode_counting(source, wanted)
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ValueError(f"the video has no frame {missing[0]} (it has fewer frames)")
+    return np.stack([found[i] for i in indices])
+
+
+def _collect(indexed_frames, wanted: list[int]) -> dict | None:
+    """``{index: rgb}`` of the ``wanted`` frames among ``(index, frame)`` pairs in decoding order, stopping after the
+    last wanted one; ``None`` when a frame has no index."""
+    found, targets, last = {}, set(wanted), wanted[-1]
+    for index, frame in indexed_frames:
+        if index is None:
+            return None
+        if index > last:
+            break
+        if index in targets:
+            found[index] = _rgb(frame)
+    return found
+
+
+def _decode_by_timestamp(source, wanted: list[int]) -> dict | None:
+    container = _open_container(source)
+    try:
+        stream = container.streams.video[0]
+        rate, time_base = stream.average_rate, stream.time_base
+        if not rate or not time_base:
+            return None
+        start = stream.start_time or 0
+        if wanted[0] > 0:
+            container.seek(start + int(wanted[0] / rate / time_base), stream=stream, backward=True, any_frame=False)
+        return _collect(((None if frame.pts is None else int(round(float((frame.pts - start) * time_base * rate))),
+                          frame) for frame in container.decode(stream)), wanted)
+    finally:
+        container.close()
+
+
+def _decode_counting(source, wanted: list[int]) -> dict:
+    container = _open_container(source)
+    try:
+        return _collect(enumerate(container.decode(container.streams.video[0])), wanted)
+    finally:
+        container.close()
+
+
+def read_frames(example: dict, indices: list[int]) -> np.ndarray:
+    """``uint8 (len(indices), H, W, 3)``: the frames ``indices`` of an example whose ``video`` is an encoded video
+    (bytes or path) or a list of frame images (only those frames are decoded)."""
     video = example["video"]
     if isinstance(video, dict):
         source = video.get("bytes") or video.get("path")
         if source is None:
             raise ValueError(f"video {example.get('video_id')!r}: `video` has neither bytes nor path")
-        frames = [frame for _, frame in VideoFrames(source)]
-    elif isinstance(video, (list, tuple)):
+        return read_video_frames(source, indices)
+    if isinstance(video, (list, tuple)):
         from PIL import Image
 
-        frames = []
-        for item in video:
+        frames = {}
+        for i in sorted(set(indices)):
+            item = video[i]
             if isinstance(item, dict):
                 item = Image.open(io.BytesIO(item["bytes"])) if item.get("bytes") else Image.open(item["path"])
-            frames.append(np.asarray(item.convert("RGB")))
-    else:
-        frames = [frame for _, frame in VideoFrames(video)]
-    return np.stack(frames)
+            frames[i] = np.asarray(item.convert("RGB"))
+        return np.stack([frames[i] for i in indices])
+    return read_video_frames(video, indices)
 
 
-def clip_targets(example: dict, frame_indices: list[int], processor, padded_size, content_size) -> dict:
-    """Targets of the tracks visible in the clip made of ``frame_indices``."""
+def decode_example_frames(example: dict) -> np.ndarray:
+    """All ``uint8 (T, H, W, 3)`` frames of an example."""
+    return read_frames(example, list(range(int(example["num_frames"]))))
+
+
+# -------------------------------------------------------------------------------------------------------- clips
+def is_image_example(example: dict) -> bool:
+    return int(example["num_frames"]) == 1
+
+
+def clip_frame_indices(num_frames: int, clip_length: int, generator: torch.Generator | None, position: float = 0.0):
+    """Consecutive frame indices of a clip: a random start with ``generator``, else at ``position`` (0..1) of the
+    video; a video shorter than the clip repeats its last frame."""
+    last_start = max(0, num_frames - clip_length)
+    start = int(torch.randint(0, last_start + 1, (), generator=generator)) if generator is not None else round(
+        position * last_start)
+    indices = list(range(start, min(start + clip_length, num_frames)))
+    return indices + [indices[-1]] * (clip_length - len(indices))
+
+
+def _track_masks(example: dict, frame_indices: list[int]):
+    """The tracks visible in the clip: ``uint8 (N, T, H, W)`` masks at the original size (rectangles for box-only
+    annotations), class labels, captions, track ids."""
     from ..processing.trajectory_captionformer import rle_decode
 
     height, width = int(example["height"]), int(example["width"])
-    content_h, content_w = content_size
-    padded_h, padded_w = padded_size
-    position = {f: t for t, f in enumerate(frame_indices)}
-    labels, masks, boxes, valid, captions, track_ids = [], [], [], [], [], []
-    num_frames = len(frame_indices)
+    position = {}
+    for t, f in enumerate(frame_indices):
+        position.setdefault(f, []).append(t)
+    masks, labels, captions, track_ids = [], [], [], []
     for track in example["tracks"]:
-        entries = [(position[f["frame_index"]], f) for f in track["frames"] if f["frame_index"] in position]
+        entries = [(t, frame) for frame in track["frames"] for t in position.get(frame["frame_index"], ())]
         if not entries:
             continue
-        track_masks = torch.zeros(num_frames, padded_h, padded_w)
-        track_boxes = torch.zeros(num_frames, 4)
-        track_valid = torch.zeros(num_frames, dtype=torch.bool)
+        track_masks = np.zeros((len(frame_indices), height, width), np.uint8)
         for t, frame in entries:
-            x, y, w, h = frame["box"]
-            sx, sy = content_w / width, content_h / height
-            track_boxes[t] = torch.tensor(
-                [(x + w / 2) * sx / padded_w, (y + h / 2) * sy / padded_h, w * sx / padded_w, h * sy / padded_h]
-            )
-            track_valid[t] = True
             if frame.get("mask_rle"):
-                mask = rle_decode(frame["mask_rle"], height, width)
-                mask = torch.from_numpy(mask)[None, None].float()
-                mask = torch.nn.functional.interpolate(mask, size=(content_h, content_w), mode="nearest")[0, 0]
-            else:  # boxes only: the box as a mask
-                mask = torch.zeros(content_h, content_w)
-                x0, y0 = int(round(x * sx)), int(round(y * sy))
-                mask[y0 : int(round((y + h) * sy)), x0 : int(round((x + w) * sx))] = 1
-            track_masks[t, :content_h, :content_w] = mask
-        labels.append(int(track.get("category_id") or 0))
-        track_ids.append(int(track["track_id"]))
+                track_masks[t] = rle_decode(frame["mask_rle"], height, width)
+            else:  # box annotations: the box as a mask
+                x, y, w, h = frame["box"]
+                track_masks[t, int(round(y)) : int(round(y + h)), int(round(x)) : int(round(x + w))] = 1
         masks.append(track_masks)
-        boxes.append(track_boxes)
-        valid.append(track_valid)
+        labels.append(int(track.get("category_id") or 0))
         captions.append(track.get("caption") or "")
+        track_ids.append(int(track["track_id"]))
+    stacked = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, len(frame_indices), height, width,
+                                                                          dtype=torch.uint8)
+    return stacked, labels, captions, track_ids
+
+
+def make_clip(example: dict, frame_indices: list[int], processor, augment: AugmentConfig | None = None,
+              generator: torch.Generator | None = None, pseudo_clip: bool = False) -> dict:
+    """One training clip (see the module docstring) of ``example`` made of ``frame_indices`` (for a pseudo-clip: the
+    image repeated ``clip_length`` times), augmented with ``augment`` (``None``: as at inference)."""
+    frames = torch.from_numpy(np.ascontiguousarray(read_frames(example, frame_indices))).permute(0, 3, 1, 2)
+    masks, labels, captions, track_ids = _track_masks(example, frame_indices)
+    scale = 1.0
+    if augment is not None:
+        frames, masks, scale = augment_clip(frames, masks, augment, generator, pseudo_clip=pseudo_clip)
+    boxes, valid = boxes_from_masks(masks.bool())  # (x0, y0, x1, y1) in the (augmented) frame's pixels
+    video_processor = processor.video_processor
+    size = video_processor.size
+    shortest = getattr(size, "shortest_edge", None) or size["shortest_edge"]
+    longest = getattr(size, "longest_edge", None) or size.get("longest_edge") or shortest * 2
+    height, width = frames.shape[-2:]
+    # at scale 1 exactly the inference resize (the processor's own), else the multi-scale size
+    content = tuple(video_processor.content_size(height, width)) if scale == 1.0 else scaled_size(
+        height, width, shortest * scale, longest * scale)
+    _, masks = resize_clip(frames[:0], masks, content)
+    if tuple(frames.shape[-2:]) != content:
+        from transformers.image_utils import SizeDict
+
+        frames = video_processor.resize(frames, size=SizeDict(height=content[0], width=content[1]),
+                                        resample=video_processor.resample)
+    padded = video_processor.padded_size(*content)
+    pixel_values = video_processor.rescale_and_normalize(
+        frames.float() if not video_processor.do_rescale else frames, video_processor.do_rescale,
+        video_processor.rescale_factor, video_processor.do_normalize, video_processor.image_mean,
+        video_processor.image_std,
+    )
+    pixel_values = torch.nn.functional.pad(pixel_values, (0, padded[1] - content[1], 0, padded[0] - content[0]))
+    mask_labels = torch.nn.functional.pad(masks, (0, padded[1] - content[1], 0, padded[0] - content[0]))
+    sx, sy = content[1] / width, content[0] / height
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    normalised = torch.stack([(x0 + x1) / 2 * sx / padded[1], (y0 + y1) / 2 * sy / padded[0],
+                              (x1 - x0) * sx / padded[1], (y1 - y0) * sy / padded[0]], dim=-1)
+    keep = valid.any(-1)  # objects the augmentation removed from every frame are dropped
+    keep_list = keep.tolist()
     targets = {
-        "class_labels": torch.tensor(labels, dtype=torch.long),
-        "mask_labels": torch.stack(masks) if masks else torch.zeros(0, num_frames, padded_h, padded_w),
-        "boxes": torch.stack(boxes) if boxes else torch.zeros(0, num_frames, 4),
-        "valid": torch.stack(valid) if valid else torch.zeros(0, num_frames, dtype=torch.bool),
-        "track_ids": torch.tensor(track_ids, dtype=torch.long),
+        "class_labels": torch.tensor([l for l, k in zip(labels, keep_list) if k], dtype=torch.long),
+        "mask_labels": mask_labels[keep],
+        "boxes": normalised[keep],
+        "valid": valid[keep],
+        "track_ids": torch.tensor([t for t, k in zip(track_ids, keep_list) if k], dtype=torch.long),
     }
-    if processor is not None and getattr(processor, "tokenizer", None) is not None:
-        tokens = processor.tokenize_captions(captions) if captions else {
+    if getattr(processor, "tokenizer", None) is not None:
+        kept_captions = [c for c, k in zip(captions, keep_list) if k]
+        targets.update(processor.tokenize_captions(kept_captions) if kept_captions else {
             "caption_ids": torch.zeros(0, 1, dtype=torch.long),
             "caption_attention_mask": torch.zeros(0, 1, dtype=torch.long),
-        }
-        targets.update(tokens)
-    return targets
+        })
+    return {"pixel_values": pixel_values, "labels": targets, "video_id": example["video_id"],
+            "frame_indices": list(frame_indices)}
 
 
 def example_to_clips(example: dict, processor, clip_length: int, clips_per_video: int = 1,
-                     rng: np.random.Generator | None = None, min_objects: int = 0) -> list[dict]:
-    """``clips_per_video`` clips of an example (random start frames with ``rng``, else evenly spaced), each
-    ``{"pixel_values": (T, 3, H, W), "labels": targets, "video_id", "frame_indices"}``."""
-    frames = decode_example_frames(example)
-    num_frames = len(frames)
-    video_processor = processor.video_processor
-    height, width = frames.shape[1:3]
-    content = video_processor.content_size(height, width)
-    padded = video_processor.padded_size(*content)
-    last_start = max(0, num_frames - clip_length)
-    if rng is not None:
-        starts = rng.integers(0, last_start + 1, size=clips_per_video).tolist()
-    else:
-        starts = np.linspace(0, last_start, clips_per_video).round().astype(int).tolist()
+                     generator: torch.Generator | None = None, augment: AugmentConfig | None = None) -> list[dict]:
+    """``clips_per_video`` clips of an example (random starts and augmentation with ``generator``, else evenly spaced
+    and not augmented)."""
     clips = []
-    for start in starts:
-        indices = list(range(start, min(start + clip_length, num_frames)))
-        while len(indices) < clip_length:  # short video: repeat the last frame
-            indices.append(indices[-1])
-        pixel = torch.from_numpy(np.ascontiguousarray(frames[indices])).permute(0, 3, 1, 2)
-        pixel_values = video_processor.transform_frames(pixel, padded)
-        targets = clip_targets(example, indices, processor, padded, content)
-        if len(targets["class_labels"]) < min_objects:
-            continue
-        clips.append({"pixel_values": pixel_values, "labels": targets, "video_id": example["video_id"], "frame_indices": indices})
+    pseudo = is_image_example(example)
+    for k in range(clips_per_video):
+        position = k / max(1, clips_per_video - 1)
+        indices = [0] * clip_length if pseudo else clip_frame_indices(int(example["num_frames"]), clip_length,
+                                                                       generator, position)
+        clips.append(make_clip(example, indices, processor, augment if generator is not None else None, generator,
+                               pseudo_clip=pseudo))
     return clips
 
 
+LABEL_KEYS = ("class_labels", "mask_labels", "boxes", "valid", "track_ids")
+CAPTION_KEYS = ("caption_ids", "caption_attention_mask")
+
+
 def collate_clips(items: list[dict]) -> dict:
-    """Stack clips into ``pixel_values_videos (B, T, 3, H, W)`` (zero-padded to the largest) and a list of targets
-    (masks padded the same way)."""
+    """Stack clips into ``pixel_values_videos (B, T, 3, H, W)`` (zero-padded to the largest) and their targets packed
+    into a few flat tensors, ``packed_labels`` (objects of all clips concatenated; ``counts (B,)`` objects per clip,
+    ``caption_lengths (B,)`` token columns per clip; masks ``uint8``). Few tensors cross from a data-loader worker to
+    the training process and to the device (each tensor costs a shared-memory segment and a copy);
+    :func:`unpack_labels` gives the per-clip target dicts the model takes."""
     height = max(item["pixel_values"].shape[-2] for item in items)
     width = max(item["pixel_values"].shape[-1] for item in items)
     num_frames = items[0]["pixel_values"].shape[0]
     pixel = torch.zeros(len(items), num_frames, 3, height, width)
-    labels = []
+    targets = []
     for i, item in enumerate(items):
         h, w = item["pixel_values"].shape[-2:]
         pixel[i, :, :, :h, :w] = item["pixel_values"]
         target = dict(item["labels"])
         if (h, w) != (height, width):
-            masks = torch.zeros(*target["mask_labels"].shape[:2], height, width)
+            masks = target["mask_labels"].new_zeros(*target["mask_labels"].shape[:2], height, width)
             masks[..., :h, :w] = target["mask_labels"]
             target["mask_labels"] = masks
             target["boxes"] = target["boxes"] * torch.tensor([w / width, h / height, w / width, h / height])
-        labels.append(target)
-    return {"pixel_values_videos": pixel, "labels": labels, "video_ids": [item["video_id"] for item in items]}
+        targets.append(target)
+    packed = {"counts": torch.tensor([len(t["class_labels"]) for t in targets], dtype=torch.long)}
+    for key in LABEL_KEYS:
+        packed[key] = torch.cat([t[key] for t in targets])
+    packed["mask_labels"] = packed["mask_labels"].to(torch.uint8)
+    if all(key in t for t in targets for key in CAPTION_KEYS):
+        lengths = [t["caption_ids"].shape[1] for t in targets]
+        packed["caption_lengths"] = torch.tensor(lengths, dtype=torch.long)
+        for key in CAPTION_KEYS:
+            packed[key] = torch.cat([torch.nn.functional.pad(t[key], (0, max(lengths) - t[key].shape[1]))
+                                     for t in targets])
+    return {"pixel_values_videos": pixel, "packed_labels": packed, "video_ids": [item["video_id"] for item in items]}
 
 
-class DVOCClipDataset(torch.utils.data.IterableDataset):
-    """Clips of a `datasets` dataset (map-style or streaming), for a torch ``DataLoader`` with
-    :func:`collate_clips`. With ``shuffle``, the example order (per epoch) and clip starts are random from
-    ``seed``; each of the ``world_size`` processes (and each DataLoader worker) takes its own share of examples."""
+def unpack_labels(packed: dict, device=None) -> list[dict]:
+    """The per-clip target dicts of :func:`collate_clips`'s ``packed_labels`` on ``device`` (one copy per packed
+    tensor; masks as ``float``): ``class_labels (N,)``, ``mask_labels (N, T, H, W)``, ``boxes (N, T, 4)``,
+    ``valid (N, T)``, ``track_ids (N,)`` and, with captions, ``caption_ids`` / ``caption_attention_mask (N, L)``."""
+    non_blocking = device is not None and torch.device(device).type == "cuda"
+    moved = {k: v.to(device, non_blocking=non_blocking) if device is not None else v for k, v in packed.items()}
+    moved["mask_labels"] = moved["mask_labels"].float()
+    counts = packed["counts"].tolist()
+    lengths = packed["caption_lengths"].tolist() if "caption_lengths" in packed else None
+    split = {key: moved[key].split(counts) for key in LABEL_KEYS + (CAPTION_KEYS if lengths else ())}
+    clips = []
+    for i in range(len(counts)):
+        target = {key: split[key][i] for key in LABEL_KEYS}
+        if lengths:
+            target.update({key: split[key][i][:, : lengths[i]] for key in CAPTION_KEYS})
+        clips.append(target)
+    return clips
 
-    def __init__(self, dataset, processor, clip_length: int, clips_per_video: int = 1, shuffle: bool = True,
-                 seed: int = 0, min_objects: int = 0, rank: int = 0, world_size: int = 1):
-        if clip_length < 1:
-            raise ValueError(f"`clip_length` must be >= 1, got {clip_length}")
-        self.dataset = dataset
-        self.processor = processor
-        self.clip_length = clip_length
-        self.clips_per_video = clips_per_video
-        self.shuffle = shuffle
-        self.seed = seed
-        self.min_objects = min_objects
-        self.rank = rank
-        self.world_size = world_size
+
+# ---------------------------------------------------------------------------------------------- datasets, mixing
+@dataclass
+class ClipSource:
+    """One dataset of a training mixture: a map-style ``datasets.Dataset`` (or a streaming one), its sampling
+    ``ratio`` and a ``name`` for messages."""
+
+    data: object
+    ratio: float = 1.0
+    name: str = "dataset"
+
+
+def _clip_seed(seed: int, epoch: int, position: int) -> int:
+    return int(np.random.default_rng([seed, epoch, position]).integers(0, 2**62))
+
+
+class MixtureSampler(torch.utils.data.Sampler):
+    """Keys ``(source, example, clip_seed)`` of one epoch of clips, ``clips_per_video`` per drawn example.
+
+    One source: every example ``clips_per_video`` times, in a random order per epoch (or in order without
+    ``shuffle``). Several: ``epoch_size`` clips (default: all examples of all sources, ``clips_per_video`` each), each
+    from source ``s`` with probability ``ratio_s / sum(ratios)``, the examples of a source cycling through a random
+    permutation. Deterministic for ``(seed, epoch)``.
+
+    ``num_epochs``: iterate that many epochs in a row from ``epoch`` (one DataLoader iterator for a whole training
+    run: the workers' prefetch queue never drains at an epoch end)."""
+
+    def __init__(self, sizes: list[int], ratios: list[float], clips_per_video: int = 1, seed: int = 0,
+                 shuffle: bool = True, epoch_size: int | None = None):
+        if not sizes or len(sizes) != len(ratios):
+            raise ValueError("`sizes` and `ratios` must be non-empty lists of the same length")
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"every dataset of the mixture needs at least one example, got sizes {sizes}")
+        if any(not math.isfinite(r) or r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise ValueError(f"sampling ratios must be non-negative numbers with a positive sum, got {ratios}")
+        self.sizes, self.ratios = list(sizes), [float(r) for r in ratios]
+        self.clips_per_video, self.seed, self.shuffle = clips_per_video, seed, shuffle
+        self.epoch_size = epoch_size or sum(sizes) * clips_per_video
         self.epoch = 0
+        self.num_epochs = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __len__(self) -> int:
+        return self.num_epochs * self.clips_per_epoch
+
+    @property
+    def clips_per_epoch(self) -> int:
+        return self.epoch_size if len(self.sizes) > 1 else self.sizes[0] * self.clips_per_video
+
     def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        # shard over processes (data parallelism) and DataLoader workers
-        shard, num_shards = self.rank * num_workers + worker_id, self.world_size * num_workers
-        rng = np.random.default_rng([self.seed, self.epoch, shard]) if self.shuffle else None
-        dataset = self.dataset
-        if hasattr(dataset, "__len__") and hasattr(dataset, "select"):
-            order = np.arange(len(dataset))
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, self.epoch]).permutation(len(dataset))
-            examples = (dataset[int(i)] for i in order[shard::num_shards])
-        else:  # streaming
-            if self.shuffle and hasattr(dataset, "shuffle"):
-                dataset = dataset.shuffle(seed=self.seed + self.epoch, buffer_size=256)
-            examples = (ex for i, ex in enumerate(dataset) if i % num_shards == shard)
-        for example in examples:
-            yield from example_to_clips(example, self.processor, self.clip_length, self.clips_per_video, rng,
-                                        self.min_objects)
+        for epoch in range(self.epoch, self.epoch + self.num_epochs):
+            yield from self._epoch_keys(epoch)
+
+    def _epoch_keys(self, epoch: int):
+        g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch]).integers(0, 2**62)))
+        if len(self.sizes) == 1:
+            order = torch.randperm(self.sizes[0], generator=g).tolist() if self.shuffle else range(self.sizes[0])
+            keys = [(0, example) for example in order for _ in range(self.clips_per_video)]
+        else:
+            draws = torch.multinomial(torch.tensor(self.ratios), self.epoch_size // self.clips_per_video + 1,
+                                      replacement=True, generator=g).tolist()
+            permutations = [torch.randperm(size, generator=g).tolist() for size in self.sizes]
+            cursors = [0] * len(self.sizes)
+            keys = []
+            for source in draws:
+                example = permutations[source][cursors[source] % self.sizes[source]]
+                cursors[source] += 1
+                keys.extend([(source, example)] * self.clips_per_video)
+            keys = keys[: self.epoch_size]
+        for position, (source, example) in enumerate(keys):
+            yield source, example, _clip_seed(self.seed, epoch, position)
+
+
+class DVOCClipDataset(torch.utils.data.Dataset):
+    """Map-style clips of one or several map-style ``datasets``: indexed by the keys of a :class:`MixtureSampler`
+    (``(source, example, clip_seed)``); a clip decodes only its frames. With ``augment`` (training) the clip's start
+    and augmentation come from ``clip_seed``; images become pseudo-clips."""
+
+    def __init__(self, sources: list[ClipSource], processor, clip_length: int, augment: AugmentConfig | None = None,
+                 min_objects: int = 0):
+        if clip_length < 1:
+            raise ValueError(f"`clip_length` must be >= 1, got {clip_length}")
+        self.sources = sources
+        self.processor = processor
+        self.clip_length = clip_length
+        self.augment = augment
+        self.min_objects = min_objects
+
+    def __len__(self) -> int:
+        return sum(len(source.data) for source in self.sources)
+
+    def __getitem__(self, key) -> dict:
+        source, example_index, clip_seed = key
+        example = self.sources[source].data[int(example_index)]
+        generator = torch.Generator().manual_seed(int(clip_seed))
+        pseudo = is_image_example(example)
+        indices = [0] * self.clip_length if pseudo else clip_frame_indices(int(example["num_frames"]),
+                                                                           self.clip_length, generator)
+        return make_clip(example, indices, self.processor, self.augment, generator, pseudo_clip=pseudo)
+
+
+class DVOCStreamingClips(torch.utils.data.IterableDataset):
+    """Clips of a streaming ``datasets.IterableDataset`` (already mixed with ``interleave_datasets`` and split over
+    processes with ``split_dataset_by_node``): ``clips_per_video`` clips per example, randomness from ``(seed, epoch,
+    position)``; ``skip_examples`` examples are passed over without decoding (resume)."""
+
+    def __init__(self, stream, processor, clip_length: int, clips_per_video: int = 1,
+                 augment: AugmentConfig | None = None, seed: int = 0, skip_examples: int = 0):
+        self.stream, self.processor = stream, processor
+        self.clip_length, self.clips_per_video = clip_length, clips_per_video
+        self.augment, self.seed, self.skip_examples = augment, seed, skip_examples
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.stream, "set_epoch"):
+            self.stream.set_epoch(epoch)
+
+    def __iter__(self):
+        for position, example in enumerate(self.stream):
+            if position < self.skip_examples:
+                continue
+            for k in range(self.clips_per_video):
+                generator = torch.Generator().manual_seed(_clip_seed(self.seed, self.epoch, position * 1000 + k))
+                pseudo = is_image_example(example)
+                indices = [0] * self.clip_length if pseudo else clip_frame_indices(
+                    int(example["num_frames"]), self.clip_length, generator)
+                yield make_clip(example, indices, self.processor, self.augment, generator, pseudo_clip=pseudo)
+        self.skip_examples = 0
+
+
+__all__ = [
+    "ClipSource",
+    "DVOCClipDataset",
+    "DVOCStreamingClips",
+    "MixtureSampler",
+    "clip_frame_indices",
+    "collate_clips",
+    "unpack_labels",
+    "decode_example_frames",
+    "example_to_clips",
+    "make_clip",
+    "read_frames",
+    "read_video_frames",
+]

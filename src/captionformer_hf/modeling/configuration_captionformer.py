@@ -133,6 +133,15 @@ class CaptionFormerConfig(PreTrainedConfig):
             (two-stage training freezes the segmenter; the released code freezes the ViT and the LM).
         class_weight, objectness_weight, mask_weight, dice_weight, bbox_l1_weight, giou_weight, caption_weight:
             loss weights (paper: 2, 2, 5, 5, 5, 2, 1). The Hungarian matcher uses the same weights as costs.
+        class_loss (`str`, defaults to ``"focal"``): the paper's sigmoid focal loss, or ``"release_bce"``: the
+            released code's sigmoid BCE on the matched queries (``1.7 * sum / (B * Q)``), over Detic's federated
+            categories when ``class_frequencies`` are given.
+        class_frequencies (`list[float]`, *optional*): per-class training frequencies (image counts): the federated
+            loss samples negative categories with probability ``frequency ** 0.5``.
+        federated_num_categories (`int`, defaults to 50): categories per batch in the federated loss.
+        objectness_loss (`str`, defaults to ``"bce"``): BCE, or ``"weighted_ce"``: the release's two-class
+            cross-entropy where unmatched queries weigh ``no_object_weight``.
+        no_object_weight (`float`, defaults to 0.4): the release's weight of the no-object class in the objectness loss.
         segmenter_image_mean/std, vision_image_mean/std: normalisation of the two image encoders; the caption
             head re-normalises the segmenter's input.
     """
@@ -199,6 +208,11 @@ class CaptionFormerConfig(PreTrainedConfig):
     caption_weight: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    class_loss: str = "focal"
+    class_frequencies: list[float] | None = None
+    federated_num_categories: int = 50
+    objectness_loss: str = "bce"
+    no_object_weight: float = 0.4
 
     segmenter_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     segmenter_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -267,6 +281,20 @@ class CaptionFormerConfig(PreTrainedConfig):
         for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha",
                      "presence_threshold", "caption_score_threshold", "track_score_threshold"):
             probability(name)
+        if self.class_loss not in ("focal", "release_bce"):
+            raise ValueError(f"`class_loss` must be 'focal' or 'release_bce', got {self.class_loss!r}")
+        if self.objectness_loss not in ("bce", "weighted_ce"):
+            raise ValueError(f"`objectness_loss` must be 'bce' or 'weighted_ce', got {self.objectness_loss!r}")
+        probability("no_object_weight")
+        positive_int("federated_num_categories")
+        if self.class_frequencies is not None:
+            if len(self.class_frequencies) != self.num_labels or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in self.class_frequencies
+            ):
+                raise ValueError(
+                    f"`class_frequencies` must be {self.num_labels} non-negative numbers (one per class), got "
+                    f"{len(self.class_frequencies)} values"
+                )
         if self.video_inference_mode not in _VIDEO_INFERENCE_MODES:
             raise ValueError(
                 f"`video_inference_mode` must be one of {_VIDEO_INFERENCE_MODES}, got {self.video_inference_mode!r}"

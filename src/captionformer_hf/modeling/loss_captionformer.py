@@ -1,6 +1,8 @@
 """Losses of CaptionFormer: the set criterion of the segmenter and the caption LM losses (clip and video level).
 
-Per clip, after Hungarian matching: sigmoid focal class loss, objectness BCE, mask BCE + dice on points chosen by
+Per clip, after Hungarian matching: sigmoid focal class loss (or the release's: sigmoid BCE on the matched queries
+over Detic's federated categories, ``class_loss="release_bce"``), objectness BCE (or the release's 2-class
+cross-entropy with a no-object weight, ``objectness_loss="weighted_ce"``), mask BCE + dice on points chosen by
 uncertainty (Mask2Former's importance sampling, over the T frames of the clip), box L1 + GIoU on the frames where
 the object is visible. Weights (paper): dice 5, mask BCE 5, class 2, objectness 2, L1 5, GIoU 2. Auxiliary losses of
 the intermediate decoder layers are matched and weighted the same way. The mask losses reuse transformers'
@@ -54,6 +56,17 @@ class CaptionFormerLoss(nn.Module):
         self.focal_alpha = config.focal_alpha
         self.focal_gamma = config.focal_gamma
         self.use_auxiliary_loss = seg.use_auxiliary_loss
+        self.class_loss = config.class_loss
+        self.objectness_loss = config.objectness_loss
+        self.no_object_weight = config.no_object_weight
+        self.federated_num_categories = config.federated_num_categories
+        # the federated loss samples negative categories with probability frequency ** 0.5
+        if config.class_frequencies is not None:
+            self.register_buffer(
+                "class_frequencies", torch.tensor(config.class_frequencies, dtype=torch.float32) ** 0.5, persistent=False
+            )
+        else:
+            self.class_frequencies = None
         # without a box head the boxes are read off the masks: nothing to learn, no box loss or cost; box-only
         # models have no mask branch (their "masks" are the rasterised boxes): no mask loss or cost
         self.use_box_losses = config.box_head_layers > 0
@@ -75,6 +88,23 @@ class CaptionFormerLoss(nn.Module):
             num_points=seg.train_num_points,
         )
 
+    def federated_categories(self, labels: torch.Tensor) -> torch.Tensor:
+        """Detic's federated loss categories ``(C,)`` 0/1: those of the batch's targets, then up to
+        ``federated_num_categories`` in all with negatives drawn without replacement with probability
+        ``frequency ** 0.5`` (as the release's ``get_fed_loss_inds``)."""
+        num_classes = self.class_frequencies.shape[0]
+        appeared = torch.unique(labels)
+        # the release counts the no-object class of the unmatched queries among the categories that appeared
+        if len(appeared) + 1 < self.federated_num_categories:
+            prob = self.class_frequencies.clone()
+            prob[appeared] = 0
+            extra = min(self.federated_num_categories - len(appeared) - 1, int((prob > 0).sum()))
+            if extra > 0:
+                appeared = torch.cat([appeared, torch.multinomial(prob, extra, replacement=False)])
+        mask = torch.zeros(num_classes, device=labels.device)
+        mask[appeared] = 1.0
+        return mask
+
     @staticmethod
     def _permutation(indices):
         batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
@@ -87,20 +117,33 @@ class CaptionFormerLoss(nn.Module):
         batch_idx, src_idx = self._permutation(indices)
         batch_idx, src_idx = batch_idx.to(device), src_idx.to(device)
 
-        # class: sigmoid focal loss, one-hot on matched queries
         target_classes = torch.zeros_like(class_logits)
         labels = torch.cat([t["class_labels"][j] for t, (_, j) in zip(targets, indices)]).to(device)
         target_classes[batch_idx, src_idx, labels] = 1.0
-        loss_class = sigmoid_focal_loss(
-            class_logits.float(), target_classes.float(), alpha=self.focal_alpha, gamma=self.focal_gamma,
-            reduction="sum",
-        ) / num_masks
+        if self.class_loss == "focal":  # the paper: sigmoid focal loss, one-hot on matched queries
+            loss_class = sigmoid_focal_loss(
+                class_logits.float(), target_classes.float(), alpha=self.focal_alpha, gamma=self.focal_gamma,
+                reduction="sum",
+            ) / num_masks
+        else:  # the release: sigmoid BCE on the matched queries over federated categories, 1.7 * sum / (B * Q)
+            loss = nn.functional.binary_cross_entropy_with_logits(class_logits.float(), target_classes.float(),
+                                                                  reduction="none")
+            matched = torch.zeros(class_logits.shape[:2], device=device)
+            matched[batch_idx, src_idx] = 1.0
+            weight = matched[..., None]
+            if self.class_frequencies is not None:
+                weight = weight * self.federated_categories(labels)[None, None]
+            loss_class = 1.7 * (loss * weight).sum() / (class_logits.shape[0] * class_logits.shape[1])
 
-        # objectness: BCE, 1 on matched queries
         objectness = outputs["objectness_logits"].float()
         target_objectness = torch.zeros_like(objectness)
         target_objectness[batch_idx, src_idx] = 1.0
-        loss_objectness = nn.functional.binary_cross_entropy_with_logits(objectness, target_objectness)
+        if self.objectness_loss == "bce":  # the paper: BCE, 1 on matched queries
+            loss_objectness = nn.functional.binary_cross_entropy_with_logits(objectness, target_objectness)
+        else:  # the release: 2-class cross-entropy (object, no object) weighted 1 / no_object_weight, weighted mean
+            per_query = nn.functional.binary_cross_entropy_with_logits(objectness, target_objectness, reduction="none")
+            weights = torch.where(target_objectness > 0, 1.0, self.no_object_weight)
+            loss_objectness = (per_query * weights).sum() / weights.sum()
 
         pred_masks = outputs["masks_logits"][batch_idx, src_idx].float()  # (M, T, H, W)
         target_masks = torch.cat([t["mask_labels"][j] for t, (_, j) in zip(targets, indices)]).to(pred_masks)

@@ -1,9 +1,11 @@
 """Hungarian matcher of CaptionFormer: class, mask (BCE + dice on sampled points, over the T frames of a clip as in
 Mask2Former-VIS) and box (L1 + GIoU over the frames where the object is visible) costs.
 
-Adapted from transformers' ``Mask2FormerHungarianMatcher`` (whose pair-wise cost functions are reused); the points
-are sampled once per call and shared by all samples, so matching a batch equals matching each sample alone under
-the same random state.
+Adapted from transformers' ``Mask2FormerHungarianMatcher`` (whose pair-wise cost functions are reused). The costs of
+a whole batch are computed at once: the points are sampled once per call and shared by all clips, every prediction of
+the batch is costed against every target of the batch in one pass over all frames (``(B*Q, N_all)``; the blocks
+across clips are discarded), and only the per-clip Hungarian assignments run one by one (scipy). Matching a batch
+therefore equals matching each clip alone under the same random state.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert
 from transformers.models.mask2former.modeling_mask2former import (
     pair_wise_dice_loss,
     pair_wise_sigmoid_cross_entropy_loss,
@@ -28,23 +30,38 @@ def sample_clip_masks(masks: torch.Tensor, point_coordinates: torch.Tensor) -> t
     return sample_point(masks, coords, align_corners=False).flatten(1)
 
 
+def broadcast_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """GIoU of ``(x0, y0, x1, y1)`` boxes broadcast against each other (``(..., 4)`` with ``(..., 4)``), the formula of
+    ``torchvision.ops.generalized_box_iou`` without its pair-wise layout (a test checks the two agree)."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    intersection = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - intersection
+    iou = intersection / union
+    lt_hull = torch.minimum(boxes1[..., :2], boxes2[..., :2])
+    rb_hull = torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
+    wh_hull = (rb_hull - lt_hull).clamp(min=0)
+    hull = wh_hull[..., 0] * wh_hull[..., 1]
+    return iou - (hull - union) / hull
+
+
 def pair_wise_box_costs(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, valid: torch.Tensor):
-    """L1 and negative-GIoU costs ``(Q, N)`` averaged over each target's visible frames.
+    """L1 and negative-GIoU costs ``(Q, N)`` averaged over each target's visible frames, all frames at once.
 
     ``pred_boxes`` ``(Q, T, 4)`` and ``target_boxes`` ``(N, T, 4)`` are normalised (cx, cy, w, h); ``valid`` ``(N, T)``.
     A target visible in no frame costs 0 on boxes."""
-    num_frames = pred_boxes.shape[1]
-    weights = valid.to(pred_boxes.dtype)
+    weights = valid.to(pred_boxes.dtype)  # (N, T)
     denominator = weights.sum(1).clamp(min=1)  # (N,)
-    cost_l1 = pred_boxes.new_zeros(pred_boxes.shape[0], target_boxes.shape[0])
-    cost_giou = torch.zeros_like(cost_l1)
-    for t in range(num_frames):
-        cost_l1 += torch.cdist(pred_boxes[:, t], target_boxes[:, t], p=1) * weights[None, :, t]
-        giou = generalized_box_iou(
-            box_convert(pred_boxes[:, t], "cxcywh", "xyxy"), box_convert(target_boxes[:, t], "cxcywh", "xyxy")
-        )
-        cost_giou += -giou * weights[None, :, t]
-    return cost_l1 / denominator, cost_giou / denominator
+    l1 = (pred_boxes[:, None] - target_boxes[None]).abs().sum(-1)  # (Q, N, T)
+    giou = broadcast_generalized_box_iou(
+        box_convert(pred_boxes, "cxcywh", "xyxy")[:, None], box_convert(target_boxes, "cxcywh", "xyxy")[None]
+    )  # (Q, N, T)
+    cost_l1 = (l1 * weights[None]).sum(-1) / denominator
+    cost_giou = (-giou * weights[None]).sum(-1) / denominator
+    return cost_l1, cost_giou
 
 
 class CaptionFormerHungarianMatcher(nn.Module):
@@ -70,31 +87,37 @@ class CaptionFormerHungarianMatcher(nn.Module):
         self.num_points = num_points
 
     @torch.no_grad()
-    def cost_matrix(self, outputs: dict, target: dict, batch_index: int, point_coordinates: torch.Tensor):
-        """Cost ``(Q, N)`` of one sample."""
-        class_prob = outputs["class_logits"][batch_index].float().sigmoid()
-        labels = target["class_labels"]
-        cost = -class_prob[:, labels] * self.cost_class
-        pred_masks = outputs["masks_logits"][batch_index].float()
-        target_masks = target["mask_labels"].to(pred_masks)
-        if target_masks.shape[1] != pred_masks.shape[1]:
+    def cost_matrices(self, outputs: dict, targets: list[dict], point_coordinates: torch.Tensor) -> list[torch.Tensor]:
+        """Cost ``(Q, N_b)`` of every clip ``b``, computed for the whole batch in one pass."""
+        batch_size, num_queries = outputs["class_logits"].shape[:2]
+        pred_masks = outputs["masks_logits"].float()
+        counts = [len(t["class_labels"]) for t in targets]
+        labels = torch.cat([t["class_labels"] for t in targets]).to(pred_masks.device)
+        class_prob = outputs["class_logits"].float().sigmoid().flatten(0, 1)  # (B*Q, C)
+        cost = -class_prob[:, labels] * self.cost_class  # (B*Q, N_all)
+        target_masks = torch.cat([t["mask_labels"] for t in targets]).to(pred_masks)
+        if target_masks.shape[1] != pred_masks.shape[2]:
             raise ValueError(
-                f"targets `mask_labels` have {target_masks.shape[1]} frames but the clip has {pred_masks.shape[1]}"
+                f"targets `mask_labels` have {target_masks.shape[1]} frames but the clip has {pred_masks.shape[2]}"
             )
         if self.cost_mask or self.cost_dice:
-            pred_points = sample_clip_masks(pred_masks, point_coordinates)
+            pred_points = sample_clip_masks(pred_masks.flatten(0, 1), point_coordinates)
             target_points = sample_clip_masks(target_masks, point_coordinates)
             cost = cost + self.cost_mask * pair_wise_sigmoid_cross_entropy_loss(pred_points, target_points)
             cost = cost + self.cost_dice * pair_wise_dice_loss(pred_points, target_points)
-        if (self.cost_bbox or self.cost_giou) and "boxes" in target:
-            valid = target.get("valid")
-            if valid is None:
-                valid = target_masks.flatten(2).amax(-1) > 0
-            cost_l1, cost_giou = pair_wise_box_costs(
-                outputs["pred_boxes"][batch_index].float(), target["boxes"].to(pred_masks), valid
-            )
+        if (self.cost_bbox or self.cost_giou) and all("boxes" in t for t in targets):
+            valid = torch.cat([
+                t["valid"] if t.get("valid") is not None else t["mask_labels"].flatten(2).amax(-1) > 0 for t in targets
+            ]).to(pred_masks.device)
+            target_boxes = torch.cat([t["boxes"] for t in targets]).to(pred_masks)
+            cost_l1, cost_giou = pair_wise_box_costs(outputs["pred_boxes"].float().flatten(0, 1), target_boxes, valid)
             cost = cost + self.cost_bbox * cost_l1 + self.cost_giou * cost_giou
-        return cost
+        blocks = []
+        start = 0
+        for b, count in enumerate(counts):
+            blocks.append(cost[b * num_queries : (b + 1) * num_queries, start : start + count])
+            start += count
+        return blocks
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -106,16 +129,25 @@ class CaptionFormerHungarianMatcher(nn.Module):
             )
         device = outputs["class_logits"].device
         point_coordinates = torch.rand(self.num_points, 2, device=device)
-        indices = []
-        for i, target in enumerate(targets):
-            if len(target["class_labels"]) == 0:
-                empty = torch.zeros(0, dtype=torch.int64)
+        empty = torch.zeros(0, dtype=torch.int64)
+        if sum(len(t["class_labels"]) for t in targets) == 0:
+            return [(empty, empty.clone()) for _ in targets]
+        costs = self.cost_matrices(outputs, targets, point_coordinates)
+        host = [c.cpu().numpy() for c in costs] if device.type == "cpu" else torch.cat(
+            [c.flatten() for c in costs]).cpu().numpy()  # one device-to-host copy for the batch
+        indices, start = [], 0
+        for cost in costs:
+            if isinstance(host, list):
+                matrix = host[len(indices)]
+            else:
+                matrix = host[start : start + cost.numel()].reshape(cost.shape)
+                start += cost.numel()
+            if matrix.shape[1] == 0:
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(outputs, target, i, point_coordinates)
-            max_value = torch.finfo(cost.dtype).max
-            cost = torch.nan_to_num(cost, nan=max_value, posinf=max_value, neginf=max_value)
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+            maximum = np.finfo(matrix.dtype).max
+            matrix = np.nan_to_num(matrix, nan=maximum, posinf=maximum, neginf=maximum)
+            rows, cols = linear_sum_assignment(matrix)
             order = np.argsort(rows)
             indices.append(
                 (torch.as_tensor(rows[order], dtype=torch.int64), torch.as_tensor(cols[order], dtype=torch.int64))

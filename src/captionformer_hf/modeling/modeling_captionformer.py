@@ -340,6 +340,27 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         self.model.caption_head.vision_model.requires_grad_(not self.config.freeze_vision_encoder)
         self.language_model.requires_grad_(not self.config.freeze_language_model)
 
+    def set_clip_length(self, clip_length: int) -> None:
+        """Change the frames per clip (e.g. continue a model trained on clips of 2 frames with clips of 5). The box
+        head's last layer predicts one box per frame: its per-frame weights are averaged and repeated for the new
+        length (the released code uses one box head for every frame)."""
+        if isinstance(clip_length, bool) or not isinstance(clip_length, int) or clip_length < 1:
+            raise ValueError(f"`clip_length` must be an integer >= 1, got {clip_length!r}")
+        old = self.config.clip_length
+        if clip_length == old:
+            return
+        segmenter = self.model.segmenter
+        if segmenter.box_head is not None:
+            linear = [m for m in segmenter.box_head.modules() if isinstance(m, nn.Linear)][-1]
+            with torch.no_grad():
+                weight = linear.weight.view(old, 4, -1).mean(0).repeat(clip_length, 1)
+                bias = linear.bias.view(old, 4).mean(0).repeat(clip_length)
+            linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+            linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+            linear.out_features = 4 * clip_length
+        self.config.clip_length = clip_length
+        segmenter.clip_length = clip_length
+
     def freeze_segmenter(self, freeze: bool = True) -> None:
         """Two-stage training switch: (un)freeze the whole clip segmenter (backbone, pixel decoder, decoder, heads).
         A frozen segmenter is also kept in eval mode by :meth:`train`."""
@@ -1081,12 +1102,17 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             raise ValueError(f"`blip2` ({blip2}) must use a decoder-only LM (e.g. OPT), not an encoder-decoder")
         seg_config = seg_model.config
         config_kwargs.setdefault("id2label", dict(seg_config.id2label))
+        query_tokens = config_kwargs.pop("num_query_tokens", blip_model.config.num_query_tokens)
+        if query_tokens != blip_model.config.num_query_tokens:
+            raise ValueError(
+                f"`num_query_tokens` ({query_tokens}) must be the BLIP-2 checkpoint's ({blip_model.config.num_query_tokens})"
+            )
         config = CaptionFormerConfig(
             segmenter_config=seg_config.to_dict(),
             vision_config=blip_model.config.vision_config.to_dict(),
             qformer_config=blip_model.config.qformer_config.to_dict(),
             text_config=blip_model.config.text_config.to_dict(),
-            num_query_tokens=blip_model.config.num_query_tokens,
+            num_query_tokens=query_tokens,
             clip_length=clip_length,
             **config_kwargs,
         )
