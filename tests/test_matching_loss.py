@@ -65,6 +65,23 @@ def test_matcher_batched_equals_per_sample_and_handles_empty_targets():
     assert len(batched[0][0]) == 2
 
 
+def test_score_class_cost_lets_objectness_decide_between_equal_queries():
+    """Two queries with the same mask, box and class probability: the class cost alone ties them (the first wins);
+    with the release's score cost sqrt(class * objectness) the query with the higher objectness is matched."""
+    labels = make_labels(1, 1, num_objects=1, size=32, seed=3)
+    masks, classes, boxes = predictions_from_targets(labels[0], 2, [0])
+    masks[1], classes[1], boxes[1] = masks[0], classes[0], boxes[0]
+    outputs = stack_outputs([(masks, classes, boxes)])
+    outputs["objectness_logits"] = torch.tensor([[-3.0, 3.0]])
+    only_mask_and_class = dict(cost_class=2.0, cost_mask=0.0, cost_dice=0.0, cost_bbox=0.0, cost_giou=0.0)
+    (src, _), = CaptionFormerHungarianMatcher(**only_mask_and_class)(outputs, labels)
+    assert src.tolist() == [0]
+    (src, _), = CaptionFormerHungarianMatcher(**only_mask_and_class, class_cost="score")(outputs, labels)
+    assert src.tolist() == [1]
+    with pytest.raises(ValueError, match="`class_cost` must be 'class' or 'score', got 'objectness'"):
+        CaptionFormerHungarianMatcher(class_cost="objectness")
+
+
 def test_matcher_rejects_mismatched_batch():
     with pytest.raises(ValueError, match="targets"):
         CaptionFormerHungarianMatcher()({"class_logits": torch.zeros(2, 5, 3)}, make_labels(1, 1))

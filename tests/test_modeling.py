@@ -11,6 +11,7 @@ from conftest import make_labels
 from transformers import AutoModel, Mask2FormerModel
 
 from captionformer_hf import (
+    CaptionFormerConfig,
     CaptionFormerForDenseVideoObjectCaptioning,
     CaptionFormerModel,
 )
@@ -67,6 +68,58 @@ def test_single_frame_segmenter_matches_mask2former(toy_config):
     torch.testing.assert_close(ours.masks_logits[:, :, 0], theirs.masks_queries_logits[-1])
 
 
+def test_a_new_model_is_initialised_as_transformers_initialises_mask2former(toy_config):
+    """A model built from a config (training from scratch) gets Mask2Former's initialisation: the deformable
+    attention's sampling grid, zero attention biases, xavier decoder layers; and the class head's prior bias."""
+    config = toy_config()
+    model = build(config)
+    reference = Mask2FormerModel(config.segmenter_config)
+    ours, theirs = model.model.segmenter.pixel_level_module, reference.pixel_level_module
+    attention = ours.decoder.encoder.layers[0].self_attn
+    torch.testing.assert_close(attention.sampling_offsets.bias,
+                               theirs.decoder.encoder.layers[0].self_attn.sampling_offsets.bias)
+    assert attention.sampling_offsets.bias[:4].tolist() == [1.0, 0.0, 2.0, 0.0]  # the grid, points 1 and 2 of head 0
+    assert not attention.sampling_offsets.weight.any() and not attention.attention_weights.weight.any()
+    layer = model.model.segmenter.transformer_module.decoder.layers[0]
+    assert not layer.cross_attn.in_proj_bias.any()
+    bound = (6 / sum(layer.cross_attn.in_proj_weight.shape)) ** 0.5 * config.segmenter_config.init_xavier_std
+    assert layer.cross_attn.in_proj_weight.abs().max() <= bound  # xavier uniform
+    prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+    torch.testing.assert_close(model.model.segmenter.class_head.classifier.bias, prior.expand(config.num_labels))
+    assert model.is_custom_code()  # the switch is only taken while initialising
+
+
+def test_the_default_backbone_loads_without_a_warning_and_others_still_warn():
+    """The ResNet of the default model is a backbone the segmenter supports (tested above against Mask2Former):
+    loading it logs nothing; a backbone outside the list still gets Mask2Former's warning."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    from captionformer_hf.defaults import default_model_path
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    library_logger = transformers_logging.get_logger("transformers")
+    library_logger.addHandler(handler)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
+    transformers_logging.warning_once.cache_clear()  # a warning already given in this process is not repeated
+    try:
+        config = CaptionFormerConfig.from_pretrained(default_model_path())
+        CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(default_model_path())
+        assert config.segmenter_config.backbone_config.model_type == "resnet"
+        assert not [message for message in records if "not a supported model" in message]
+        CaptionFormerConfig(segmenter_config={"backbone_config": {"model_type": "convnext"}})
+    finally:
+        library_logger.removeHandler(handler)
+        transformers_logging.set_verbosity(verbosity)
+    assert any(message.startswith("Backbone convnext is not a supported model and may not be compatible with "
+                                  "Mask2Former") for message in records)
+    assert config.to_dict()["segmenter_config"]["model_type"] == "mask2former"  # same JSON as Mask2FormerConfig
+
+
 def test_frames_of_a_clip_are_segmented_jointly(toy_config):
     """Changing one frame of a clip changes the masks of the other frames (queries attend to all T frames)."""
     model = build(toy_config(clip_length=3))
@@ -93,7 +146,10 @@ def test_loss_is_finite_and_reaches_every_trainable_parameter(toy_config, clip_l
     assert any(n.startswith("model.segmenter") for n in trainable)
     assert any(n.startswith("model.caption_head.qformer") for n in trainable)
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
-    assert no_grad == []
+    # the pixel decoder's level embedding only feeds the deformable attention's offsets and weights, which
+    # Mask2Former initialises to zero: its gradient is exactly zero at the first step (reached, but zero)
+    assert no_grad == ["model.segmenter.pixel_level_module.decoder.level_embed"]
+    assert model.model.segmenter.pixel_level_module.decoder.level_embed.grad is not None
     # the release freezes the ViT and the LM
     assert not any(p.requires_grad for p in model.model.caption_head.vision_model.parameters())
     assert not any(p.requires_grad for p in model.language_model.parameters())

@@ -1,12 +1,14 @@
 """CaptionFormer configuration.
 
-Remote-code safe: this file imports only ``transformers`` (never torch) and nothing from this package.
+Remote-code safe: this file imports only ``transformers`` and ``huggingface_hub`` (never torch) and nothing from this
+package.
 """
 
 from __future__ import annotations
 
 import math
 
+from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, CLIPVisionConfig, Mask2FormerConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
@@ -35,6 +37,17 @@ PAPER_TEXT = {
     "num_attention_heads": 32, "max_position_embeddings": 2048, "word_embed_proj_dim": 2560,
     "do_layer_norm_before": True, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2,
 }
+
+
+@strict  # as Mask2FormerConfig: its validation (and warning for other backbones) runs on construction
+class CaptionFormerSegmenterConfig(Mask2FormerConfig):
+    """``Mask2FormerConfig`` (same fields, same ``model_type``, same JSON) with the backbones this package's segmenter
+    is tested with. Mask2Former's own list holds only Swin (its checkpoints); the segmenter reads its multi-scale
+    features from any ``AutoBackbone`` with four stages at strides 4-32, and the ResNet of the embedded default
+    model is checked against transformers' Mask2Former in the tests. Other backbones still get Mask2Former's
+    warning."""
+
+    backbones_supported = ["swin", "resnet"]
 
 
 class CaptionFormerConfig(PreTrainedConfig):
@@ -142,13 +155,16 @@ class CaptionFormerConfig(PreTrainedConfig):
         objectness_loss (`str`, defaults to ``"bce"``): BCE, or ``"weighted_ce"``: the release's two-class
             cross-entropy where unmatched queries weigh ``no_object_weight``.
         no_object_weight (`float`, defaults to 0.4): the release's weight of the no-object class in the objectness loss.
+        matcher_class_cost (`str`, defaults to ``"class"``): what the Hungarian matcher's class cost reads:
+            ``"class"``, the target class's ``sigmoid(cls)``; ``"score"`` (the release's), the per-clip confidence
+            ``sqrt(sigmoid(cls) * sigmoid(obj))`` for the target class, so the objectness takes part in the matching.
         segmenter_image_mean/std, vision_image_mean/std: normalisation of the two image encoders; the caption
             head re-normalises the segmenter's input.
     """
 
     model_type = "captionformer"
     sub_configs_defaults = {
-        "segmenter_config": Mask2FormerConfig,
+        "segmenter_config": CaptionFormerSegmenterConfig,
         "vision_config": Blip2VisionConfig,
         "qformer_config": Blip2QFormerConfig,
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="opt"),
@@ -213,6 +229,7 @@ class CaptionFormerConfig(PreTrainedConfig):
     federated_num_categories: int = 50
     objectness_loss: str = "bce"
     no_object_weight: float = 0.4
+    matcher_class_cost: str = "class"
 
     segmenter_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     segmenter_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -283,6 +300,8 @@ class CaptionFormerConfig(PreTrainedConfig):
             probability(name)
         if self.class_loss not in ("focal", "release_bce"):
             raise ValueError(f"`class_loss` must be 'focal' or 'release_bce', got {self.class_loss!r}")
+        if self.matcher_class_cost not in ("class", "score"):
+            raise ValueError(f"`matcher_class_cost` must be 'class' or 'score', got {self.matcher_class_cost!r}")
         if self.objectness_loss not in ("bce", "weighted_ce"):
             raise ValueError(f"`objectness_loss` must be 'bce' or 'weighted_ce', got {self.objectness_loss!r}")
         probability("no_object_weight")

@@ -86,6 +86,7 @@ class CaptionFormerLoss(nn.Module):
             cost_bbox=config.bbox_l1_weight if self.use_box_losses else 0.0,
             cost_giou=config.giou_weight if self.use_box_losses else 0.0,
             num_points=seg.train_num_points,
+            class_cost=config.matcher_class_cost,
         )
 
     def federated_categories(self, labels: torch.Tensor) -> torch.Tensor:

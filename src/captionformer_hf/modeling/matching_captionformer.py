@@ -1,4 +1,4 @@
-"""Hungarian matcher of CaptionFormer: class, mask (BCE + dice on sampled points, over the T frames of a clip as in
+"""Hungarian matcher of CaptionFormer: class (or, as the release, the detection score), mask (BCE + dice on sampled points, over the T frames of a clip as in
 Mask2Former-VIS) and box (L1 + GIoU over the frames where the object is visible) costs.
 
 Adapted from transformers' ``Mask2FormerHungarianMatcher`` (whose pair-wise cost functions are reused). The costs of
@@ -75,8 +75,12 @@ class CaptionFormerHungarianMatcher(nn.Module):
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
         num_points: int = 12544,
+        class_cost: str = "class",
     ):
         super().__init__()
+        if class_cost not in ("class", "score"):
+            raise ValueError(f"`class_cost` must be 'class' or 'score', got {class_cost!r}")
+        self.class_cost = class_cost
         if cost_class == cost_mask == cost_dice == cost_bbox == cost_giou == 0:
             raise ValueError("All matcher costs are 0: at least one of cost_class/mask/dice/bbox/giou must be > 0")
         self.cost_class = cost_class
@@ -94,6 +98,9 @@ class CaptionFormerHungarianMatcher(nn.Module):
         counts = [len(t["class_labels"]) for t in targets]
         labels = torch.cat([t["class_labels"] for t in targets]).to(pred_masks.device)
         class_prob = outputs["class_logits"].float().sigmoid().flatten(0, 1)  # (B*Q, C)
+        if self.class_cost == "score":  # the release: sqrt(class probability * objectness probability)
+            objectness = outputs["objectness_logits"].float().sigmoid().flatten(0, 1)  # (B*Q,)
+            class_prob = (class_prob * objectness[:, None]).sqrt()
         cost = -class_prob[:, labels] * self.cost_class  # (B*Q, N_all)
         target_masks = torch.cat([t["mask_labels"] for t in targets]).to(pred_masks)
         if target_masks.shape[1] != pred_masks.shape[2]:

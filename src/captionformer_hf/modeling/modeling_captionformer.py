@@ -129,7 +129,25 @@ class CaptionFormerVideoOutput(ModelOutput):
     video_inference_mode: str | None = None
 
 
-class CaptionFormerSegmenter(CaptionFormerClipSegmenterMixin, Mask2FormerPreTrainedModel):
+class _LibraryInitialization:
+    """Weight initialisation as transformers runs it for its own models.
+
+    transformers treats a model class defined outside the library as custom code that may not use its guarded init
+    functions, and then skips every module without parameters of its own (a composite such as Mask2Former's
+    deformable attention, its decoder layers, or our class head) and flags it as initialised: Mask2Former's
+    initialisation (deformable sampling grid, xavier decoder layers) and the class prior bias never ran, and models
+    trained from scratch learnt with a degenerate pixel decoder. Our ``_init_weights`` only uses transformers'
+    guarded init functions (they leave loaded weights alone), so the library's own path applies."""
+
+    def initialize_weights(self):
+        self.is_custom_code = lambda: False  # read once by initialize_weights for the whole module tree
+        try:
+            super().initialize_weights()
+        finally:
+            del self.is_custom_code
+
+
+class CaptionFormerSegmenter(_LibraryInitialization, CaptionFormerClipSegmenterMixin, Mask2FormerPreTrainedModel):
     """The clip segmenter as a Mask2Former pre-trained model, so that Mask2Former's own weight initialisation
     (deformable attention, decoder, embeddings) applies to it."""
 
@@ -150,7 +168,7 @@ class CaptionFormerSegmenter(CaptionFormerClipSegmenterMixin, Mask2FormerPreTrai
                 init.constant_(module.classifier.bias, bias)
 
 
-class CaptionFormerPreTrainedModel(PreTrainedModel):
+class CaptionFormerPreTrainedModel(_LibraryInitialization, PreTrainedModel):
     config_class = CaptionFormerConfig
     config: CaptionFormerConfig
     base_model_prefix = "model"
