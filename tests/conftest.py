@@ -16,6 +16,19 @@ def toy_config():
     return make
 
 
+def write_toy_model(folder, clip_length=2):
+    """An untrained toy model that keeps every query (thresholds 0) saved with its processor into ``folder``."""
+    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+    from captionformer_hf.toy import toy_config as make_config, toy_processor
+
+    torch.manual_seed(0)
+    config = make_config(clip_length=clip_length, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
+                         hysteresis_min_length=1)
+    CaptionFormerForDenseVideoObjectCaptioning(config).save_pretrained(folder)
+    toy_processor(clip_length=clip_length).save_pretrained(folder)
+    return str(folder)
+
+
 def make_labels(batch_size, num_frames, num_objects=2, size=64, seed=0, with_captions=True):
     """Targets of square objects at known places; captions of 5 tokens."""
     generator = torch.Generator().manual_seed(seed)

@@ -227,9 +227,33 @@ def test_cli_push_embeds_files(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
     import huggingface_hub
 
+    # the card push_to_hub writes on the Hub: its dataset_info and configs must survive our card
+    hub_card = tmp_path / "hub-README.md"
+    hub_card.write_text("---\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 2\nconfigs:\n"
+                        "- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, repo_type: str(hub_card))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: uploaded.update(kw))
     assert main(["data", "push", str(tmp_path / "syn"), "--repo-id", "me/shapes"]) == 0
     assert calls == {"repo_id": "me/shapes", "private": False, "embed_external_files": True}
     assert uploaded["path_in_repo"] == "README.md" and uploaded["repo_type"] == "dataset"
+    card = huggingface_hub.DatasetCard(uploaded["path_or_fileobj"].decode())
+    assert card.data.dataset_info == {"splits": [{"name": "train", "num_examples": 2}]}
+    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert card.data.license == "cc0-1.0" and card.data.pretty_name == "Synthetic DVOC shapes"
+    assert card.data.size_categories == ["n<1K"] and "# Synthetic DVOC shapes" in card.text
+
+
+def test_dataset_cards_carry_the_hub_metadata():
+    import huggingface_hub
+
+    from captionformer_hf.data.schema import dataset_card, dvoc_features, size_category
+
+    card = huggingface_hub.DatasetCard(dataset_card("LV-VISCap", "text", {"train": 3000, "validation": 837},
+                                                     dvoc_features("frames")))
+    assert card.data.license == "other" and "licenses of the source annotations and frames apply" in card.text
+    assert card.data.size_categories == ["1K<n<10K"] and card.data.pretty_name == "LV-VISCap"
+    assert [c["split"] for c in card.data.configs[0]["data_files"]] == ["train", "validation"]
+    assert [size_category(n) for n in (0, 999, 1000, 99_999, 100_000, 5_000_000)] == [
+        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
 
 

@@ -123,18 +123,26 @@ def test_cli_evaluate(tmp_path, capsys):
 
 def test_evaluate_module_matches_the_core():
     evaluate = pytest.importorskip("evaluate")
-    module = evaluate.load(str(ROOT / "spaces" / "chota" / "chota.py"))
+    from captionformer_hf.metrics import chota_module_path
+
+    module = evaluate.load(chota_module_path())  # shipped inside the package
     preds = coco_predictions_to_videos(COCO_PRED, COCO_GT)
     refs = coco_to_videos(COCO_GT)
+    direct = compute_chota(preds, refs, caption_metrics=("cider",), alphas=(0.5, 0.75))
     via_evaluate = module.compute(predictions=preds, references=refs, caption_metrics=["cider"], alphas=[0.5, 0.75])
-    direct = compute_chota(
-        [dict(v, video_id=str(v["video_id"])) for v in preds],
-        [dict(v, video_id=str(v["video_id"])) for v in refs],
-        caption_metrics=("cider",),
-        alphas=(0.5, 0.75),
-    )
     assert via_evaluate == direct
-    # incremental batches give the same result
-    for p, r in zip(preds, refs):
-        module.add_batch(predictions=[p], references=[r])
+    # incremental: add() one video, add_batch() the others; the same result
+    module.add(prediction=preds[0], reference=refs[0])
+    module.add_batch(predictions=preds[1:], references=refs[1:])
     assert module.compute(caption_metrics=["cider"], alphas=[0.5, 0.75]) == direct
+    # across processes a video travels as its JSON text (numpy numbers included)
+    module.num_process = 2
+    import numpy as np
+
+    stored = module._store({**preds[0], "num_frames": np.int64(preds[0]["num_frames"])}, "predictions")
+    assert module._load(stored) == preds[0]
+    module.num_process = 1
+    with pytest.raises(TypeError, match="must be a list of videos"):
+        module.add_batch(predictions=preds[0], references=refs[0])
+    with pytest.raises(TypeError, match="must be a video dict"):
+        module.add(prediction=[preds[0]], reference=refs[0])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import write_toy_model
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -26,11 +26,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_app(name: str, env: dict):
+def load_app(folder: Path, env: dict):
+    """Import a built Space's app.py as the Space runs it (with its environment variables)."""
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        spec = importlib.util.spec_from_file_location(f"space_{name}", ROOT / "spaces" / name / "app.py")
+        spec = importlib.util.spec_from_file_location(f"space_{folder.name}", folder / "app.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -43,17 +44,24 @@ def load_app(name: str, env: dict):
 
 
 @pytest.fixture(scope="module")
-def demo_app(tmp_path_factory):
-    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
-    from captionformer_hf.toy import toy_config, toy_processor
+def space_model(tmp_path_factory):
+    return write_toy_model(tmp_path_factory.mktemp("space-model"))
 
-    folder = tmp_path_factory.mktemp("space-model")
-    torch.manual_seed(0)
-    config = toy_config(clip_length=2, score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
-    CaptionFormerForDenseVideoObjectCaptioning(config).save_pretrained(folder)
-    toy_processor(clip_length=2).save_pretrained(folder)
-    module = load_app("demo", {"CAPTIONFORMER_MODEL": str(folder), "CAPTIONFORMER_MAX_FRAMES": "40",
-                               "CAPTIONFORMER_EXAMPLES": str(tmp_path_factory.mktemp("examples"))})
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from captionformer_hf.cli import main
+
+    root = tmp_path_factory.mktemp("spaces")
+    for kind in ("demo", "chota"):
+        assert main(["space", "build", kind, "--out", str(root / kind)]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo_app(built, space_model, tmp_path_factory):
+    module = load_app(built / "demo", {"CAPTIONFORMER_MODEL": space_model, "CAPTIONFORMER_MAX_FRAMES": "40",
+                                       "CAPTIONFORMER_EXAMPLES": str(tmp_path_factory.mktemp("examples"))})
     port = free_port()
     module.demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield module, f"http://127.0.0.1:{port}/"
@@ -61,18 +69,79 @@ def demo_app(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chota_app():
-    module = load_app("chota", {})
+def chota_app(built):
+    module = load_app(built / "chota", {})
     port = free_port()
     module.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield module, f"http://127.0.0.1:{port}/"
     module.demo.close()
 
 
+def test_built_space_folders_are_self_contained(built, tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    for kind, title in (("demo", "CaptionFormer"), ("chota", "CHOTA")):
+        folder = built / kind
+        card = (folder / "README.md").read_text()
+        assert f"title: {title}" in card and f"sdk_version: {gradio.__version__}" in card
+        assert "license: apache-2.0" in card
+        wheel = next(folder.glob("captionformer_hf-*-py3-none-any.whl"))
+        assert (folder / "requirements.txt").read_text().splitlines()[0] == f"./{wheel.name}"
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+        assert "captionformer_hf/spaces/demo.py" in names and "captionformer_hf/checkpoints/default/model.safetensors" in names
+        assert not any("__pycache__" in n for n in names)
+    # the wheel installs and the chota folder loads with evaluate.load("chota"), offline, from its parent folder
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
+                    str(next((built / "chota").glob("*.whl")))], check=True)
+    script = (
+        "import captionformer_hf, evaluate\n"
+        f"assert captionformer_hf.__file__.startswith({str(target)!r}), captionformer_hf.__file__\n"
+        "video = {'video_id': 'v', 'num_frames': 2, 'trajectories': [{'track_id': 1, 'score': 0.9, 'caption': 'a b',"
+        " 'frames': [{'frame_index': 0, 'box': [0, 0, 9, 9]}, {'frame_index': 1, 'box': [1, 0, 9, 9]}]}]}\n"
+        "result = evaluate.load('chota').compute(predictions=[video], references=[video], caption_metrics=['cider'])\n"
+        "print('DetA', result['DetA'])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(target), HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", script], cwd=built, capture_output=True, text=True, env=env, timeout=300)
+    assert "DetA 1.0" in out.stdout, out.stderr[-3000:]
+
+
+def test_space_push_uploads_the_folder_as_a_gradio_space(built, monkeypatch):
+    import huggingface_hub
+
+    from captionformer_hf.cli import main
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload", kwargs))
+            return "https://huggingface.co/spaces/user/demo/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert main(["space", "push", str(built / "demo"), "--repo-id", "user/demo"]) == 0
+    assert calls[0] == ("create", "user/demo", {"repo_type": "space", "space_sdk": "gradio", "private": False,
+                                                 "exist_ok": True})
+    assert calls[1][1] == {"folder_path": str(built / "demo"), "repo_id": "user/demo", "repo_type": "space"}
+    assert main(["space", "push", str(built), "--repo-id", "user/demo"]) == 2  # not a Space folder
+
+
 def test_demo_through_gradio_client(demo_app):
+    from captionformer_hf.spaces.demo import make_examples
+
     module, url = demo_app
     client = gradio_client.Client(url, verbose=False)
-    example = module.make_examples()[0]
+    example = make_examples()[0]
     overlay, key_frame, table, json_path, summary = client.predict(
         gradio_client.handle_file(example), 0.0, 0, 20, api_name="/caption"
     )
@@ -83,20 +152,87 @@ def test_demo_through_gradio_client(demo_app):
     result = json.loads(Path(json_path).read_text())
     assert len(result["trajectories"]) == len(rows) and "trajectories" in summary
     # bounded work: a clear message beyond the frame limit
-    with pytest.raises(Exception, match="maximum value 40|At most 40 frames"):
+    with pytest.raises(Exception, match="maximum value 40|between 1 and 40"):
         client.predict(gradio_client.handle_file(example), 0.0, 0, 41, api_name="/caption")
 
 
+def test_demo_bounds_every_request(space_model, tmp_path):
+    """Resolution, decoded frames, time and inputs are bounded, each with a message saying what to change."""
+    from captionformer_hf.data.synthetic import write_video
+    from captionformer_hf.defaults import load_pipeline
+    from captionformer_hf.spaces.demo import DemoHandler, DemoLimits
+
+    import numpy as np
+
+    pipe = load_pipeline(space_model)
+    limits = DemoLimits(max_frames=40, max_upload_mb=1, max_side=64, max_decoded_frames=30, max_seconds=60)
+    handler = DemoHandler(pipe, limits)
+    big = tmp_path / "big.mp4"  # 4 frames of 480x640: processed at 48x64
+    write_video(np.random.default_rng(0).integers(0, 255, (4, 480, 640, 3), dtype=np.uint8), big, fps=4)
+    overlay, key_frame, rows, json_path, summary = handler(str(big), 0.0, 0, 10)
+    result = json.loads(Path(json_path).read_text())
+    assert (result["height"], result["width"]) == (48, 64) and "downscaled" in summary
+    long = tmp_path / "long.mp4"  # 60 frames sampled at 1 fps still decode all 60: refused
+    write_video(np.zeros((60, 32, 32, 3), np.uint8), long, fps=8)
+    with pytest.raises(ValueError, match="has 60 frames; at most 30 can be decoded"):
+        handler(str(long), 0.0, 1, 10)
+    with pytest.raises(ValueError, match="took longer than 0 s"):
+        DemoHandler(pipe, DemoLimits(max_frames=40, max_upload_mb=1, max_side=64, max_decoded_frames=30,
+                                     max_seconds=0))(str(big), 0.0, 0, 10)
+    huge = tmp_path / "huge.mp4"
+    huge.write_bytes(b"0" * (2 * 2**20))
+    with pytest.raises(ValueError, match="at most 1 MB"):
+        handler(str(huge), 0.0, 0, 10)
+    for args, message in (((None, 0.5, 0, 10), "Upload a video"), ((str(tmp_path / "gone.mp4"), 0.5, 0, 10), "did not arrive"),
+                          ((str(big), 1.5, 0, 10), "between 0 and 1"), ((str(big), 0.5, float("inf"), 10), "must be a number"),
+                          ((str(big), 0.5, 0, 41), "between 1 and 40"), ((str(big), 0.5, 0, 2.5), "whole number")):
+        with pytest.raises(ValueError, match=message):
+            handler(*args)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match="could not open"):
+        handler(str(corrupt), 0.5, 0, 10)
+
+
 def test_chota_space_through_gradio_client(chota_app):
+    from captionformer_hf.spaces.chota import EXAMPLE
+
     module, url = chota_app
     client = gradio_client.Client(url, verbose=False)
-    table, full, summary = client.predict(module.EXAMPLE, None, module.EXAMPLE, None, "box", "0.5", ["cider"], 0.5,
+    table, full, summary = client.predict(EXAMPLE, None, EXAMPLE, None, "box", "0.5", ["cider"], 0.5,
                                           api_name="/compute")
     rows = {row[0]: row[1] for row in (table["data"] if isinstance(table, dict) else table)}
     assert rows["DetA"] == 1.0 and rows["AssA"] == 1.0
     assert "1 videos" in summary
     with pytest.raises(Exception, match="not valid JSON"):
-        client.predict("{", None, module.EXAMPLE, None, "box", "0.5", ["cider"], 0.5, api_name="/compute")
+        client.predict("{", None, EXAMPLE, None, "box", "0.5", ["cider"], 0.5, api_name="/compute")
+
+
+def test_chota_space_reads_only_what_the_user_gives(tmp_path):
+    """Pasted text is JSON, never a server path: a path answers the same as any non-JSON text, and a JSON string
+    naming a server file is refused without opening it."""
+    from captionformer_hf.spaces.chota import EXAMPLE, compute, parse_input
+
+    secret = tmp_path / "trajectories.json"
+    secret.write_text(EXAMPLE)
+    for pasted in ("/etc/passwd", str(secret), str(tmp_path / "missing.json")):
+        with pytest.raises(ValueError, match="not valid JSON"):
+            parse_input(pasted, None, "predictions")
+    for pasted in ('"/etc/passwd"', json.dumps(str(secret))):
+        with pytest.raises(ValueError, match="must be a JSON list of videos or a JSON object"):
+            parse_input(pasted, None, "predictions")
+    assert parse_input(None, str(secret), "references") == json.loads(EXAMPLE)  # an upload is read
+    with pytest.raises(ValueError, match="larger than 0 MB"):
+        parse_input(None, str(secret), "references", max_mb=0)
+
+    class Module:
+        def compute(self, **kwargs):
+            raise AssertionError("must not be reached")
+
+    with pytest.raises(ValueError, match="alphas must be numbers"):
+        compute(Module(), EXAMPLE, None, EXAMPLE, None, "box", "half", ["cider"], 0.5)
+    with pytest.raises(ValueError, match="score threshold must be a number"):
+        compute(Module(), EXAMPLE, None, EXAMPLE, None, "box", "0.5", ["cider"], None)
 
 
 # ---------------------------------------------------------------------------------------- real browser (Chromium)
@@ -139,13 +275,15 @@ def wait_for(condition, timeout=120.0, interval=0.5):
 def test_demo_in_a_real_browser(demo_app, browser):
     from selenium.webdriver.common.by import By
 
+    from captionformer_hf.spaces.demo import make_examples
+
     module, url = demo_app
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.get(url)
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#input-video input[type=file]"))
     browser.save_screenshot(str(ARTIFACTS / "demo-start.png"))
     upload = browser.find_element(By.CSS_SELECTOR, "#input-video input[type=file]")
-    upload.send_keys(module.make_examples()[0])
+    upload.send_keys(make_examples()[0])
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#input-video video"))
     browser.find_element(By.CSS_SELECTOR, "#run-button").click()
 

@@ -75,14 +75,20 @@ def test_every_checkpoint_loads_with_from_pretrained(tmp_path):
     AutoModel.from_pretrained(tmp_path / "four" / "checkpoints" / "step-2")
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated weights", "empty RNG state"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, damage, caplog):
     reference = train(config(tmp_path, "straight"))
     with pytest.raises(Interrupt):
         train(config(tmp_path, "damaged", keep_checkpoints=3), callbacks=[stop_after(4)])
     state = tmp_path / "damaged" / "checkpoints" / "step-4" / "state"
-    weights = next(p for p in state.iterdir() if p.name.startswith("model"))
-    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a crash of the disk
-    resumed = train(config(tmp_path, "damaged", keep_checkpoints=3))
+    if damage == "truncated weights":
+        weights = next(p for p in state.iterdir() if p.name.startswith("model"))
+        weights.write_bytes(weights.read_bytes()[:100])  # truncated by a crash of the disk
+    else:
+        next(p for p in state.iterdir() if p.name.startswith("random_states")).write_bytes(b"")
+    with caplog.at_level("WARNING", logger="captionformer_hf"):
+        resumed = train(config(tmp_path, "damaged", keep_checkpoints=3))
+    assert "step-4 cannot be resumed from" in caplog.text  # reported, not skipped silently
     assert resumed["steps"] == 6
     assert state_fingerprint(resumed["model"]) == state_fingerprint(reference["model"])
 

@@ -52,21 +52,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _caption(args: argparse.Namespace) -> int:
     from .defaults import load_pipeline
+    from .utils import check_writable_file
 
+    out = args.out or os.path.splitext(os.path.basename(str(args.video)))[0] + ".captions.json"
+    check_writable_file(out, "--out")  # before the video is processed: a result is never lost at the end
+    if args.render:
+        check_writable_file(args.render, "--render")
+    if not str(args.video).startswith(("http://", "https://")):  # a local input is checked before the model loads
+        from .processing.video_processing_captionformer import _resolve_source
+
+        _resolve_source(args.video, 0)
     pipe = load_pipeline(args.model, device=args.device)
     kwargs = {"return_masks": not args.no_masks, "progress": not args.quiet}
-    for name in ("threshold", "fps", "max_frames", "num_beams", "max_new_tokens", "clip_batch_size"):
+    for name in ("threshold", "fps", "max_frames", "num_beams", "max_new_tokens", "clip_batch_size", "max_side"):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
+    if args.allow_truncated:
+        kwargs["allow_truncated"] = True
     result = pipe(args.video, **kwargs)
+    for warning in result.get("warnings", []):
+        sys.stderr.write(f"captionformer caption: warning: {warning}\n")
     result = {"video_id": os.path.splitext(os.path.basename(str(args.video)))[0], **result}
-    out = args.out or os.path.splitext(os.path.basename(str(args.video)))[0] + ".captions.json"
     atomic_write_json(out, result)
     if args.render:
         from .visualization import render_overlay
 
-        frames = pipe.processor.video_processor.open_video(args.video)
+        frames = pipe.processor.video_processor.open_video(args.video, allow_truncated=args.allow_truncated,
+                                                           max_side=args.max_side)
         render_overlay(frames, result, args.render, fps=frames.video_fps)
     for trajectory in result["trajectories"]:
         first = trajectory["frames"][0]["frame_index"] if trajectory["frames"] else "-"
@@ -127,18 +140,23 @@ def _sample_video(args: argparse.Namespace) -> int:
 
 
 def _data_synthetic(args: argparse.Namespace) -> int:
-    from .data.schema import dataset_card, write_parquet_shards
+    from .data.schema import check_shard_size, dataset_card, write_shards
     from .data.synthetic import SYNTHETIC_CARD, SyntheticVideoConfig, build_synthetic_dataset
+    from .utils import atomic_directory, check_new_directory
 
     config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames)
     out = os.path.abspath(args.out)
-    video_dir = out + ".videos-tmp"
-    dataset = build_synthetic_dataset(args.num_videos, seed=args.seed, config=config, video_dir=video_dir,
-                                      progress=not args.quiet)
-    card = dataset_card("Synthetic DVOC shapes", SYNTHETIC_CARD, {k: len(v) for k, v in dataset.items()},
-                        dataset["train"].features if "train" in dataset else next(iter(dataset.values())).features)
-    write_parquet_shards(dataset, out, max_shard_size=args.shard_size, card=card)
-    os.replace(video_dir, os.path.join(out, "videos"))
+    check_new_directory(out, "--out")  # before any video is generated
+    check_shard_size(args.shard_size)
+    # the videos and the shards go into one temporary folder renamed to --out at the end: a refused or killed run
+    # leaves nothing that a later run could pick up
+    with atomic_directory(out, argument="--out") as tmp:
+        dataset = build_synthetic_dataset(args.num_videos, seed=args.seed, config=config,
+                                          video_dir=os.path.join(tmp, "videos"), progress=not args.quiet)
+        card = dataset_card("Synthetic DVOC shapes", SYNTHETIC_CARD, {k: len(v) for k, v in dataset.items()},
+                            dataset["train"].features if "train" in dataset else next(iter(dataset.values())).features,
+                            license="cc0-1.0")
+        write_shards(dataset, tmp, max_shard_size=args.shard_size, card=card)
     sys.stdout.write(f"wrote {sum(len(v) for v in dataset.values())} videos ({', '.join(f'{k}: {len(v)}' for k, v in dataset.items())}) to {out}\n")
     return 0
 
@@ -159,15 +177,20 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 
 def _data_push(args: argparse.Namespace) -> int:
-    from .data.schema import load_parquet_dataset
+    from .data.schema import load_parquet_dataset, merge_dataset_card
 
     dataset = load_parquet_dataset(args.folder)
     dataset.push_to_hub(args.repo_id, private=args.private, embed_external_files=True)
     card = os.path.join(args.folder, "README.md")
     if os.path.exists(card):
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi, hf_hub_download
 
-        HfApi().upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=args.repo_id, repo_type="dataset")
+        # push_to_hub wrote a card with `dataset_info` and `configs`: keep them, add ours (license, sizes, text)
+        hub_card = open(hf_hub_download(args.repo_id, "README.md", repo_type="dataset"), encoding="utf-8").read()
+        with open(card, encoding="utf-8") as f:
+            merged = merge_dataset_card(hub_card, f.read())
+        HfApi().upload_file(path_or_fileobj=merged.encode("utf-8"), path_in_repo="README.md", repo_id=args.repo_id,
+                            repo_type="dataset")
     sys.stdout.write(f"pushed {args.folder} to {args.repo_id}\n")
     return 0
 
@@ -207,6 +230,23 @@ def _annotate(args: argparse.Namespace) -> int:
                             {k: len(v) for k, v in merged.items()}, merged[args.split].features)
         write_parquet_shards(merged, args.out, card=card)
     sys.stdout.write(f"{len(cache.entries)} tracks captioned in {args.cache} ({flagged} flagged)\n")
+    return 0
+
+
+def _space_build(args: argparse.Namespace) -> int:
+    from .spaces import build_space
+
+    out = build_space(args.kind, args.out, overwrite=args.overwrite)
+    sys.stdout.write(f"wrote the {args.kind} Space to {out} (run it with: cd {out} && pip install -r requirements.txt "
+                     "&& python app.py)\n")
+    return 0
+
+
+def _space_push(args: argparse.Namespace) -> int:
+    from .spaces import push_space
+
+    url = push_space(args.folder, args.repo_id, private=args.private)
+    sys.stdout.write(f"pushed {args.folder} to the Space {args.repo_id}: {url}\n")
     return 0
 
 
@@ -306,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--max-new-tokens", type=int)
     caption.add_argument("--clip-batch-size", type=int)
     caption.add_argument("--no-masks", action="store_true", help="boxes only (faster)")
+    caption.add_argument("--allow-truncated", action="store_true",
+                         help="caption the readable frames of a truncated file (the result gets a `warnings` entry) "
+                         "instead of refusing it")
+    caption.add_argument("--max-side", type=int, help="downscale frames whose longer side is larger, while decoding")
     caption.add_argument("--device", help="torch device, e.g. cuda:0")
     caption.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     caption.set_defaults(func=_caption)
@@ -393,6 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build_convert_parser(convert_checkpoint)
     convert_checkpoint.set_defaults(func=_convert)
+    space = commands.add_parser("space", help="build or push a self-contained Gradio Space (demo or CHOTA metric)")
+    space_commands = space.add_subparsers(dest="space_command", required=True)
+    build = space_commands.add_parser(
+        "build", help="write a Space folder: app.py, card, this package as a wheel, requirements installing it")
+    build.add_argument("kind", choices=("demo", "chota"))
+    build.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    build.set_defaults(func=_space_build)
+    push = space_commands.add_parser("push", help="upload a built Space folder to the Hub")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", required=True, help="e.g. user/captionformer-demo")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_space_push)
     return parser
 
 
@@ -400,11 +457,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    quiet = getattr(args, "quiet", False)
+    if quiet:  # -q: no progress bars at all, also not the weight-loading one of transformers
+        from transformers.utils import logging as transformers_logging
+
+        bars_were_on = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError) as error:
-        sys.stderr.write(f"captionformer {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write(f"captionformer {args.command}: interrupted\n")
+        return 130
+    except Exception as error:  # one line for the user; the traceback with --verbose
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"captionformer {args.command}: error: {describe_error(error)}\n")
         return 2
+    finally:
+        if quiet and bars_were_on:
+            transformers_logging.enable_progress_bar()
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an error reaching the command line: the message of the errors raised for bad input, the file
+    and reason of operating-system errors, the error type and message otherwise."""
+    if isinstance(error, (ValueError, TypeError, RuntimeError)) and str(error):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    if isinstance(error, KeyError):
+        return f"missing key {error.args[0]!r}" if error.args else "missing key"
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -53,16 +53,14 @@ def output_paths(out: str) -> tuple[str, str, str]:
 
 
 def check_output(out: str) -> None:
-    """Fail before any work when the output cannot be written."""
+    """Fail before any work when the outputs cannot be written (nothing is created)."""
+    from .utils import check_writable_file
+
     out, official, parts = output_paths(out)
     for path in (out, official):
-        if os.path.isdir(path):
-            raise ValueError(f"`out`: {path} is a directory")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"`out`: cannot write into {parent}")
-    os.makedirs(parts, exist_ok=True)
+        check_writable_file(path, "out")
+    if os.path.exists(parts) and not os.path.isdir(parts):
+        raise ValueError(f"`out`: {parts} (the folder of finished videos) exists and is not a folder")
 
 
 def _process_state():
@@ -88,6 +86,7 @@ def predict_dataset(model, processor, dataset, out: str, *, max_videos: int | No
 
     out, official, parts = output_paths(out)
     check_output(out)
+    os.makedirs(parts, exist_ok=True)
     state = _process_state()
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     if state is not None and world > 1:

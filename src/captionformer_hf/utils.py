@@ -27,6 +27,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_writable_file(path: str | os.PathLike, argument: str = "out") -> None:
+    """Raise a ``ValueError`` naming ``argument`` unless a file can be written at ``path`` (checked before long work
+    starts: its folder is created if needed and a probe file is written there and removed)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"`{argument}`: {path} is a directory; give a file path")
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"`{argument}`: cannot write into {directory} ({error.strerror or error})") from error
+
+
 def check_new_directory(path: str | os.PathLike, argument: str = "path") -> None:
     """Raise a ``ValueError`` naming ``argument`` unless ``path`` is absent or an empty folder."""
     path = os.path.abspath(os.fspath(path))
@@ -45,6 +61,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False, argument:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # as a folder made with os.makedirs (mkdtemp makes it private)
     try:
         yield tmp
         if os.path.exists(path):
@@ -56,4 +75,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False, argument:
 
 
 def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=indent).encode("utf-8"))
+    """Write ``obj`` as strict JSON (``NaN`` / ``Infinity`` are refused, not written as invalid JSON) atomically."""
+    try:
+        text = json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError as error:
+        raise ValueError(f"cannot write {os.fspath(path)}: the result holds a non-finite number ({error})") from error
+    atomic_write_bytes(path, text.encode("utf-8"))

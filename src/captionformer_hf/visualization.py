@@ -67,4 +67,4 @@ def render_overlay(frames, prediction: dict, path: str | os.PathLike, fps: float
 
     by_frame = detections_by_frame(prediction)
     rendered = (draw_frame(frame, by_frame.get(index, [])) for index, frame in frames)
-    write_video(rendered, path, fps=int(round(fps or prediction.get("fps") or 8)))
+    write_video(rendered, path, fps=fps or prediction.get("fps") or 8)

@@ -32,13 +32,39 @@ def read_json(path: str) -> dict:
 
 
 def image_entry(root: str, file_name: str, where: str, embed: bool = True) -> dict:
+    """A frame file of the dataset: ``file_name`` must be a relative path inside ``root`` (no ``..``, no absolute
+    path, no link out of it) naming an image file PIL can read."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"{where}: a frame file name must be a non-empty string, got {file_name!r}")
+    if os.path.isabs(file_name) or ".." in file_name.replace("\\", "/").split("/"):
+        raise ValueError(f"{where}: frame file name {file_name!r} leaves the frames folder (absolute or '..')")
     path = os.path.join(root, file_name)
-    if not os.path.exists(path):
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise ValueError(f"{where}: frame file {file_name!r} is a link out of the frames folder")
+    if not os.path.isfile(path):
         raise ValueError(f"{where}: frame file not found: {path}")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{where}: frame file {path} is not an image ({error})") from error
     if embed:
         with open(path, "rb") as f:
             return {"bytes": f.read(), "path": file_name}
     return {"bytes": None, "path": os.path.abspath(path)}
+
+
+def field(record, key: str, where: str, kind=int):
+    """``record[key]`` converted by ``kind``, or a ``ValueError`` naming the record and the key."""
+    if not isinstance(record, dict) or record.get(key) is None:
+        raise ValueError(f"{where}: missing `{key}`")
+    try:
+        return kind(record[key])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: `{key}` must be {getattr(kind, '__name__', kind)}, got {record[key]!r}") from error
 
 
 def rle_string(segmentation, height: int, width: int, where: str) -> str | None:
@@ -98,6 +124,8 @@ def convert_ytvis(annotation_file: str, frames_root: str, embed: bool = True) ->
     for annotation in data["annotations"]:
         tracks[annotation.get("video_id")].append(annotation)
     examples = []
+    for i, video in enumerate(data["videos"]):
+        field(video, "id", f"{annotation_file}: videos[{i}]", kind=lambda v: v)
     known = {v["id"] for v in data["videos"]}
     for annotation in data["annotations"]:
         if annotation.get("video_id") not in known:
@@ -106,8 +134,9 @@ def convert_ytvis(annotation_file: str, frames_root: str, embed: bool = True) ->
         file_names = video.get("file_names") or []
         if not file_names:
             raise ValueError(f"video {video.get('id')!r}: no `file_names`")
-        height, width = int(video["height"]), int(video["width"])
-        frames = [image_entry(frames_root, name, f"video {video['id']!r}", embed) for name in file_names]
+        where_video = f"video {video['id']!r}"
+        height, width = field(video, "height", where_video), field(video, "width", where_video)
+        frames = [image_entry(frames_root, name, where_video, embed) for name in file_names]
         example_tracks = []
         for annotation in tracks[video["id"]]:
             where = f"annotation {annotation.get('id')!r}"
@@ -152,14 +181,15 @@ def convert_lvis(annotation_file: str, images_root: str, embed: bool = True) -> 
             raise ValueError(f"{annotation_file}: missing `{key}` (expected an LVIS / COCO style JSON)")
     index, names = category_index(data.get("categories", []))
     by_image = defaultdict(list)
-    images = {image["id"]: image for image in data["images"]}
+    images = {field(image, "id", f"{annotation_file}: images[{i}]", kind=lambda v: v): image
+              for i, image in enumerate(data["images"])}
     for annotation in data["annotations"]:
         if annotation.get("image_id") not in images:
             raise ValueError(f"annotation {annotation.get('id')!r}: image_id {annotation.get('image_id')!r} not in `images`")
         by_image[annotation["image_id"]].append(annotation)
     examples = []
     for image_id, image in images.items():
-        height, width = int(image["height"]), int(image["width"])
+        height, width = field(image, "height", f"image {image_id!r}"), field(image, "width", f"image {image_id!r}")
         file_name = image.get("file_name") or os.path.basename(image.get("coco_url", ""))
         frame = image_entry(images_root, file_name, f"image {image_id!r}", embed)
         example_tracks = []
@@ -193,7 +223,8 @@ def convert_coco_frames(annotation_file: str, frames_root: str, embed: bool = Tr
             raise ValueError(f"{annotation_file}: missing `{key}` (expected COCO-style per-frame video JSON)")
     index, names = category_index(data.get("categories", []))
     videos = defaultdict(list)
-    for image in data["images"]:
+    for i, image in enumerate(data["images"]):
+        field(image, "id", f"{annotation_file}: images[{i}]", kind=lambda v: v)
         if "video_id" not in image:
             raise ValueError(f"image {image.get('id')!r}: no `video_id`")
         videos[image["video_id"]].append(image)
@@ -213,8 +244,10 @@ def convert_coco_frames(annotation_file: str, frames_root: str, embed: bool = Tr
         tracks[video_id][annotation["track_id"]].append(annotation)
     examples = []
     for video_id, frames in videos.items():
-        height, width = int(frames[0]["height"]), int(frames[0]["width"])
-        images = [image_entry(frames_root, image["file_name"], f"video {video_id!r}", embed) for image in frames]
+        height = field(frames[0], "height", f"image {frames[0].get('id')!r}")
+        width = field(frames[0], "width", f"image {frames[0].get('id')!r}")
+        images = [image_entry(frames_root, field(image, "file_name", f"image {image['id']!r}", kind=str),
+                              f"video {video_id!r}", embed) for image in frames]
         example_tracks = []
         for track_id, annotations in tracks[video_id].items():
             entries, captions, categories = [], Counter(), Counter()
@@ -259,10 +292,14 @@ def convert(format: str, splits: dict[str, tuple[str, str]], out: str | None = N
             max_shard_size: int = 500) -> datasets.DatasetDict:
     """Convert ``splits`` (split name -> (annotation JSON, frames/images folder)) of an official format into a
     ``DatasetDict``; with ``out``, write sharded parquet and a dataset card there (atomically)."""
-    from .schema import dataset_card, write_parquet_shards
+    from ..utils import check_new_directory
+    from .schema import check_shard_size, dataset_card, write_parquet_shards
 
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
+    if out is not None:  # before reading any frame
+        check_new_directory(out, "out")
+        check_shard_size(max_shard_size)
     name, function = FORMATS[format]
     result = datasets.DatasetDict({split: function(ann, root, embed) for split, (ann, root) in splits.items()})
     if out is not None:

@@ -59,20 +59,35 @@ def validate_example(example: dict, where: str | None = None) -> None:
     validate_video(example, where, key="tracks")
 
 
+def check_shard_size(max_shard_size) -> int:
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size < 1:
+        raise ValueError(f"`max_shard_size` (--shard-size) must be a positive integer, got {max_shard_size!r}")
+    return max_shard_size
+
+
+def write_shards(dataset_dict: datasets.DatasetDict, folder: str, max_shard_size: int = 500,
+                 card: str | None = None) -> None:
+    """Write ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (at most ``max_shard_size`` examples a shard) and the
+    dataset card into ``folder`` (use :func:`write_parquet_shards` for an atomic folder)."""
+    check_shard_size(max_shard_size)
+    os.makedirs(os.path.join(folder, "data"), exist_ok=True)
+    for split, dataset in dataset_dict.items():
+        num_shards = max(1, math.ceil(len(dataset) / max_shard_size))
+        for i in range(num_shards):
+            shard = dataset.shard(num_shards=num_shards, index=i, contiguous=True)
+            shard.to_parquet(os.path.join(folder, "data", f"{split}-{i:05d}-of-{num_shards:05d}.parquet"))
+    if card is not None:
+        with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+
+
 def write_parquet_shards(dataset_dict: datasets.DatasetDict, out_dir: str, max_shard_size: int = 500,
                          card: str | None = None) -> None:
-    """Write ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (at most ``max_shard_size`` examples a shard) and a dataset
-    card, into a temporary folder renamed to ``out_dir`` at the end: nothing is half-written."""
+    """:func:`write_shards` into a temporary folder renamed to ``out_dir`` at the end: nothing is half-written, and
+    an existing non-empty ``out_dir`` is refused before anything is written."""
+    check_shard_size(max_shard_size)
     with atomic_directory(out_dir, argument="out") as tmp:
-        os.makedirs(os.path.join(tmp, "data"))
-        for split, dataset in dataset_dict.items():
-            num_shards = max(1, math.ceil(len(dataset) / max_shard_size))
-            for i in range(num_shards):
-                shard = dataset.shard(num_shards=num_shards, index=i, contiguous=True)
-                shard.to_parquet(os.path.join(tmp, "data", f"{split}-{i:05d}-of-{num_shards:05d}.parquet"))
-        if card is not None:
-            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-                f.write(card)
+        write_shards(dataset_dict, tmp, max_shard_size, card)
 
 
 def load_parquet_dataset(folder: str, streaming: bool = False):
@@ -85,24 +100,41 @@ def load_parquet_dataset(folder: str, streaming: bool = False):
     return datasets.load_dataset("parquet", data_files=files, streaming=streaming)
 
 
-def dataset_card(name: str, description: str, splits: dict[str, int], features: datasets.Features) -> str:
-    configs = "\n".join(f"  - split: {split}\n    path: data/{split}-*.parquet" for split in splits)
-    rows = "\n".join(f"| {split} | {count} |" for split, count in splits.items())
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-{configs}
-task_categories:
-- video-text-to-text
-tags:
-- dense-video-object-captioning
-- captionformer
----
+SOURCE_LICENSE_NOTE = "the licenses of the source annotations and frames apply"
 
-# {name}
+
+def size_category(count: int) -> str:
+    """The Hub's ``size_categories`` value for ``count`` examples."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+        if count < limit:
+            return name
+    return "n>100M"
+
+
+def dataset_card(name: str, description: str, splits: dict[str, int], features: datasets.Features,
+                 license: str = "other") -> str:
+    """A dataset card (``huggingface_hub.DatasetCard``): Hub metadata (``pretty_name``, ``license``,
+    ``size_categories``, ``task_categories``, ``tags``, the parquet ``configs``) and the schema. ``license="other"``
+    (converted datasets) adds that the source's licenses apply."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        pretty_name=name,
+        license=license,
+        size_categories=[size_category(sum(splits.values()))],
+        task_categories=["video-text-to-text"],
+        tags=["dense-video-object-captioning", "captionformer"],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in splits]}],
+    )
+    rows = "\n".join(f"| {split} | {count} |" for split, count in splits.items())
+    license_line = f"License: {license}" + (f" ({SOURCE_LICENSE_NOTE})." if license == "other" else ".")
+    text = f"""# {name}
 
 {description}
+
+{license_line}
 
 | split | videos |
 | --- | --- |
@@ -114,3 +146,18 @@ Each example: `video` (encoded video or frame images), `video_id`, `fps`, `heigh
 
 Features: `{features}`
 """
+    return str(DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + text))
+
+
+def merge_dataset_card(hub_card: str, ours: str) -> str:
+    """The card to publish after ``push_to_hub``: its metadata (``dataset_info``, ``configs`` that push_to_hub wrote)
+    kept, ours (license, pretty name, sizes, tags...) added over it, and our text."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    hub, mine = DatasetCard(hub_card), DatasetCard(ours)
+    merged = hub.data.to_dict()
+    for key, value in mine.data.to_dict().items():
+        if key not in ("dataset_info", "configs") or key not in merged:
+            merged[key] = value
+    return str(DatasetCard.from_template(DatasetCardData(**merged),
+                                         template_str="---\n{{ card_data }}\n---\n" + mine.text))

@@ -230,10 +230,17 @@ def generate_video(seed: int, config: SyntheticVideoConfig | None = None) -> dic
     return {"frames": frames, "fps": config.fps, "height": h, "width": w, "num_frames": n, "tracks": tracks}
 
 
-def write_video(frames, path: str | os.PathLike, fps: int = 8, codec: str | None = None) -> None:
+def write_video(frames, path: str | os.PathLike, fps: float = 8, codec: str | None = None) -> None:
     """Encode ``uint8 (T, H, W, 3)`` frames (an array or any iterable of frames, consumed one at a time) with PyAV
-    (H.264 in mp4 by default; mpeg4 for .avi, VP9 for .webm), atomically (a temporary file renamed into place)."""
+    (H.264 in mp4 by default; mpeg4 for .avi, VP9 for .webm), atomically (a temporary file renamed into place).
+    ``fps`` may be fractional (29.97 is written as 30000/1001, so the video plays at its own speed)."""
+    from fractions import Fraction
+
     import av
+
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"`fps` must be a positive finite number, got {fps!r}")
+    rate = Fraction(fps).limit_denominator(1001)
 
     frames = iter(frames)
     first = next(frames, None)
@@ -251,7 +258,7 @@ def write_video(frames, path: str | os.PathLike, fps: int = 8, codec: str | None
     even_h, even_w = height - height % 2, width - width % 2
     try:
         with av.open(tmp, mode="w", format={".mp4": "mp4", ".avi": "avi", ".webm": "webm"}.get(extension)) as container:
-            stream = container.add_stream(codec, rate=int(fps))
+            stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height = even_w, even_h
             stream.pix_fmt = "yuv420p"
             if codec == "libx264":

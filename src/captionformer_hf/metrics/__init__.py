@@ -8,7 +8,15 @@ from .caption_scores import (
     spice_available,
 )
 from .chota import compute_chota
-from .hota import TRACKEVAL_ALPHAS, box_iou, hota_sequence
+from .hota import TRACKEVAL_ALPHAS, box_iou, hota_pairs, hota_sequence
+
+
+def chota_module_path() -> str:
+    """Path of the ``evaluate`` metric script shipped in this package: ``evaluate.load(chota_module_path())``."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "chota_evaluate.py")
+
 
 __all__ = [
     "SUPPORTED_CAPTION_METRICS",
@@ -16,8 +24,10 @@ __all__ = [
     "CaptionMetricUnavailableError",
     "MeteorScorer",
     "box_iou",
+    "chota_module_path",
     "cider_d_pair_scores",
     "compute_chota",
+    "hota_pairs",
     "hota_sequence",
     "spice_available",
 ]

@@ -226,8 +226,8 @@ def _spice_dir() -> str:
         raise CaptionMetricUnavailableError(
             "SPICE needs the Stanford CoreNLP 3.6.0 jars in "
             f"{os.path.join(directory, 'lib')} (pycocoevalcap downloads them on first use: run "
-            "`python -c 'from pycocoevalcap.spice.spice import Spice; Spice()'` once with network), or leave "
-            "'spice' out of caption_metrics"
+            "`python -c 'from pycocoevalcap.spice.spice import Spice; Spice()'` once with network); without them "
+            "choose caption_metrics=('cider', 'meteor') (command line: --caption-metrics cider meteor)"
         )
     return directory
 

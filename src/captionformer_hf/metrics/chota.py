@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
 from ..processing.trajectory_captionformer import check_rle
 from .caption_scores import SUPPORTED_CAPTION_METRICS, get_pair_scorer
-from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_sequence, pad_by_frame
+from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ class _Detections:
     """Detections of one side (GT or predictions) of one video, in input order."""
 
     def __init__(self):
-        self.frames: list[int] = []
-        self.track_index: list[int] = []
-        self.boxes: list[list[float]] = []
+        # compact arrays (8 bytes a number), not lists of Python objects: a million detections stay small
+        self.frames = array("q")
+        self.track_index = array("q")
+        self.boxes = array("d")  # x, y, w, h of every box, flat
         self.masks: list = []
         self.captions: list[str] = []
 
@@ -75,6 +77,9 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
         if not isinstance(trajectory, Mapping):
             raise TypeError(f"{_where(video_id, side)}: each trajectory must be a dict, got {type(trajectory).__name__}")
         track_id = trajectory.get("track_id", track_index)
+        if not isinstance(track_id, Hashable):
+            raise TypeError(f"{_where(video_id, side)}: trajectory {track_index}: `track_id` must be an integer or a "
+                            f"string, got {type(track_id).__name__}")
         if track_id in seen_tracks:
             raise ValueError(f"{_where(video_id, side, track_id)}: duplicate track_id in the same video")
         seen_tracks.add(track_id)
@@ -104,7 +109,7 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
                 score = entry.get("score", track_score)
                 if score is None:
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: predictions need a `score`")
-                score = float(score)
+                score = _number(score, lambda: f"{_where(video_id, side, track_id, frame)}: `score`")
                 if math.isnan(score):
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: `score` is NaN")
                 if not score > score_threshold:
@@ -113,19 +118,33 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
                 box = entry.get("box")
                 if box is None or len(box) != 4:
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: `box` must be [x, y, w, h]")
-                box = [float(v) for v in box]
+                box = [_number(v, lambda: f"{_where(video_id, side, track_id, frame)}: `box`") for v in box]
                 if not all(math.isfinite(v) for v in box):
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} is not finite")
                 if box[2] < 0 or box[3] < 0:
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} has a negative width or height")
-                detections.boxes.append(box)
+                detections.boxes.extend(box)
             else:
                 detections.masks.append(_rle(entry.get("mask_rle"), height, width, _where(video_id, side, track_id, frame)))
             frame_caption = entry.get("caption", caption) or ""
+            if not isinstance(frame_caption, str):
+                raise TypeError(f"{_where(video_id, side, track_id, frame)}: `caption` must be a string, got "
+                                f"{type(frame_caption).__name__}")
             detections.frames.append(int(frame))
             detections.track_index.append(track_index)
             detections.captions.append(frame_caption)
     return int(num_frames), detections, len(trajectories)
+
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+
+
+def _number(value, where) -> float:
+    """``float(value)`` for numbers only (a string such as "0.5" is refused like any other non-number); ``where()``
+    names the field, built only for the error."""
+    if value.__class__ in (int, float) or (isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool)):
+        return float(value)
+    raise TypeError(f"{where()} must hold numbers, got {value!r}")
 
 
 def _rle(value, height, width, where: str):
@@ -164,34 +183,96 @@ def _rle(value, height, width, where: str):
     return {"counts": counts.encode() if isinstance(counts, str) else counts, "size": size}
 
 
-def _similarity(num_frames: int, gt: _Detections, pred: _Detections, gt_slots, pred_slots, iou_type: str):
-    shape = (num_frames, gt_slots.shape[1], pred_slots.shape[1])
-    if iou_type == "box":
-        gt_boxes = np.zeros((num_frames, shape[1], 4))
-        pred_boxes = np.zeros((num_frames, shape[2], 4))
-        if len(gt.boxes):
-            gt_boxes[gt_slots >= 0] = np.asarray(gt.boxes)[gt_slots[gt_slots >= 0]]
-        if len(pred.boxes):
-            pred_boxes[pred_slots >= 0] = np.asarray(pred.boxes)[pred_slots[pred_slots >= 0]]
-        return box_iou(gt_boxes, pred_boxes)
-    from pycocotools import mask as mask_utils
+PAIR_BUDGET = 1 << 20  # similarities computed at once (a chunk of frames, or of one crowded frame's GT rows)
 
-    similarity = np.zeros(shape)
-    for f in range(num_frames):
-        g = gt_slots[f][gt_slots[f] >= 0]
-        p = pred_slots[f][pred_slots[f] >= 0]
-        if len(g) and len(p):
-            gt_rles = [gt.masks[i] for i in g]
-            pred_rles = [pred.masks[i] for i in p]
+
+def _frame_index(frames: list[int], num_frames: int):
+    """Detections grouped by frame: ``(order, start)`` with the detections of frame ``f`` at
+    ``order[start[f]:start[f + 1]]`` (input order kept within a frame)."""
+    frames = np.asarray(frames, dtype=np.int64)
+    order = np.argsort(frames, kind="stable")
+    start = np.searchsorted(frames[order], np.arange(num_frames + 1))
+    return order, start
+
+
+def _chunks(frames: np.ndarray, gt_counts: np.ndarray, pred_counts: np.ndarray):
+    """Frames (that have detections on both sides) in consecutive groups whose padded similarity blocks
+    (frames x max GT x max predicted) stay within ``PAIR_BUDGET``."""
+    chunk, rows, cols = [], 0, 0
+    for f in frames:
+        new_rows, new_cols = max(rows, gt_counts[f]), max(cols, pred_counts[f])
+        if chunk and (len(chunk) + 1) * new_rows * new_cols > PAIR_BUDGET:
+            yield chunk
+            chunk, new_rows, new_cols = [], gt_counts[f], pred_counts[f]
+        chunk.append(f)
+        rows, cols = new_rows, new_cols
+    if chunk:
+        yield chunk
+
+
+def _positive_pairs(num_frames: int, gt: _Detections, pred: _Detections, iou_type: str):
+    """``(gt detection, predicted detection, similarity)`` arrays of the pairs of the same frame with positive
+    similarity (box IoU or mask IoU), computed in bounded chunks."""
+    gt_order, gt_start = _frame_index(gt.frames, num_frames)
+    pred_order, pred_start = _frame_index(pred.frames, num_frames)
+    gt_counts, pred_counts = np.diff(gt_start), np.diff(pred_start)
+    frames = np.nonzero((gt_counts > 0) & (pred_counts > 0))[0]
+    out_gt, out_pred, out_sim = [], [], []
+
+    def keep(g_dets, p_dets, sim):  # g_dets (R,), p_dets (C,), sim (R, C)
+        r, c = np.nonzero(sim > 0)
+        out_gt.append(g_dets[r])
+        out_pred.append(p_dets[c])
+        out_sim.append(sim[r, c])
+
+    if iou_type == "box":
+        gt_boxes = np.asarray(gt.boxes, dtype=np.float64).reshape(-1, 4)
+        pred_boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)
+        for chunk in _chunks(frames, gt_counts, pred_counts):
+            chunk = np.asarray(chunk)
+            rows, cols = int(gt_counts[chunk].max()), int(pred_counts[chunk].max())
+            if rows * cols > PAIR_BUDGET:  # one crowded frame: blocks of GT rows
+                f = chunk[0]
+                g_dets = gt_order[gt_start[f] : gt_start[f + 1]]
+                p_dets = pred_order[pred_start[f] : pred_start[f + 1]]
+                step = max(1, PAIR_BUDGET // cols)
+                for i in range(0, len(g_dets), step):
+                    keep(g_dets[i : i + step], p_dets, box_iou(gt_boxes[g_dets[i : i + step]], pred_boxes[p_dets]))
+                continue
+            slot = np.arange(rows)[None]
+            g_slots = np.where(slot < gt_counts[chunk][:, None], gt_start[chunk][:, None] + slot, -1)
+            slot = np.arange(cols)[None]
+            p_slots = np.where(slot < pred_counts[chunk][:, None], pred_start[chunk][:, None] + slot, -1)
+            g_dets = np.where(g_slots >= 0, gt_order[np.maximum(g_slots, 0)], -1)
+            p_dets = np.where(p_slots >= 0, pred_order[np.maximum(p_slots, 0)], -1)
+            sim = box_iou(gt_boxes[np.maximum(g_dets, 0)], pred_boxes[np.maximum(p_dets, 0)])
+            valid = (g_dets >= 0)[:, :, None] & (p_dets >= 0)[:, None, :] & (sim > 0)
+            f, r, c = np.nonzero(valid)
+            out_gt.append(g_dets[f, r])
+            out_pred.append(p_dets[f, c])
+            out_sim.append(sim[f, r, c])
+    else:
+        from pycocotools import mask as mask_utils
+
+        for f in frames:
+            g_dets = gt_order[gt_start[f] : gt_start[f + 1]]
+            p_dets = pred_order[pred_start[f] : pred_start[f + 1]]
+            gt_rles = [gt.masks[i] for i in g_dets]
+            pred_rles = [pred.masks[i] for i in p_dets]
             for rle in (*gt_rles, *pred_rles):
                 if list(rle["size"]) != list(gt_rles[0]["size"]):
                     raise ValueError(f"frame {f}: masks of different sizes {rle['size']} vs {gt_rles[0]['size']}")
-            try:
-                iou = mask_utils.iou(pred_rles, gt_rles, [0] * len(gt_rles))
-            except Exception as error:  # pycocotools raises bare Exceptions on corrupt RLE
-                raise ValueError(f"frame {f}: invalid mask RLE ({error})") from error
-            similarity[f, : len(g), : len(p)] = np.asarray(iou, dtype=np.float64).reshape(len(p), len(g)).T
-    return similarity
+            step = max(1, PAIR_BUDGET // len(p_dets))
+            for i in range(0, len(g_dets), step):
+                try:
+                    iou = mask_utils.iou(pred_rles, gt_rles[i : i + step], [0] * len(gt_rles[i : i + step]))
+                except Exception as error:  # pycocotools raises bare Exceptions on corrupt RLE
+                    raise ValueError(f"frame {f}: invalid mask RLE ({error})") from error
+                block = np.asarray(iou, dtype=np.float64).reshape(len(p_dets), -1).T
+                keep(g_dets[i : i + step], p_dets, block)
+    if not out_sim:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(out_gt), np.concatenate(out_pred), np.concatenate(out_sim)
 
 
 def match_videos(refs_by_id: dict, preds_by_id: dict, iou_type: str, alphas: tuple, score_threshold: float):
@@ -211,23 +292,18 @@ def match_videos(refs_by_id: dict, preds_by_id: dict, iou_type: str, alphas: tup
                 f"video {video_id!r}: num_frames differs between prediction ({pred_num_frames}) and reference "
                 f"({num_frames})"
             )
-        gt_slots, _ = pad_by_frame(np.asarray(gt.frames, dtype=np.int64), num_frames)
-        pred_slots, _ = pad_by_frame(np.asarray(pred.frames, dtype=np.int64), num_frames)
         gt_track = np.asarray(gt.track_index, dtype=np.int64)
         pred_track = np.asarray(pred.track_index, dtype=np.int64)
         # dense ids over the tracks that have detections (TrackEval counts ids that appear)
-        gt_unique, gt_dense = np.unique(gt_track, return_inverse=True)
-        pred_unique, pred_dense = np.unique(pred_track, return_inverse=True)
-        gt_ids = np.where(gt_slots >= 0, gt_dense[np.maximum(gt_slots, 0)] if len(gt_dense) else -1, -1)
-        pred_ids = np.where(pred_slots >= 0, pred_dense[np.maximum(pred_slots, 0)] if len(pred_dense) else -1, -1)
-        similarity = _similarity(num_frames, gt, pred, gt_slots, pred_slots, iou_type)
-        res, matches = hota_sequence(similarity, gt_ids, pred_ids, len(gt_unique), len(pred_unique), alphas)
+        gt_unique, gt_ids = np.unique(gt_track, return_inverse=True)
+        pred_unique, pred_ids = np.unique(pred_track, return_inverse=True)
+        pair_gt, pair_pred, similarity = _positive_pairs(num_frames, gt, pred, iou_type)
+        res, matches = hota_pairs(pair_gt, pair_pred, similarity, gt_ids.reshape(-1), pred_ids.reshape(-1),
+                                  len(gt_unique), len(pred_unique), alphas)
         if len(gt.frames) == 0 or len(pred.frames) == 0:
             empty_videos.add(video_id)
         res["TP_with_caps"] = np.zeros(num_alphas)
-        for a, (frames, rows, cols) in enumerate(matches):
-            gt_det = gt_slots[frames, rows]
-            pred_det = pred_slots[frames, cols]
+        for a, (gt_det, pred_det) in enumerate(matches):
             gt_caps = [gt.captions[i] for i in gt_det]
             keep = [i for i, cap in enumerate(gt_caps) if cap]
             pairs[(video_id, a)] = (
@@ -244,6 +320,8 @@ def _check_arguments(predictions, references, iou_type, alphas, caption_metrics,
     for name, value in (("predictions", predictions), ("references", references)):
         if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
             raise TypeError(f"`{name}` must be a list of videos, got {type(value).__name__}")
+    if len(references) == 0:
+        raise ValueError("`references` holds no video: there is nothing to evaluate")
     if iou_type not in ("box", "mask"):
         raise ValueError(f"`iou_type` must be 'box' or 'mask', got {iou_type!r}")
     alphas = tuple(float(a) for a in np.asarray(alphas, dtype=np.float64).reshape(-1))
@@ -295,6 +373,9 @@ def compute_chota(
         for video in videos:
             if not isinstance(video, Mapping) or "video_id" not in video:
                 raise ValueError(f"every {side} video must be a dict with a `video_id`")
+            if not isinstance(video["video_id"], Hashable):
+                raise TypeError(f"{side} video `video_id` must be a string or an integer, got "
+                                f"{type(video['video_id']).__name__}")
             if video["video_id"] in by_id:
                 raise ValueError(f"duplicate video_id {video['video_id']!r} in the {side}s")
             by_id[video["video_id"]] = video

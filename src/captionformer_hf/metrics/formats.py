@@ -35,7 +35,9 @@ def _coco_video_index(gt: Mapping):
         raise ValueError("a COCO-style ground truth needs `images` (with `video_id`) and `annotations`")
     frames_of_video = defaultdict(list)
     size_of_video = {}
-    for image in gt["images"]:
+    for i, image in enumerate(gt["images"]):
+        if not isinstance(image, Mapping) or "id" not in image:
+            raise ValueError(f"ground truth `images[{i}]` has no `id`")
         if "video_id" not in image:
             raise ValueError(f"image {image.get('id')!r} has no `video_id`")
         frames_of_video[image["video_id"]].append(image["id"])
@@ -96,8 +98,13 @@ def _track_to_videos(tracks: Sequence[Mapping], gt: Mapping, is_prediction: bool
     if not isinstance(gt, Mapping) or "videos" not in gt:
         raise ValueError("a per-track ground truth needs `videos` (with `length`) and `annotations`")
     videos = {}
-    for v in gt["videos"]:
-        length = v.get("length", len(v.get("file_names", [])))
+    for i, v in enumerate(gt["videos"]):
+        if not isinstance(v, Mapping) or "id" not in v:
+            raise ValueError(f"ground truth `videos[{i}]` has no `id`")
+        length = v.get("length", len(v.get("file_names") or []))
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"ground truth video {v['id']!r}: `length` (or `file_names`) must give a positive frame "
+                             f"count, got {length!r}")
         videos[v["id"]] = {"video_id": v["id"], "num_frames": int(length), "trajectories": []}
         if "height" in v and "width" in v:
             videos[v["id"]]["height"], videos[v["id"]]["width"] = v["height"], v["width"]

@@ -3,10 +3,10 @@ vectorised over frames.
 
 TrackEval's algorithm: per-frame similarities are normalised into a global alignment score between GT and
 predicted ids; in each frame one Hungarian assignment maximises alignment x similarity; a match counts at alpha if
-its similarity is >= alpha - eps. This module computes the same numbers with frames stacked in padded arrays
-``(F, G_max, P_max)``; the per-frame assignment is solved in closed form where the optimum is unique and obvious
-(every row - or column, when there are more rows - has a strict maximum in a distinct column), and by
-``scipy.optimize.linear_sum_assignment`` otherwise, so the matches equal TrackEval's.
+its similarity is >= alpha - eps. This module computes the same numbers from the list of (GT detection, predicted
+detection) pairs whose similarity is positive, so memory grows with the detections and their overlaps, not with
+frames x tracks x tracks: the per-frame assignments split into connected components of overlapping detections; a
+lone pair is matched as is, every other component is solved by ``scipy.optimize.linear_sum_assignment``.
 
 No torch or evaluate import here.
 """
@@ -37,82 +37,121 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
         return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
 
 
-def pad_by_frame(frames: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Detections' frame indices ``(D,)`` -> ``(slots (F, K) detection index or -1, slot_of_detection (D,))``, keeping
-    the input order within each frame."""
-    frames = np.asarray(frames, dtype=np.int64)
-    counts = np.bincount(frames, minlength=num_frames) if len(frames) else np.zeros(num_frames, dtype=np.int64)
-    width = int(counts.max()) if len(counts) and counts.max() > 0 else 0
-    order = np.argsort(frames, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot_sorted = np.arange(len(frames)) - starts[frames[order]]
-    slot = np.empty(len(frames), dtype=np.int64)
-    slot[order] = slot_sorted
-    slots = np.full((num_frames, width), -1, dtype=np.int64)
-    slots[frames, slot] = np.arange(len(frames))
-    return slots, slot
+def _assign_pairs(gt_dets: np.ndarray, pred_dets: np.ndarray, score: np.ndarray, num_gt_dets: int,
+                  num_pred_dets: int) -> np.ndarray:
+    """Maximum-score one-to-one assignment of detections over the pairs of positive score: indices of the chosen
+    pairs. Detections are frame-specific, so this is every frame's Hungarian assignment at once. The graph splits
+    into connected components: a pair whose two detections have no other pair is taken as is; every other component
+    is solved by ``scipy.optimize.linear_sum_assignment`` on its own small matrix (zero-score pairs could never
+    count as matches: they cannot pass any alpha > 0)."""
+    if len(score) == 0:
+        return np.zeros(0, np.int64)
+    degree_gt = np.bincount(gt_dets, minlength=num_gt_dets)
+    degree_pred = np.bincount(pred_dets, minlength=num_pred_dets)
+    single = (degree_gt[gt_dets] == 1) & (degree_pred[pred_dets] == 1)
+    chosen = [np.nonzero(single)[0]]
+    rest = np.nonzero(~single)[0]
+    if len(rest):
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        nodes = num_gt_dets + num_pred_dets
+        graph = coo_matrix((np.ones(len(rest)), (gt_dets[rest], num_gt_dets + pred_dets[rest])), shape=(nodes, nodes))
+        _, labels = connected_components(graph, directed=False)
+        component = labels[gt_dets[rest]]
+        order = np.argsort(component, kind="stable")
+        rest, component = rest[order], component[order]
+        bounds = np.flatnonzero(np.diff(component)) + 1
+        for group in np.split(rest, bounds):
+            rows, row_index = np.unique(gt_dets[group], return_inverse=True)
+            cols, col_index = np.unique(pred_dets[group], return_inverse=True)
+            matrix = np.zeros((len(rows), len(cols)))
+            pair_of = np.full((len(rows), len(cols)), -1, dtype=np.int64)
+            matrix[row_index, col_index] = score[group]
+            pair_of[row_index, col_index] = group
+            r, c = linear_sum_assignment(-matrix)
+            picked = pair_of[r, c]
+            chosen.append(picked[picked >= 0])
+    return np.sort(np.concatenate(chosen))
 
 
-def _assign(score: np.ndarray, rows_valid: np.ndarray, cols_valid: np.ndarray):
-    """Per-frame maximum-score assignment. ``score (F, R, C)``; returns ``(frame, row, col)`` arrays of matches,
-    the same as ``linear_sum_assignment(-score[f, :r_f, :c_f])`` frame by frame."""
-    num_frames = score.shape[0]
-    n_rows = rows_valid.sum(1)
-    n_cols = cols_valid.sum(1)
-    active = (n_rows > 0) & (n_cols > 0)
-    out_f, out_r, out_c = [], [], []
-    if score.shape[1] == 0 or score.shape[2] == 0:
-        return (np.zeros(0, np.int64),) * 3
-    masked = np.where(rows_valid[:, :, None] & cols_valid[:, None, :], score, -np.inf)
+def hota_pairs(
+    pair_gt: np.ndarray,
+    pair_pred: np.ndarray,
+    similarity: np.ndarray,
+    gt_det_ids: np.ndarray,
+    pred_det_ids: np.ndarray,
+    num_gt_ids: int,
+    num_pred_ids: int,
+    alphas=(0.5,),
+) -> tuple[dict, list]:
+    """HOTA of one video from its pairs of positive similarity, in memory that grows with the detections and the
+    overlapping pairs (not with frames x GT tracks x predicted tracks).
 
-    def obvious(matrix_valid_rows, n_major, n_minor, axis_scores):
-        # axis_scores: (F, A, B) where A is the side that is fully assigned (A <= B)
-        best = axis_scores.argmax(2)
-        if axis_scores.shape[2] > 1:
-            top2 = -np.partition(-axis_scores, 1, axis=2)[:, :, :2]
-            strict = top2[:, :, 0] > top2[:, :, 1]
+    Args:
+        pair_gt / pair_pred / similarity: ``(K,)`` the GT detection, the predicted detection (indices into the
+            detection lists below; a detection belongs to one frame) and their similarity, for every pair of the same
+            frame with similarity > 0.
+        gt_det_ids / pred_det_ids: dense track ids (0..num-1) of every GT / predicted detection.
+        alphas: similarity thresholds.
+    Returns:
+        ``(res, matches)``: ``res`` maps each field of TrackEval's HOTA (plus ``HOTA_TP/FN/FP``) to an array over
+        alphas; ``matches[a]`` is ``(gt detection, predicted detection)`` of the pairs matched at alpha ``a``.
+    """
+    alphas = np.asarray(alphas, dtype=np.float64).reshape(-1)
+    num_alphas = len(alphas)
+    res = {field: np.zeros(num_alphas) for field in HOTA_FIELDS}
+    num_gt_dets, num_pred_dets = len(gt_det_ids), len(pred_det_ids)
+    empty_matches = [(np.zeros(0, np.int64),) * 2 for _ in range(num_alphas)]
+    if num_pred_dets == 0 or num_gt_dets == 0:
+        if num_pred_dets == 0:
+            res["HOTA_FN"] = np.full(num_alphas, float(num_gt_dets))
         else:
-            strict = np.ones(best.shape, dtype=bool)
-        ok = np.where(matrix_valid_rows, strict, True).all(1)
-        # distinct choices among valid rows
-        choice = np.where(matrix_valid_rows, best, -1 - np.arange(best.shape[1])[None, :])
-        sorted_choice = np.sort(choice, axis=1)
-        distinct = (np.diff(sorted_choice, axis=1) != 0).all(1) if best.shape[1] > 1 else np.ones(len(best), bool)
-        return ok & distinct, best
+            res["HOTA_FP"] = np.full(num_alphas, float(num_pred_dets))
+        res["LocA"] = np.ones(num_alphas)
+        return finalize(res), empty_matches
+    pair_gt = np.asarray(pair_gt, dtype=np.int64)
+    pair_pred = np.asarray(pair_pred, dtype=np.int64)
+    similarity = np.asarray(similarity, dtype=np.float64)
+    # global alignment score (TrackEval: potential_matches_count / (gt_count + tracker_count - potential)), where a
+    # pair's share is its similarity over the similarity mass of its two detections in their frame
+    row_sum = np.bincount(pair_gt, weights=similarity, minlength=num_gt_dets)
+    col_sum = np.bincount(pair_pred, weights=similarity, minlength=num_pred_dets)
+    denom = row_sum[pair_gt] + col_sum[pair_pred] - similarity
+    sim_iou = np.zeros_like(similarity)
+    positive = denom > 0 + EPS
+    sim_iou[positive] = similarity[positive] / denom[positive]
+    pair_gt_id = gt_det_ids[pair_gt]
+    pair_pred_id = pred_det_ids[pair_pred]
+    key = pair_gt_id.astype(np.int64) * num_pred_ids + pair_pred_id
+    unique_keys, pair_key = np.unique(key, return_inverse=True)
+    potential = np.bincount(pair_key, weights=sim_iou, minlength=len(unique_keys))
+    gt_id_count = np.bincount(gt_det_ids, minlength=num_gt_ids).astype(np.float64)
+    pred_id_count = np.bincount(pred_det_ids, minlength=num_pred_ids).astype(np.float64)
+    key_gt, key_pred = unique_keys // num_pred_ids, unique_keys % num_pred_ids
+    global_alignment = potential / (gt_id_count[key_gt] + pred_id_count[key_pred] - potential)
+    score = global_alignment[pair_key] * similarity
+    matched = _assign_pairs(pair_gt, pair_pred, score, num_gt_dets, num_pred_dets)
+    matched_similarity = similarity[matched]
 
-    rows_side = active & (n_rows <= n_cols)
-    cols_side = active & (n_rows > n_cols)
-    easy = np.zeros(num_frames, dtype=bool)
-    if rows_side.any():
-        ok, best = obvious(rows_valid, n_rows, n_cols, masked)
-        take = rows_side & ok
-        f_idx, r_idx = np.nonzero(take[:, None] & rows_valid)
-        out_f.append(f_idx)
-        out_r.append(r_idx)
-        out_c.append(best[f_idx, r_idx])
-        easy |= take
-    if cols_side.any():
-        ok, best = obvious(cols_valid, n_cols, n_rows, masked.transpose(0, 2, 1))
-        take = cols_side & ok
-        f_idx, c_idx = np.nonzero(take[:, None] & cols_valid)
-        out_f.append(f_idx)
-        out_r.append(best[f_idx, c_idx])
-        out_c.append(c_idx)
-        easy |= take
-    for f in np.nonzero(active & ~easy)[0]:
-        rows = np.nonzero(rows_valid[f])[0]
-        cols = np.nonzero(cols_valid[f])[0]
-        r, c = linear_sum_assignment(-score[f][np.ix_(rows, cols)])
-        out_f.append(np.full(len(r), f, dtype=np.int64))
-        out_r.append(rows[r])
-        out_c.append(cols[c])
-    if not out_f:
-        return (np.zeros(0, np.int64),) * 3
-    frames = np.concatenate(out_f).astype(np.int64)
-    rows = np.concatenate(out_r).astype(np.int64)
-    cols = np.concatenate(out_c).astype(np.int64)
-    order = np.lexsort((rows, frames))
-    return frames[order], rows[order], cols[order]
+    matches = []
+    for a, alpha in enumerate(alphas):
+        keep = matched[matched_similarity >= alpha - EPS]
+        num_matches = len(keep)
+        res["HOTA_TP"][a] = num_matches
+        res["HOTA_FN"][a] = num_gt_dets - num_matches
+        res["HOTA_FP"][a] = num_pred_dets - num_matches
+        res["LocA"][a] = similarity[keep].sum() if num_matches else 0.0
+        if num_matches:
+            ids, counts = np.unique(key[keep], return_counts=True)
+            counts = counts.astype(np.float64)
+            gt_count, pred_count = gt_id_count[ids // num_pred_ids], pred_id_count[ids % num_pred_ids]
+            res["AssA"][a] = np.sum(counts * counts / np.maximum(1, gt_count + pred_count - counts)) / num_matches
+            res["AssRe"][a] = np.sum(counts * counts / np.maximum(1, gt_count)) / num_matches
+            res["AssPr"][a] = np.sum(counts * counts / np.maximum(1, pred_count)) / num_matches
+        matches.append((pair_gt[keep], pair_pred[keep]))
+    res["LocA"] = np.maximum(1e-10, res["LocA"]) / np.maximum(1e-10, res["HOTA_TP"])
+    return finalize(res), matches
 
 
 def hota_sequence(
@@ -123,75 +162,27 @@ def hota_sequence(
     num_pred_ids: int,
     alphas=(0.5,),
 ) -> tuple[dict, list]:
-    """HOTA of one video.
+    """HOTA of one video from dense per-frame arrays (a convenience over :func:`hota_pairs`).
 
     Args:
         similarity: ``(F, G_max, P_max)`` per-frame similarity (0 where a slot is empty).
         gt_ids / pred_ids: ``(F, G_max)`` / ``(F, P_max)`` dense ids (0..num-1) per slot, -1 for empty slots.
         alphas: similarity thresholds.
     Returns:
-        ``(res, matches)``: ``res`` maps each field of TrackEval's HOTA (plus ``HOTA_TP/FN/FP``) to an array over
-        alphas; ``matches[a]`` is ``(frame, gt_slot, pred_slot)`` of the pairs matched at alpha ``a``.
+        ``(res, matches)``: as :func:`hota_pairs`, with ``matches[a]`` as ``(frame, gt_slot, pred_slot)``.
     """
-    alphas = np.asarray(alphas, dtype=np.float64).reshape(-1)
-    num_alphas = len(alphas)
-    res = {field: np.zeros(num_alphas) for field in HOTA_FIELDS}
-    gt_valid = gt_ids >= 0
-    pred_valid = pred_ids >= 0
-    num_gt_dets = int(gt_valid.sum())
-    num_pred_dets = int(pred_valid.sum())
-    empty_matches = [(np.zeros(0, np.int64),) * 3 for _ in range(num_alphas)]
-    if num_pred_dets == 0 or num_gt_dets == 0:
-        if num_pred_dets == 0:
-            res["HOTA_FN"] = np.full(num_alphas, float(num_gt_dets))
-        else:
-            res["HOTA_FP"] = np.full(num_alphas, float(num_pred_dets))
-        res["LocA"] = np.ones(num_alphas)
-        return finalize(res), empty_matches
-
-    similarity = np.where(gt_valid[:, :, None] & pred_valid[:, None, :], similarity, 0.0)
-    # global alignment score (TrackEval: potential_matches_count / (gt_count + tracker_count - potential))
-    denom = similarity.sum(1, keepdims=True) + similarity.sum(2, keepdims=True) - similarity
-    sim_iou = np.zeros_like(similarity)
-    mask = denom > 0 + EPS
-    sim_iou[mask] = similarity[mask] / denom[mask]
-    pair_valid = gt_valid[:, :, None] & pred_valid[:, None, :]
-    g_flat = np.broadcast_to(gt_ids[:, :, None], similarity.shape)[pair_valid]
-    p_flat = np.broadcast_to(pred_ids[:, None, :], similarity.shape)[pair_valid]
-    potential = np.bincount(
-        g_flat * num_pred_ids + p_flat, weights=sim_iou[pair_valid], minlength=num_gt_ids * num_pred_ids
-    ).reshape(num_gt_ids, num_pred_ids)
-    gt_id_count = np.bincount(gt_ids[gt_valid], minlength=num_gt_ids).astype(np.float64)[:, None]
-    pred_id_count = np.bincount(pred_ids[pred_valid], minlength=num_pred_ids).astype(np.float64)[None, :]
-    global_alignment = potential / (gt_id_count + pred_id_count - potential)
-
-    score = np.zeros_like(similarity)
-    score[pair_valid] = global_alignment[g_flat, p_flat] * similarity[pair_valid]
-    frames, rows, cols = _assign(score, gt_valid, pred_valid)
-    matched_similarity = similarity[frames, rows, cols]
-    matched_gt = gt_ids[frames, rows]
-    matched_pred = pred_ids[frames, cols]
-
-    matches = []
-    for a, alpha in enumerate(alphas):
-        keep = matched_similarity >= alpha - EPS
-        num_matches = int(keep.sum())
-        res["HOTA_TP"][a] = num_matches
-        res["HOTA_FN"][a] = num_gt_dets - num_matches
-        res["HOTA_FP"][a] = num_pred_dets - num_matches
-        res["LocA"][a] = matched_similarity[keep].sum() if num_matches else 0.0
-        matches_count = np.bincount(
-            matched_gt[keep] * num_pred_ids + matched_pred[keep], minlength=num_gt_ids * num_pred_ids
-        ).reshape(num_gt_ids, num_pred_ids).astype(np.float64)
-        ass_a = matches_count / np.maximum(1, gt_id_count + pred_id_count - matches_count)
-        res["AssA"][a] = np.sum(matches_count * ass_a) / np.maximum(1, num_matches)
-        ass_re = matches_count / np.maximum(1, gt_id_count)
-        res["AssRe"][a] = np.sum(matches_count * ass_re) / np.maximum(1, num_matches)
-        ass_pr = matches_count / np.maximum(1, pred_id_count)
-        res["AssPr"][a] = np.sum(matches_count * ass_pr) / np.maximum(1, num_matches)
-        matches.append((frames[keep], rows[keep], cols[keep]))
-    res["LocA"] = np.maximum(1e-10, res["LocA"]) / np.maximum(1e-10, res["HOTA_TP"])
-    return finalize(res), matches
+    similarity = np.asarray(similarity, dtype=np.float64)
+    gt_valid, pred_valid = gt_ids >= 0, pred_ids >= 0
+    gt_frame, gt_slot = np.nonzero(gt_valid)
+    pred_frame, pred_slot = np.nonzero(pred_valid)
+    gt_det = np.full(gt_ids.shape, -1, dtype=np.int64)
+    gt_det[gt_frame, gt_slot] = np.arange(len(gt_frame))
+    pred_det = np.full(pred_ids.shape, -1, dtype=np.int64)
+    pred_det[pred_frame, pred_slot] = np.arange(len(pred_frame))
+    frame, g, p = np.nonzero((similarity > 0) & gt_valid[:, :, None] & pred_valid[:, None, :])
+    res, matches = hota_pairs(gt_det[frame, g], pred_det[frame, p], similarity[frame, g, p], gt_ids[gt_valid],
+                              pred_ids[pred_valid], num_gt_ids, num_pred_ids, alphas)
+    return res, [(gt_frame[gd], gt_slot[gd], pred_slot[pd]) for gd, pd in matches]
 
 
 def finalize(res: dict) -> dict:

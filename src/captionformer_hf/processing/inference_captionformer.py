@@ -36,6 +36,7 @@ def predict_video(
     aggregation: str | None = None,
     tracker_overrides: dict | None = None,
     progress: bool = False,
+    decoding: dict | None = None,
     **generate_kwargs,
 ) -> dict:
     """Segment, track and caption every object of one video.
@@ -51,17 +52,20 @@ def predict_video(
         return_masks: per-frame ``mask_rle`` at the original size.
         caption: one caption per trajectory. aggregation: ``"weighted"`` / ``"mean"`` / ``"best"``.
         tracker_overrides: tracker settings other than the model config's (``k_match``, ``t_match``, ...).
+        decoding: more :class:`VideoFrames` options (``max_side``, ``allow_truncated``, ``max_download_bytes``).
         generate_kwargs: the LM's generation arguments (``num_beams``, ``max_new_tokens``, ``do_sample``...).
 
     Returns:
-        ``{"video_id"?, "num_frames", "height", "width", "fps", "trajectories": [...]}`` (``docs/format.md``).
+        ``{"video_id"?, "num_frames", "height", "width", "fps", "trajectories": [...]}`` (``docs/format.md``), and
+        ``"warnings"`` (a list of strings) when the video was only partly readable.
     """
     video_processor = processor.video_processor
     # (remote code can load this module and the video processor's from different folders: no isinstance)
     if getattr(video, "is_video_frames", False) is True:
         frames = video
     else:
-        frames = video_processor.open_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames, video_fps=video_fps)
+        frames = video_processor.open_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames,
+                                            video_fps=video_fps, **(decoding or {}))
     geometry = video_processor.geometry(frames)
     session = model.init_video_session(
         threshold=threshold,
@@ -86,6 +90,8 @@ def predict_video(
         "fps": float(rate) if rate is not None and math.isfinite(rate) else None,
         "trajectories": result["trajectories"],
     }
+    if getattr(frames, "warnings", None):
+        prediction["warnings"] = list(frames.warnings)
     return prediction if video_id is None else {"video_id": video_id, **prediction}
 
 

@@ -97,7 +97,9 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
              "frames": [{"frame_index", "box": [x, y, w, h], "mask_rle", "score"}]}]}
 
     Parameters: ``threshold`` (per-clip score pruning), ``return_masks``, ``fps`` / ``num_frames`` (frame sampling),
-    ``max_frames``, ``video_fps`` (of array inputs), ``clip_batch_size``, ``aggregation``, ``progress``; generation:
+    ``max_frames``, ``video_fps`` (of array inputs); decoding bounds ``max_side`` (downscale larger frames),
+    ``allow_truncated`` (caption the readable part of a truncated file, with a ``warnings`` entry in the result),
+    ``max_download_bytes`` (URLs); ``clip_batch_size``, ``aggregation``, ``progress``; generation:
     ``generate_kwargs`` (a dict) and the common generation arguments directly (``num_beams``, ``max_new_tokens``,
     ``do_sample``, ``temperature``, ``top_k``, ``top_p``...).
     """
@@ -125,6 +127,9 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         aggregation=None,
         progress=None,
         generate_kwargs=None,
+        max_side=None,
+        allow_truncated=None,
+        max_download_bytes=None,
         **kwargs,
     ):
         if generate_kwargs is not None and not isinstance(generate_kwargs, dict):
@@ -145,7 +150,9 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         preprocess = {
-            k: v for k, v in dict(fps=fps, num_frames=num_frames, max_frames=max_frames, video_fps=video_fps).items()
+            k: v for k, v in dict(fps=fps, num_frames=num_frames, max_frames=max_frames, video_fps=video_fps,
+                                  max_side=max_side, allow_truncated=allow_truncated,
+                                  max_download_bytes=max_download_bytes).items()
             if v is not None
         }
         forward = {"generate_kwargs": generation}
@@ -185,9 +192,11 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
-    def preprocess(self, video, fps=None, num_frames=None, max_frames=None, video_fps=None):
+    def preprocess(self, video, fps=None, num_frames=None, max_frames=None, video_fps=None, **decoding):
+        if getattr(video, "is_video_frames", False) is True:  # opened already, with its own sampling and bounds
+            return {"frames": video}
         frames = self.processor.video_processor.open_video(
-            video, num_frames=num_frames, fps=fps, max_frames=max_frames, video_fps=video_fps
+            video, num_frames=num_frames, fps=fps, max_frames=max_frames, video_fps=video_fps, **decoding
         )
         return {"frames": frames}
 

@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,18 +42,48 @@ class CaptionFormerVideoProcessorKwargs(VideosKwargs, total=False):
 
 
 # ----------------------------------------------------------------------------------------------------- decoding
-def _open_source(source):
-    """Something PyAV can open: a path, or a file-like object. URLs are downloaded into memory."""
+MAX_DOWNLOAD_BYTES = 2 * 1024**3  # default cap on a video read from a URL
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 1024:.1f} KiB"
+
+
+def _download(url: str, max_bytes: int) -> bytes:
+    """The body of ``url``, read in chunks and refused beyond ``max_bytes`` (checked on the declared length first)."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=60) as response:  # noqa: S310 - user-given URL
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ValueError(f"`video`: {url} is {_size(int(declared))}, more than the {_size(max_bytes)} "
+                                 "allowed (`max_download_bytes`)")
+            chunks, size = [], 0
+            while chunk := response.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"`video`: {url} is larger than the {_size(max_bytes)} allowed "
+                                     "(`max_download_bytes`)")
+                chunks.append(chunk)
+    except HTTPError as error:
+        raise ValueError(f"`video`: could not download {url} (HTTP {error.code} {error.reason})") from error
+    except (URLError, OSError) as error:
+        raise ValueError(f"`video`: could not download {url} ({getattr(error, 'reason', None) or error})") from error
+    return b"".join(chunks)
+
+
+def _resolve_source(source, max_download_bytes: int):
+    """Check a video source once: a path (must be a file), bytes, a file-like object, or a URL (downloaded once,
+    at most ``max_download_bytes``)."""
     if isinstance(source, (bytes, bytearray)):
-        return io.BytesIO(source)
+        return bytes(source)
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str):
         if source.startswith(("http://", "https://")):
-            from urllib.request import urlopen
-
-            with urlopen(source, timeout=60) as response:  # noqa: S310 - user-given URL
-                return io.BytesIO(response.read())
+            return _download(source, max_download_bytes)
         if not os.path.exists(source):
             raise ValueError(f"`video`: file not found: {source}")
         if os.path.isdir(source):
@@ -63,7 +94,29 @@ def _open_source(source):
     raise TypeError(f"`video` must be a path, URL, bytes or a file-like object, got {type(source).__name__}")
 
 
-def _check_frame(frame: np.ndarray, where: str) -> np.ndarray:
+def _open_source(source):
+    """Something PyAV can open from a resolved source (see :func:`_resolve_source`)."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return source
+
+
+def _fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """``(height, width)`` scaled so that the longer side is ``max_side`` (even sizes, at least 8)."""
+    scale = max_side / max(height, width)
+    return max(8, int(round(height * scale / 2)) * 2), max(8, int(round(width * scale / 2)) * 2)
+
+
+def _resize_rgb(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-downscale a ``uint8 (H, W, 3)`` frame to ``size`` (arrays, and frames PyAV could not convert at once)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(tensor, size=size, mode="area")
+    return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _check_frame(frame: np.ndarray, where: str, max_side: int | None = None) -> np.ndarray:
     if frame.ndim == 2:
         frame = np.repeat(frame[:, :, None], 3, axis=2)
     if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
@@ -73,6 +126,8 @@ def _check_frame(frame: np.ndarray, where: str) -> np.ndarray:
     elif frame.shape[2] == 4:
         frame = frame[:, :, :3]
     height, width = frame.shape[:2]
+    if max_side is not None and max(height, width) > max_side:
+        return frame  # downscaled by the caller
     if min(height, width) < 8 or max(height, width) > MAX_SIDE:
         raise ValueError(f"{where}: frame size {width}x{height} is out of range (8 to {MAX_SIDE} pixels a side)")
     return frame
@@ -139,11 +194,22 @@ class VideoFrames:
     arrays); ``max_frames`` stops after that many sampled frames. Iterating yields ``(source_index, frame)`` with
     frames as ``uint8 (H, W, 3)``; only the sampled frames are converted to RGB, and a background thread decodes up
     to ``prefetch`` frames ahead (``0``: decode in the caller's thread). The first frame is decoded on construction,
-    so a missing, corrupt or empty video fails here with a clear ``ValueError``."""
+    so a missing, corrupt or empty video fails here with a clear ``ValueError``.
+
+    Bounds and checks: ``max_side`` downscales larger frames while decoding (aspect kept); a URL is read once, at most
+    ``max_download_bytes``; ``max_decoded_frames`` refuses longer videos (declared length first, then while decoding,
+    whatever the sampling); ``deadline`` (a ``time.monotonic()`` value) stops decoding, and so the work that consumes
+    the frames, with a ``ValueError`` once it is passed. A file whose container declares more frames than it holds (a truncated download or copy)
+    is refused on construction, before any decoding work, unless ``allow_truncated``; then ``truncated`` is set and
+    ``warnings`` says how many frames are missing. ``declared_frames``: the count the container declares (``None``
+    if it declares none)."""
 
     is_video_frames = True  # recognised without isinstance (remote code may load two copies of this class)
 
-    def __init__(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch: int = 16):
+    def __init__(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch: int = 16,
+                 max_side: int | None = None, allow_truncated: bool = False,
+                 max_download_bytes: int = MAX_DOWNLOAD_BYTES, max_decoded_frames: int | None = None,
+                 deadline: float | None = None):
         if num_frames is not None and fps is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive")
         for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
@@ -154,8 +220,20 @@ class VideoFrames:
             raise ValueError(f"`fps` must be a positive finite number, got {fps!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"`prefetch` must be an integer >= 0, got {prefetch!r}")
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 8):
+            raise ValueError(f"`max_side` must be an integer >= 8, got {max_side!r}")
+        if max_decoded_frames is not None and (isinstance(max_decoded_frames, bool)
+                                               or not isinstance(max_decoded_frames, int) or max_decoded_frames < 1):
+            raise ValueError(f"`max_decoded_frames` must be a positive integer, got {max_decoded_frames!r}")
+        self.max_decoded_frames = max_decoded_frames
+        self.deadline = deadline
         self.num_frames, self.fps, self.max_frames = num_frames, fps, max_frames
         self.prefetch = prefetch
+        self.max_side = max_side
+        self.allow_truncated = bool(allow_truncated)
+        self.declared_frames = None
+        self.truncated = False
+        self.warnings: list[str] = []
         self._array = None
         self._source = None
         if isinstance(video, torch.Tensor):
@@ -167,7 +245,7 @@ class VideoFrames:
                 raise ValueError("`video`: the list of frames is empty")
             self._array = [self._frame_from_image(frame, f"`video`[{i}]") for i, frame in enumerate(video)]
         else:
-            self._source = video
+            self._source = _resolve_source(video, max_download_bytes)
         if self._array is not None:
             self.video_fps = video_fps
             self.total_frames = len(self._array)
@@ -176,6 +254,12 @@ class VideoFrames:
             first = self._array[0]
         else:
             self.video_fps, self.total_frames, first = self._probe()
+        if self.max_side is not None and max(first.shape[:2]) > self.max_side:
+            self._target_size = _fit_within(first.shape[0], first.shape[1], self.max_side)
+            first = _resize_rgb(first, self._target_size)
+        else:
+            self._target_size = None
+        self.downscaled = self._target_size is not None  # frames come out smaller than the source (``max_side``)
         self.height, self.width = first.shape[:2]
         self.decoded_frames = 0  # source frames read so far (equals the video length once iterated)
         self.read_to_end = False
@@ -215,8 +299,6 @@ class VideoFrames:
         import av
 
         source = _open_source(self._source)
-        if hasattr(source, "seek"):
-            source.seek(0)
         try:
             return av.open(source, mode="r")
         except av.error.FFmpegError as error:
@@ -242,14 +324,46 @@ class VideoFrames:
                 raise ValueError(f"`video`: could not decode {self._describe()} ({error})") from error
             if first is None:
                 raise ValueError(f"`video`: {self._describe()} has zero frames")
-            frame = _check_frame(first.to_ndarray(format="rgb24"), "`video`")
+            frame = _check_frame(first.to_ndarray(format="rgb24"), "`video`", self.max_side)
         finally:
             container.close()
+        self.declared_frames = total
+        if total and self.max_decoded_frames is not None and total > self.max_decoded_frames:
+            raise ValueError(f"`video`: {self._describe()} has {total} frames; at most {self.max_decoded_frames} can be "
+                             "decoded here (`max_decoded_frames`)")
+        if total:
+            self._check_complete(total)
         if self.num_frames is not None and total is None:
             total = sum(1 for _ in self._decode_all())
         return video_fps, total, frame
 
-    def _decode_all(self) -> Iterator:
+    def _check_complete(self, declared: int) -> None:
+        """Count the video packets (demuxing only, no decoding) against the frames the container declares."""
+        import av
+
+        container = self._container()
+        try:
+            stream = container.streams.video[0]
+            try:
+                available = sum(1 for packet in container.demux(stream) if packet.size)
+            except av.error.FFmpegError:
+                available = None  # the demuxer stops at the damage: counted by decoding instead
+        finally:
+            container.close()
+        if available is None:
+            available = sum(1 for _ in self._decode_all(check=False))
+        if available >= declared - max(2, declared // 100):  # containers may miscount by a frame or two
+            return
+        message = (f"`video`: {self._describe()} is truncated: its container declares {declared} frames but only "
+                   f"{available} can be read")
+        if not self.allow_truncated:
+            raise ValueError(message + "; pass allow_truncated=True (command line: --allow-truncated) to use the "
+                             "frames it has")
+        self.truncated = True
+        self.warnings.append(message)
+        logger.warning("%s", message)
+
+    def _decode_all(self, check: bool = True) -> Iterator:
         """Every source frame, undecoded to RGB: arrays, or PyAV frames."""
         import av
 
@@ -263,7 +377,8 @@ class VideoFrames:
             try:
                 yield from container.decode(stream)
             except av.error.FFmpegError as error:
-                raise ValueError(f"`video`: {self._describe()} is corrupt ({error})") from error
+                if check:
+                    raise ValueError(f"`video`: {self._describe()} is corrupt ({error})") from error
         finally:
             container.close()
 
@@ -287,14 +402,27 @@ class VideoFrames:
             if self.max_frames is not None and yielded >= self.max_frames:
                 return
             read = index + 1
+            if self.max_decoded_frames is not None and read > self.max_decoded_frames:
+                raise ValueError(f"`video`: more than {self.max_decoded_frames} frames decoded "
+                                 "(`max_decoded_frames`)")
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise ValueError("`video`: processing ran past its time limit (`deadline`)")
             if wanted is not None and index not in wanted:
                 continue
             if step is not None:
                 if index + 1e-6 < next_time:
                     continue
                 next_time += step
-            array = frame if isinstance(frame, np.ndarray) else frame.to_ndarray(format="rgb24")
-            yield index, read, _check_frame(array, "`video`")
+            if isinstance(frame, np.ndarray):
+                array = frame
+            elif self._target_size is not None:  # downscaled by the converter while decoding
+                array = frame.to_ndarray(format="rgb24", width=self._target_size[1], height=self._target_size[0])
+            else:
+                array = frame.to_ndarray(format="rgb24")
+            array = _check_frame(array, "`video`", self.max_side)
+            if self._target_size is not None and array.shape[:2] != self._target_size:
+                array = _resize_rgb(array, self._target_size)
+            yield index, read, array
             yielded += 1
         yield None, read, None
 
@@ -446,8 +574,10 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------ streaming
-    def open_video(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch=16) -> VideoFrames:
-        """A lazily decoded video (see :class:`VideoFrames`); raises ``ValueError`` at once for bad input."""
+    def open_video(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch=16,
+                   **kwargs) -> VideoFrames:
+        """A lazily decoded video (see :class:`VideoFrames`, whose ``max_side``, ``allow_truncated`` and
+        ``max_download_bytes`` pass through ``kwargs``); raises ``ValueError`` at once for bad input."""
         return VideoFrames(
             video,
             num_frames=num_frames,
@@ -455,6 +585,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             max_frames=max_frames if max_frames is not None else self.max_frames,
             video_fps=video_fps,
             prefetch=prefetch,
+            **kwargs,
         )
 
     def geometry(self, frames: VideoFrames) -> VideoGeometry:

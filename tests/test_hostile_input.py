@@ -1,0 +1,295 @@
+"""Hostile and broken input, as a new user or an attacker would give it: every case gets one clear error (or a
+bounded behaviour), before long work starts. The README's reliability table lists these cases."""
+
+import functools
+import http.server
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from conftest import write_toy_model
+
+from captionformer_hf.cli import main
+from captionformer_hf.data.synthetic import SyntheticVideoConfig, generate_video, write_video
+from captionformer_hf.metrics import compute_chota
+from captionformer_hf.processing import VideoFrames
+
+try:
+    import gradio
+
+    GRADIO_VIDEOS = os.path.join(os.path.dirname(gradio.__file__), "media_assets", "videos")
+except ImportError:  # pragma: no cover
+    GRADIO_VIDEOS = None
+
+
+def video(frames, **extra):
+    return {"video_id": "v", "num_frames": 2, "height": 100, "width": 100, **extra, "trajectories": [
+        {"track_id": 1, "score": 0.9, "caption": "a b", "frames": frames}]}
+
+
+@pytest.fixture(scope="module")
+def toy_model_dir(tmp_path_factory):
+    return write_toy_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A 48-frame sample video (the sample-video defaults) and its ground truth."""
+    folder = tmp_path_factory.mktemp("shapes")
+    assert main(["sample-video", str(folder / "s.mp4"), "--seed", "3", "--frames", "48",
+                 "--annotations", str(folder / "gt.json")]) == 0
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------------- CHOTA
+def test_chota_refuses_masks_that_do_not_fit_the_frame_instead_of_hanging():
+    """pycocotools loops forever (holding the GIL, deaf to Ctrl-C) on an RLE that does not cover the frame: the check
+    runs first. In a child process with a time limit, so that a regression fails instead of hanging the suite."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np
+        from pycocotools import mask as mask_utils
+        from captionformer_hf.metrics import compute_chota
+        small = mask_utils.encode(np.asfortranarray(np.ones((50, 50), np.uint8)))["counts"].decode()  # 50x50 RLE
+        for counts in (small, "!!!garbage", ""):
+            video = {"video_id": "v", "num_frames": 1, "height": 100, "width": 100, "trajectories": [
+                {"track_id": 1, "score": 0.9, "frames": [{"frame_index": 0, "mask_rle": counts}]}]}
+            try:
+                compute_chota([video], [video], iou_type="mask", caption_metrics=())
+                print("NO ERROR")
+            except ValueError as error:
+                print(error)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, out.stderr[-2000:]
+    assert lines[0].startswith("video 'v', reference, track_id 1, frame 0: bad mask RLE (its runs cover 2500 pixels, "
+                               "a 100x100 frame has 10000)")
+    assert all(line.startswith("video 'v', reference, track_id 1, frame 0:") for line in lines[1:]), lines
+
+
+@pytest.mark.parametrize("mutate, error, message", [
+    (lambda v: v["trajectories"][0]["frames"][0].update(box=["a", 0, 5, 5]), TypeError,
+     r"video 'v', prediction, track_id 1, frame 0: `box` must hold numbers, got 'a'"),
+    (lambda v: v["trajectories"][0].update(score="high"), TypeError,
+     r"video 'v', prediction, track_id 1, frame 0: `score` must hold numbers, got 'high'"),
+    (lambda v: v["trajectories"][0].update(track_id=[1]), TypeError,
+     r"video 'v', prediction: trajectory 0: `track_id` must be an integer or a string, got list"),
+    (lambda v: v.update(video_id={"a": 1}), TypeError, r"prediction video `video_id` must be a string or an integer"),
+    (lambda v: v["trajectories"][0]["frames"][0].update(caption=5), TypeError,
+     r"video 'v', prediction, track_id 1, frame 0: `caption` must be a string, got int"),
+])
+def test_chota_names_where_a_value_is_wrong(mutate, error, message):
+    good = video([{"frame_index": 0, "box": [0, 0, 5, 5]}, {"frame_index": 1, "box": [1, 0, 5, 5]}])
+    bad = json.loads(json.dumps(good))
+    mutate(bad)
+    with pytest.raises(error, match=message):
+        compute_chota([bad], [good], caption_metrics=("cider",))
+
+
+def test_evaluating_nothing_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty.json").write_text("[]")
+    assert main(["evaluate", str(tmp_path / "empty.json"), str(tmp_path / "empty.json"),
+                 "--caption-metrics", "cider"]) == 2
+    assert "captionformer evaluate: error: `references` holds no video: there is nothing to evaluate" in \
+        capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ video files
+def _truncated(tmp_path, name: str):
+    if name == "world.mp4":  # the first 30 % of a 901-frame mp4 whose index comes first
+        if GRADIO_VIDEOS is None:
+            pytest.skip("gradio's sample videos are not installed")
+        data, keep = open(os.path.join(GRADIO_VIDEOS, name), "rb").read(), 0.3
+    else:  # our own: an avi, whose header declares the frame count; 70 % of it (its first frame is a large share)
+        write_video(generate_video(1, SyntheticVideoConfig(num_frames=60))["frames"], tmp_path / "full.avi", fps=8)
+        data, keep = (tmp_path / "full.avi").read_bytes(), 0.7
+    path = tmp_path / f"cut-{name}"
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("name, declared", [("world.mp4", 901), ("shapes.avi", 60)])
+def test_a_truncated_file_is_refused_unless_allowed(tmp_path, name, declared):
+    path = _truncated(tmp_path, name)
+    with pytest.raises(ValueError, match=rf"is truncated: its container declares {declared} frames but only \d+ can "
+                                         r"be read; pass allow_truncated=True \(command line: --allow-truncated\)"):
+        VideoFrames(str(path))
+    reader = VideoFrames(str(path), allow_truncated=True)
+    decoded = sum(1 for _ in reader)
+    assert reader.truncated and 0 < decoded < declared and reader.num_source_frames == decoded
+    assert reader.warnings == [f"`video`: {path} is truncated: its container declares {declared} frames but only "
+                               f"{reader.warnings[0].split('only ')[1].split(' can')[0]} can be read"]
+
+
+def test_the_command_line_refuses_a_truncated_file_or_warns_in_the_result(toy_model_dir, tmp_path, capsys):
+    path = _truncated(tmp_path, "shapes.avi")
+    out = tmp_path / "out.json"
+    assert main(["caption", str(path), "--model", toy_model_dir, "--out", str(out), "-q"]) == 2
+    assert "is truncated" in capsys.readouterr().err and not out.exists()
+    assert main(["caption", str(path), "--model", toy_model_dir, "--out", str(out), "-q", "--allow-truncated",
+                 "--max-new-tokens", "2"]) == 0
+    result = json.loads(out.read_text())
+    assert result["warnings"][0].endswith("can be read") and result["num_frames"] < 60
+    assert "warning: `video`" in capsys.readouterr().err
+
+
+def test_max_frames_reports_the_video_length_so_evaluation_works(toy_model_dir, shapes, tmp_path, capsys):
+    out = tmp_path / "first10.json"
+    assert main(["caption", str(shapes / "s.mp4"), "--model", toy_model_dir, "--max-frames", "10", "--out", str(out),
+                 "-q", "--max-new-tokens", "2"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_frames"] == 48  # the video's length, not the 10 (or 11) frames processed
+    assert max(f["frame_index"] for t in result["trajectories"] for f in t["frames"]) <= 9
+    result["video_id"] = "s"
+    (tmp_path / "pred.json").write_text(json.dumps([result]))
+    gt = json.loads((shapes / "gt.json").read_text())
+    gt["video_id"] = "s"
+    (tmp_path / "gt.json").write_text(json.dumps([gt]))
+    assert main(["evaluate", str(tmp_path / "pred.json"), str(tmp_path / "gt.json"), "--caption-metrics", "cider"]) == 0
+
+
+def test_frames_larger_than_max_side_are_downscaled_while_decoding(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (3, 360, 640, 3), dtype=np.uint8)
+    write_video(frames, tmp_path / "wide.mp4", fps=8)
+    reader = VideoFrames(str(tmp_path / "wide.mp4"), max_side=128)
+    decoded = [f for _, f in reader]
+    assert reader.downscaled and (reader.height, reader.width) == (72, 128)
+    assert [f.shape for f in decoded] == [(72, 128, 3)] * 3
+    with pytest.raises(ValueError, match="has 3 frames; at most 2 can be decoded"):
+        VideoFrames(str(tmp_path / "wide.mp4"), max_decoded_frames=2)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_urls_are_read_once_and_size_capped(http_folder):
+    folder, url = http_folder
+    write_video(generate_video(0, SyntheticVideoConfig(num_frames=8))["frames"], folder / "v.mp4", fps=8)
+    size = (folder / "v.mp4").stat().st_size
+    assert len(list(VideoFrames(f"{url}/v.mp4"))) == 8
+    with pytest.raises(ValueError, match=rf"{url}/v.mp4 is {size / 1024:.1f} KiB, more than the "
+                                         rf"{(size - 1) / 1024:.1f} KiB allowed \(`max_download_bytes`\)"):
+        VideoFrames(f"{url}/v.mp4", max_download_bytes=size - 1)
+    with pytest.raises(ValueError, match=r"could not download .*/missing.mp4 \(HTTP 404 File not found\)"):
+        VideoFrames(f"{url}/missing.mp4")
+
+
+def test_overlays_keep_a_fractional_frame_rate(tmp_path):
+    import av
+
+    from captionformer_hf.visualization import render_overlay
+
+    frames = [(i, np.zeros((32, 32, 3), np.uint8)) for i in range(30)]
+    render_overlay(frames, {"trajectories": []}, tmp_path / "o.mp4", fps=30000 / 1001)
+    with av.open(str(tmp_path / "o.mp4")) as container:
+        assert container.streams.video[0].average_rate == 30000 / 1001 or \
+            abs(float(container.streams.video[0].average_rate) - 29.97) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_command_line_errors_are_one_line(toy_model_dir, shapes, tmp_path, capsys, monkeypatch):
+    def run(*argv):
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        return code, err
+
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: no retries
+    code, err = run("caption", str(shapes / "s.mp4"), "--model", "someone/not-a-model", "-q")
+    assert code == 2 and err.startswith("captionformer caption: error: ")
+    assert run("caption", str(tmp_path), "-q") == (2, f"captionformer caption: error: `video`: {tmp_path} is a "
+                                                      "directory, not a video file\n")
+    code, err = run("caption", str(shapes / "s.mp4"), "--model", toy_model_dir, "--fps", "inf", "-q")
+    assert code == 2 and "`fps` must be a positive finite number, got inf" in err
+    (tmp_path / "pt.json").write_text(json.dumps({"videos": [{"length": 2}], "annotations": []}))
+    assert run("evaluate", str(tmp_path / "pt.json"), str(tmp_path / "pt.json"), "--caption-metrics", "cider") == (
+        2, "captionformer evaluate: error: ground truth `videos[0]` has no `id`\n")
+    code, err = run("predict", "--dataset", str(tmp_path / "no-such-dataset"), "--out", str(tmp_path / "p.json"))
+    assert code == 2 and not (tmp_path / "p.json.parts").exists()  # nothing left behind
+
+
+def test_outputs_are_checked_before_the_work(shapes, tmp_path, capsys, monkeypatch):
+    import captionformer_hf.defaults as defaults
+
+    monkeypatch.setattr(defaults, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "file").write_text("")
+    assert main(["caption", str(shapes / "s.mp4"), "--out", str(tmp_path / "file" / "x.json"), "-q"]) == 2
+    assert "`--out`: cannot write into" in capsys.readouterr().err
+    assert main(["caption", str(shapes / "s.mp4"), "--render", str(tmp_path), "-q",
+                 "--out", str(tmp_path / "ok.json")]) == 2
+    assert f"`--render`: {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_json_output_never_holds_non_finite_numbers(tmp_path):
+    from captionformer_hf.utils import atomic_write_json
+
+    with pytest.raises(ValueError, match="non-finite number"):
+        atomic_write_json(tmp_path / "x.json", {"fps": float("inf")})
+    assert not (tmp_path / "x.json").exists()
+
+
+# -------------------------------------------------------------------------------------------------------- data
+def test_data_synthetic_checks_before_generating_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["data", "synthetic", "--out", str(out), "--num-videos", "3", "--shard-size", "0", "-q"]) == 2
+    assert "`max_shard_size` (--shard-size) must be a positive integer, got 0" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # no videos folder, no temporary folder
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["data", "synthetic", "--out", str(out), "--num-videos", "3", "-q"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["syn"] and os.listdir(out) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("file_name, message", [
+    ("../outside.jpg", "leaves the frames folder"),
+    ("/etc/hostname", "leaves the frames folder"),
+    ("link.jpg", "is a link out of the frames folder"),
+    ("notes.jpg", "is not an image"),
+])
+def test_data_convert_reads_only_images_inside_the_frames_folder(tmp_path, file_name, message, capsys):
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")
+    os.symlink(tmp_path / "outside.jpg", frames / "link.jpg")
+    (frames / "notes.jpg").write_text("not a picture")
+    annotations = {"videos": [{"id": 1, "height": 8, "width": 8, "file_names": [file_name]}], "annotations": [],
+                   "categories": []}
+    (tmp_path / "ann.json").write_text(json.dumps(annotations))
+    assert main(["data", "convert", "--format", "lvvis", "--split", f"train={tmp_path / 'ann.json'}:{frames}",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_data_convert_names_a_missing_field(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "frames").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "frames" / "0.jpg")
+    annotations = {"videos": [{"id": 7, "width": 8, "file_names": ["0.jpg"]}], "annotations": [], "categories": []}
+    (tmp_path / "ann.json").write_text(json.dumps(annotations))
+    assert main(["data", "convert", "--format", "lvvis", "--split",
+                 f"train={tmp_path / 'ann.json'}:{tmp_path / 'frames'}", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == "captionformer data: error: video 7: missing `height`\n"
