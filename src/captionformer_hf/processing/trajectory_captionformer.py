@@ -145,26 +145,25 @@ def encode_runs(runs: np.ndarray, offsets: np.ndarray) -> list[str]:
     values = runs.copy()
     delta = index_in_mask > 2
     values[delta] = runs[delta] - runs[np.nonzero(delta)[0] - 2]
-    # 5 bits a character; the number of characters of each value, as pycocotools' loop decides it
-    chunks = np.empty((len(values), 13), dtype=np.int64)
-    alive = np.ones(len(values), dtype=bool)
-    length = np.zeros(len(values), dtype=np.int64)
-    rest = values.copy()
-    for k in range(13):
+    # 5 bits a character, as many characters as pycocotools' loop writes: step k handles only the values that still
+    # have bits left (most runs need one or two characters), then each character goes to its value's place
+    if len(values) == 0:
+        return [""] * count
+    alive, rest, steps = np.arange(len(values)), values, []
+    while alive.size:
         chunk = rest & 0x1F
         rest = rest >> 5  # arithmetic shift, as on the C long
         more = np.where((chunk & 0x10) != 0, rest != -1, rest != 0)
-        chunks[:, k] = chunk | np.where(more, 0x20, 0)
-        length += alive
-        alive &= more
-        if not alive.any():
-            chunks = chunks[:, : k + 1]
-            break
-    keep = np.arange(chunks.shape[1])[None, :] < length[:, None]
-    characters = (chunks[keep] + 48).astype(np.uint8).tobytes()
+        steps.append((alive, (chunk + 48 + 0x20 * more).astype(np.uint8)))
+        alive, rest = alive[more], rest[more]
+    length = np.bincount(np.concatenate([index for index, _ in steps]), minlength=len(values))
+    start = np.concatenate([[0], np.cumsum(length)])
+    buffer = np.empty(int(start[-1]), dtype=np.uint8)
+    for k, (index, chars) in enumerate(steps):
+        buffer[start[index] + k] = chars
+    characters = buffer.tobytes()
     # characters of mask i: the values runs[offsets[i]:offsets[i+1]] in order
-    value_end = np.concatenate([[0], np.cumsum(length)])
-    bounds = value_end[offsets]
+    bounds = start[offsets]
     return [characters[bounds[i] : bounds[i + 1]].decode("ascii") for i in range(count)]
 
 
