@@ -2,7 +2,7 @@
 
 import pytest
 
-from captionformer_hf.data.synthetic import COLORS, SHAPES, SyntheticVideoConfig, generate_video, write_video
+from captionformer_hf.data.synthetic import generate_video, sample_video_config, write_video
 from captionformer_hf.defaults import default_model_path, load_pipeline
 
 
@@ -18,26 +18,33 @@ def test_default_model_is_shipped_small_and_loads(pipe):
     size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     assert size < 5e6
     assert pipe.model.config.id2label == {0: "square", 1: "circle", 2: "triangle", 3: "star"}
-    assert "toy" in open(os.path.join(folder, "README.md")).read()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(os.path.join(folder, "README.md"))
+    assert "toy" in card.text and card.data.license == "apache-2.0" and card.data.library_name == "transformers"
 
 
-def test_default_model_captions_a_sample_video(pipe, tmp_path):
-    # the sample of `captionformer sample-video` (seed 0): one purple circle, visible in all 48 frames
-    video = generate_video(0, SyntheticVideoConfig(height=192, width=256, num_frames=48, min_size=28, max_size=52))
-    path = tmp_path / "sample.mp4"
-    write_video(video["frames"], path, fps=8)
-    result = pipe(str(path))
-    assert len(result["trajectories"]) == len(video["tracks"]) == 1
+def test_default_model_finds_tracks_and_colours_the_sample_object(pipe, tmp_path):
+    # the sample of `captionformer sample-video` (seed 0): one purple circle, shrinking, visible in all 48 frames
+    video = generate_video(0, sample_video_config())
+    assert [track["caption"] for track in video["tracks"]] == ["a purple circle shrinking"]
+    result = pipe(sample_path(tmp_path))
+    assert len(result["trajectories"]) == 1
     trajectory = result["trajectories"][0]
-    words = trajectory["caption"].split()
-    assert any(w in COLORS for w in words) and any(w in SHAPES for w in words)
-    assert trajectory["category"] in SHAPES
-    assert "purple" in words  # the object's colour
+    assert trajectory["caption"].split()[:2] == ["a", "purple"]
     assert len(trajectory["frames"]) >= 40  # tracked through the occluder
 
 
+@pytest.mark.xfail(strict=True, reason="the shipped toy model names the wrong shape and motion of the sample object "
+                                       "(it says 'a purple star moving to the left'): retrain, then remove this mark")
+def test_default_model_names_the_exact_shape_and_motion(pipe, tmp_path):
+    trajectory = pipe(sample_path(tmp_path))["trajectories"][0]
+    assert trajectory["caption"] == "a purple circle shrinking"
+    assert trajectory["category"] == "circle"
+
+
 def sample_path(tmp_path):
-    video = generate_video(0, SyntheticVideoConfig(height=192, width=256, num_frames=48, min_size=28, max_size=52))
+    video = generate_video(0, sample_video_config())
     path = tmp_path / "sample.mp4"
     write_video(video["frames"], path, fps=8)
     return str(path)

@@ -117,12 +117,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _sample_video(args: argparse.Namespace) -> int:
-    from .data.synthetic import SyntheticVideoConfig, generate_video, write_video
+    from .data.synthetic import generate_video, sample_video_config, write_video
 
-    scale = min(args.height / 96, args.width / 128)  # objects as large, relative to the frame, as in training data
-    config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
-                                  min_size=max(4, round(14 * scale)), max_size=max(5, round(26 * scale)))
-    video = generate_video(args.seed, config)
+    video = generate_video(args.seed, sample_video_config(args.height, args.width, args.frames, args.fps))
     write_video(video["frames"], args.out, fps=video["fps"])
     if args.annotations:
         tracks = [

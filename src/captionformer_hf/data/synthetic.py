@@ -63,6 +63,14 @@ class SyntheticVideoConfig:
             raise ValueError("`min_size`/`max_size` must satisfy min <= max <= half the shorter side")
 
 
+def sample_video_config(height: int = 192, width: int = 256, num_frames: int = 48, fps: int = 8) -> SyntheticVideoConfig:
+    """The configuration of ``captionformer sample-video``: objects as large, relative to the frame, as in the
+    training videos (14-26 pixels at 96 x 128)."""
+    scale = min(height / 96, width / 128)
+    return SyntheticVideoConfig(height=height, width=width, num_frames=num_frames, fps=fps,
+                                min_size=max(4, round(14 * scale)), max_size=max(5, round(26 * scale)))
+
+
 def caption_for(color: str, shape: str, motion: str) -> str:
     article = "an" if color[0] in "aeiou" else "a"
     return f"{article} {color} {shape} {MOTIONS[motion]}"
