@@ -84,6 +84,7 @@ def main():
     parser.add_argument("--clip-batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--real-frames", type=int, default=None, help="frames of the real video (default: all on GPU, 32 on CPU)")
+    parser.add_argument("--real-video", default=None, help="the real video (default: gradio's media_assets/videos/a.mp4)")
     args = parser.parse_args()
     gpu = torch.device(args.device).type == "cuda"
     size = args.size or ("release" if gpu else "small")
@@ -142,12 +143,14 @@ def main():
     print(f"ratio end-to-end (masks) / segmenter-only: {fps['masks'] / fps['segment']:.2f} (goal >= 0.6); "
           f"without masks: {fps['boxes'] / fps['segment']:.2f}")
 
-    try:
-        import gradio
+    real = args.real_video
+    if real is None:
+        try:
+            import gradio
 
-        real = os.path.join(os.path.dirname(gradio.__file__), "media_assets", "videos", "a.mp4")
-    except ImportError:
-        real = None
+            real = os.path.join(os.path.dirname(gradio.__file__), "media_assets", "videos", "a.mp4")
+        except ImportError:
+            pass
     if real is None or not os.path.exists(real):
         print("real video: gradio's a.mp4 is not installed (pip install gradio), skipped")
         return

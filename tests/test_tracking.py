@@ -366,3 +366,38 @@ def test_track_video_masks_at_the_requested_size(toy_config):
         small = mask_utils.decode({"size": [32, 40], "counts": b.encode()})
         # the content region downsampled 2x: nearly the same mask
         assert (big[::2, ::2] != small).mean() < 0.1
+
+
+def _ranked_by_solving_every_slot(costs, k):
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    means = []
+    for matrix in costs:
+        rows, cols = linear_sum_assignment(matrix)
+        means.append(matrix[rows, cols].mean())
+    return np.argsort(np.array(means, dtype=np.float64), kind="stable")[:k].tolist()
+
+
+@pytest.mark.parametrize("rows, cols", [(5, 8), (8, 5), (6, 6)])
+def test_best_memory_slots_equal_ranking_every_slot_and_solve_fewer(rows, cols, monkeypatch):
+    """The bound-pruned top-K memory slots are exactly those of solving every slot's assignment (ties included:
+    repeated memory clips), with far fewer assignments solved."""
+    import numpy as np
+
+    from captionformer_hf.modeling import tracking_captionformer as tracking
+
+    calls = []
+    solve = tracking.linear_sum_assignment
+    monkeypatch.setattr(tracking, "linear_sum_assignment", lambda m: calls.append(1) or solve(m))
+    rng = np.random.default_rng(0)
+    solved = 0
+    for trial in range(40):
+        costs = rng.random((60, rows, cols)).astype(np.float32)
+        costs[7] = costs[3]  # exact ties
+        costs[20 + trial % 30] *= 0.3  # a few clearly better slots
+        for k in (1, 7):
+            calls.clear()
+            assert tracking.best_memory_slots(costs, k).tolist() == _ranked_by_solving_every_slot(costs, k)
+            solved += len(calls)
+    assert solved < 0.5 * 40 * 2 * 60

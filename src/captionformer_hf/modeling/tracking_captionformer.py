@@ -35,6 +35,26 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 
+def best_memory_slots(costs: np.ndarray, k: int, slack: float = 1e-5) -> np.ndarray:
+    """The ``k`` memory slots whose Hungarian assignment of ``costs`` ``(M, N, tracks)`` has the lowest mean cost,
+    ordered by that cost (ties: the lower slot first), as ranking all M assignments would give.
+
+    The mean cost of a slot's assignment is at least the mean of its row minima (every row is assigned once when
+    N <= tracks) or of its column minima (every column, when N > tracks). Slots are solved in the order of that bound,
+    and solving stops once the next bound exceeds the k-th best cost found (``slack`` covers float rounding between
+    the two means): usually about k assignments instead of M (up to T_match = 100)."""
+    num_slots, rows, cols = costs.shape
+    bounds = (costs.min(axis=2).mean(axis=1) if rows <= cols else costs.min(axis=1).mean(axis=1)).astype(np.float64)
+    solved: dict[int, float] = {}
+    for slot in np.argsort(bounds, kind="stable"):
+        if len(solved) >= k and bounds[slot] > sorted(solved.values())[k - 1] + slack:
+            break
+        assigned_rows, assigned_cols = linear_sum_assignment(costs[slot])
+        solved[int(slot)] = float(costs[slot][assigned_rows, assigned_cols].mean())
+    ranked = sorted(solved, key=lambda slot: (solved[slot], slot))
+    return np.array(ranked[:k], dtype=np.int64)
+
+
 @dataclass(eq=False)
 class TrackObservation:
     """One clip of a track: its clip index, score S, an opaque ``payload`` (e.g. the per-frame boxes and masks) and
@@ -168,14 +188,9 @@ class CaptionFormerTrackingSession:
         ring = (write[None, :] - 1 - np.minimum(m, lengths[None, :] - 1)) % self.t_match  # (M, tracks)
         bank = self._bank[torch.as_tensor(slots)[None, :], torch.as_tensor(ring)]  # (M, tracks, D)
         costs = 1.0 - torch.einsum("nd,mtd->mnt", embeddings, bank)  # (M, N, tracks)
-        costs_np = costs.numpy()
-        slot_costs = np.empty(num_slots)
-        for s in range(num_slots):
-            rows, cols = linear_sum_assignment(costs_np[s])
-            slot_costs[s] = costs_np[s][rows, cols].mean()
         if num_slots < self.k_match:
-            return costs[int(np.argmin(slot_costs))]
-        chosen = np.argsort(slot_costs, kind="stable")[: self.k_match]
+            return costs[int(best_memory_slots(costs.numpy(), 1)[0])]
+        chosen = best_memory_slots(costs.numpy(), self.k_match)
         weights = torch.tensor([num_slots - s for s in chosen], dtype=costs.dtype)  # recency: newer weighs more
         return torch.einsum("k,knt->nt", weights / weights.sum(), costs[torch.as_tensor(chosen)])
 
