@@ -228,6 +228,17 @@ def test_command_line_errors_are_one_line(toy_model_dir, shapes, tmp_path, capsy
     assert code == 2 and not (tmp_path / "p.json.parts").exists()  # nothing left behind
 
 
+def test_every_error_reaches_the_command_line_as_one_line():
+    from captionformer_hf.cli import describe_error
+
+    assert describe_error(ValueError("Validation error for field 'x':\n    TypeError: expected int")) == \
+        "Validation error for field 'x': TypeError: expected int"
+    assert describe_error(FileNotFoundError(2, "No such file or directory", "/x/y")) == "No such file or directory: /x/y"
+    assert describe_error(KeyError("caption")) == "missing key 'caption'"
+    assert describe_error(AttributeError("'list' object has no attribute 'height'\nmore")) == \
+        "AttributeError: 'list' object has no attribute 'height'"
+
+
 def test_outputs_are_checked_before_the_work(shapes, tmp_path, capsys, monkeypatch):
     import captionformer_hf.defaults as defaults
 

@@ -480,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
 def describe_error(error: BaseException) -> str:
     """One line for an error reaching the command line: the message of the errors raised for bad input, the file
     and reason of operating-system errors, the error type and message otherwise."""
-    if isinstance(error, (ValueError, TypeError, RuntimeError)) and str(error):
-        return str(error)
+    if isinstance(error, (ValueError, TypeError, RuntimeError)) and str(error).strip():
+        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())  # a long message: one line
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.strerror}: {error.filename}"
     if isinstance(error, KeyError):

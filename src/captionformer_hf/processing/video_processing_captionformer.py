@@ -199,9 +199,9 @@ class VideoFrames:
     Bounds and checks: ``max_side`` downscales larger frames while decoding (aspect kept); a URL is read once, at most
     ``max_download_bytes``; ``max_decoded_frames`` refuses longer videos (declared length first, then while decoding,
     whatever the sampling); ``deadline`` (a ``time.monotonic()`` value) stops decoding, and so the work that consumes
-    the frames, with a ``ValueError`` once it is passed. A file whose container declares more frames than it holds (a truncated download or copy)
-    is refused on construction, before any decoding work, unless ``allow_truncated``; then ``truncated`` is set and
-    ``warnings`` says how many frames are missing. ``declared_frames``: the count the container declares (``None``
+    the frames, with a ``ValueError`` once it is passed. A file whose container declares more frames than it holds
+    (a truncated download or copy) is refused on construction, before any decoding work, unless ``allow_truncated``;
+    then ``truncated`` is set and ``warnings`` says how many frames are missing. ``declared_frames``: the count the container declares (``None``
     if it declares none)."""
 
     is_video_frames = True  # recognised without isinstance (remote code may load two copies of this class)
