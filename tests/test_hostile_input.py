@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,6 +250,23 @@ def test_outputs_are_checked_before_the_work(shapes, tmp_path, capsys, monkeypat
     assert main(["caption", str(shapes / "s.mp4"), "--render", str(tmp_path), "-q",
                  "--out", str(tmp_path / "ok.json")]) == 2
     assert f"`--render`: {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """The temporary file and folder of an atomic write are private; what lands at the path is not."""
+    import stat
+
+    from captionformer_hf.utils import atomic_directory, atomic_write_json
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "result.json", {"a": 1})
+        with atomic_directory(tmp_path / "folder") as folder:
+            (Path(folder) / "x").write_text("")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "result.json").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(tmp_path / "folder").st_mode) == 0o750
 
 
 def test_json_output_never_holds_non_finite_numbers(tmp_path):

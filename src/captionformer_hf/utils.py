@@ -9,8 +9,24 @@ import shutil
 import tempfile
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (``os.umask`` can only set it, and
+    setting it briefly would race with files created by other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename. The file gets
+    the permissions ``open()`` would give it (mkstemp's temporary file is private)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -20,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -61,9 +78,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False, argument:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # as a folder made with os.makedirs (mkdtemp makes it private)
+    os.chmod(tmp, 0o777 & ~_umask())  # as a folder made with os.makedirs (mkdtemp makes it private)
     try:
         yield tmp
         if os.path.exists(path):
