@@ -1,4 +1,7 @@
 import logging
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -52,3 +55,24 @@ def make_labels(batch_size, num_frames, num_objects=2, size=64, seed=0, with_cap
             target["caption_attention_mask"] = torch.ones(num_objects, 5, dtype=torch.long)
         labels.append(target)
     return labels
+
+
+_BLOCK_THE_PACKAGE = """
+import sys, importlib.abc
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "captionformer_hf":
+            raise ImportError("captionformer_hf is blocked in this test")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_without_the_package(body: str, tmp_path) -> None:
+    """Run ``body`` in a fresh, offline Python process where ``captionformer_hf`` cannot be imported (remote code
+    comes from its own module cache); fail with the process's error unless ``body`` ran to its end without importing
+    the package."""
+    script = (_BLOCK_THE_PACKAGE + textwrap.dedent(body)
+              + '\nassert "captionformer_hf" not in sys.modules\nprint("RAN-WITHOUT-THE-PACKAGE")\n')
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "RAN-WITHOUT-THE-PACKAGE" in out.stdout, out.stderr[-3000:]
