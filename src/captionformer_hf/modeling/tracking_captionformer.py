@@ -35,6 +35,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 
+def _check_positive_ints(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+
+
 def best_memory_slots(costs: np.ndarray, k: int, slack: float = 1e-5) -> np.ndarray:
     """The ``k`` memory slots whose Hungarian assignment of ``costs`` ``(M, N, tracks)`` has the lowest mean cost,
     ordered by that cost (ties: the lower slot first), as ranking all M assignments would give.
@@ -109,10 +115,8 @@ class CaptionFormerTrackingSession:
         frames_per_clip: int = 1,
         keep_observations: bool = True,
     ):
-        for name, value in (("k_match", k_match), ("t_match", t_match), ("t_agg", t_agg),
-                            ("hysteresis_min_length", hysteresis_min_length), ("frames_per_clip", frames_per_clip)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        _check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg,
+                             hysteresis_min_length=hysteresis_min_length, frames_per_clip=frames_per_clip)
         if k_match > t_match:
             raise ValueError(f"`k_match` ({k_match}) must not exceed `t_match` ({t_match})")
         for name, value in (("score_threshold", score_threshold), ("hysteresis_low", hysteresis_low),
@@ -424,10 +428,8 @@ class CaptionFormerReleaseTracker:
         aggregation: str = "weighted",
         clip_length: int = 1,
     ):
-        for name, value in (("k_match", k_match), ("t_match", t_match), ("t_agg", t_agg),
-                            ("max_trajectories", max_trajectories), ("clip_length", clip_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        _check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
+                             clip_length=clip_length)
         if aggregation not in ("weighted", "mean", "best"):
             raise ValueError(f"`aggregation` must be 'weighted', 'mean' or 'best', got {aggregation!r}")
         self.k_match, self.t_match = k_match, t_match
