@@ -367,6 +367,35 @@ def test_hota_equals_trackeval(seed):
     assert half["AssA"] == pytest.approx(combined["AssA"][9], abs=1e-6)
 
 
+def test_dense_hota_sequence_equals_trackeval():
+    """The public dense-array entry point (per-frame slots, -1 for empty ones) gives TrackEval's eval_sequence and
+    matches only filled slots."""
+    from trackeval.metrics import HOTA
+
+    from captionformer_hf.metrics import hota_sequence
+
+    rng = np.random.default_rng(5)
+    num_frames, slots, num_gt, num_pred = 12, 5, 4, 6
+    # a track appears at most once a frame
+    gt_ids = np.stack([np.r_[rng.permutation(num_gt), [-1]] for _ in range(num_frames)])
+    pred_ids = np.stack([rng.permutation(num_pred)[:slots] for _ in range(num_frames)])
+    gt_ids[rng.random(gt_ids.shape) < 0.3] = -1
+    pred_ids[rng.random(pred_ids.shape) < 0.3] = -1
+    similarity = np.where(rng.random((num_frames, slots, slots)) < 0.5, rng.random((num_frames, slots, slots)), 0.0)
+    similarity[gt_ids < 0] = 0.3  # garbage in empty slots must be ignored
+    similarity[pred_ids[:, None, :].repeat(slots, 1) < 0] = 0.3
+    ours, matches = hota_sequence(similarity, gt_ids, pred_ids, num_gt, num_pred, alphas=TRACKEVAL_ALPHAS)
+    data = {"num_gt_dets": int((gt_ids >= 0).sum()), "num_tracker_dets": int((pred_ids >= 0).sum()),
+            "num_gt_ids": num_gt, "num_tracker_ids": num_pred,
+            "gt_ids": [row[row >= 0] for row in gt_ids], "tracker_ids": [row[row >= 0] for row in pred_ids],
+            "similarity_scores": [similarity[f][gt_ids[f] >= 0][:, pred_ids[f] >= 0] for f in range(num_frames)]}
+    theirs = HOTA().eval_sequence(data)
+    for field in ("HOTA", "DetA", "AssA", "LocA", "HOTA_TP", "HOTA_FN", "HOTA_FP"):
+        np.testing.assert_allclose(ours[field], theirs[field], atol=1e-9, err_msg=field)
+    for frames, gt_slots, pred_slots in matches:
+        assert (gt_ids[frames, gt_slots] >= 0).all() and (pred_ids[frames, pred_slots] >= 0).all()
+
+
 def test_hota_equals_trackeval_with_crowded_frames():
     """Many overlapping objects: the per-frame assignment is not obvious and falls back to the Hungarian solver."""
     preds, refs = random_videos(42, num_videos=2, num_frames=20, num_tracks=12)
