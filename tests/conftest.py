@@ -32,6 +32,12 @@ def write_toy_model(folder, clip_length=2):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def toy_model_dir(tmp_path_factory):
+    """An untrained toy model folder that keeps every query (see :func:`write_toy_model`), written once."""
+    return write_toy_model(tmp_path_factory.mktemp("toy-model"))
+
+
 def make_labels(batch_size, num_frames, num_objects=2, size=64, seed=0, with_captions=True):
     """Targets of square objects at known places; captions of 5 tokens."""
     generator = torch.Generator().manual_seed(seed)

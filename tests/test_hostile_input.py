@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_toy_model
 
 from captionformer_hf.cli import main
 from captionformer_hf.data.synthetic import SyntheticVideoConfig, generate_video, write_video
@@ -28,11 +27,6 @@ except ImportError:  # pragma: no cover
 def video(frames, **extra):
     return {"video_id": "v", "num_frames": 2, "height": 100, "width": 100, **extra, "trajectories": [
         {"track_id": 1, "score": 0.9, "caption": "a b", "frames": frames}]}
-
-
-@pytest.fixture(scope="module")
-def toy_model_dir(tmp_path_factory):
-    return write_toy_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_toy_model
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -44,11 +43,6 @@ def load_app(folder: Path, env: dict):
 
 
 @pytest.fixture(scope="module")
-def space_model(tmp_path_factory):
-    return write_toy_model(tmp_path_factory.mktemp("space-model"))
-
-
-@pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from captionformer_hf.cli import main
 
@@ -59,8 +53,8 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_app(built, space_model, tmp_path_factory):
-    module = load_app(built / "demo", {"CAPTIONFORMER_MODEL": space_model, "CAPTIONFORMER_MAX_FRAMES": "40",
+def demo_app(built, toy_model_dir, tmp_path_factory):
+    module = load_app(built / "demo", {"CAPTIONFORMER_MODEL": toy_model_dir, "CAPTIONFORMER_MAX_FRAMES": "40",
                                        "CAPTIONFORMER_EXAMPLES": str(tmp_path_factory.mktemp("examples"))})
     port = free_port()
     module.demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -156,7 +150,7 @@ def test_demo_through_gradio_client(demo_app):
         client.predict(gradio_client.handle_file(example), 0.0, 0, 41, api_name="/caption")
 
 
-def test_demo_bounds_every_request(space_model, tmp_path):
+def test_demo_bounds_every_request(toy_model_dir, tmp_path):
     """Resolution, decoded frames, time and inputs are bounded, each with a message saying what to change."""
     from captionformer_hf.data.synthetic import write_video
     from captionformer_hf.defaults import load_pipeline
@@ -164,7 +158,7 @@ def test_demo_bounds_every_request(space_model, tmp_path):
 
     import numpy as np
 
-    pipe = load_pipeline(space_model)
+    pipe = load_pipeline(toy_model_dir)
     limits = DemoLimits(max_frames=40, max_upload_mb=1, max_side=64, max_decoded_frames=30, max_seconds=60)
     handler = DemoHandler(pipe, limits)
     big = tmp_path / "big.mp4"  # 4 frames of 480x640: processed at 48x64
