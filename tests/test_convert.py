@@ -314,8 +314,12 @@ def test_problems_fail_with_the_offending_keys():
     with pytest.raises(ValueError, match="relative position index"):
         convert(sd)
     sd = official_state_dict(seed=3)
-    sd["captioning_head.agg_linear.weight"] = torch.zeros(4, 4)
-    with pytest.raises(ValueError, match="aggregation module captioning_head.agg_linear"):
+    sd["captioning_head.agg_transformer.layers.0.linear1.weight"] = torch.zeros(4, 4)
+    with pytest.raises(ValueError, match="aggregation module captioning_head.agg_transformer"):
+        convert(sd)
+    sd = official_state_dict(seed=3)
+    sd["captioning_head.agg_linear.weight"] = torch.zeros(QFORMER, 3 * QFORMER + 1)
+    with pytest.raises(ValueError, match=r"agg_linear \(16, 49\) fits neither"):
         convert(sd)
     sd = official_state_dict(seed=3)
     for key in [k for k in sd if "mask_features" in k]:
@@ -699,3 +703,44 @@ def test_converted_captions_end_at_a_newline_as_the_release(tmp_path):
     assert processor.decode_caption(generated) == "a cat"  # generation's text is cut at the newline
     generation = json.loads((folder / "generation_config.json").read_text())
     assert newline[0] in generation["eos_token_id"] and tokenizer.eos_token_id in generation["eos_token_id"]
+
+
+@pytest.mark.parametrize("method", ["linear", "self-attention"])
+def test_order_aware_aggregation_layers_convert(method):
+    """The release's agg_linear (T_agg * width -> width) and agg_self_attention (SelfAttentionLayer: MultiheadAttention
+    with 8 heads + post-norm) land in the aggregation module, with t_agg read from agg_linear's shape; the
+    converted model aggregates as the release's formula: attention over the clips, then agg_linear on the clips'
+    outputs concatenated in time order."""
+    sd = official_state_dict(seed=5)
+    g = torch.Generator().manual_seed(7)
+    sd["captioning_head.agg_linear.weight"] = torch.randn(QFORMER, 4 * QFORMER, generator=g) * 0.1
+    sd["captioning_head.agg_linear.bias"] = torch.randn(QFORMER, generator=g) * 0.1
+    if method == "self-attention":
+        sd["captioning_head.agg_self_attention.self_attn.in_proj_weight"] = torch.randn(3 * QFORMER, QFORMER, generator=g)
+        sd["captioning_head.agg_self_attention.self_attn.in_proj_bias"] = torch.randn(3 * QFORMER, generator=g)
+        sd["captioning_head.agg_self_attention.self_attn.out_proj.weight"] = torch.randn(QFORMER, QFORMER, generator=g)
+        sd["captioning_head.agg_self_attention.self_attn.out_proj.bias"] = torch.randn(QFORMER, generator=g)
+        sd["captioning_head.agg_self_attention.norm.weight"] = torch.rand(QFORMER, generator=g) + 0.5
+        sd["captioning_head.agg_self_attention.norm.bias"] = torch.randn(QFORMER, generator=g)
+    model, report = convert(sd, preset="vln")
+    assert report.ok, report
+    config = model.config
+    assert (config.aggregation, config.t_agg, config.aggregation_projection_first) == (method, 4, False)
+    aggregation = model.model.caption_head.aggregation
+    torch.testing.assert_close(aggregation.linear.weight, sd["captioning_head.agg_linear.weight"])
+    x = torch.randn(2, 4, 3, QFORMER, generator=g)  # (trajectories, time, tokens, width)
+    sequence = x.permute(1, 0, 2, 3).reshape(4, 6, QFORMER)  # time-major: one sequence per (trajectory, token)
+    if method == "self-attention":
+        assert aggregation.position_embedding is None  # the release's SelfAttentionLayer has none
+        attention = nn.MultiheadAttention(QFORMER, 8)
+        attention.in_proj_weight.data = sd["captioning_head.agg_self_attention.self_attn.in_proj_weight"]
+        attention.in_proj_bias.data = sd["captioning_head.agg_self_attention.self_attn.in_proj_bias"]
+        attention.out_proj.weight.data = sd["captioning_head.agg_self_attention.self_attn.out_proj.weight"]
+        attention.out_proj.bias.data = sd["captioning_head.agg_self_attention.self_attn.out_proj.bias"]
+        sequence = nn.functional.layer_norm(sequence + attention(sequence, sequence, sequence)[0], (QFORMER,),
+                                            sd["captioning_head.agg_self_attention.norm.weight"],
+                                            sd["captioning_head.agg_self_attention.norm.bias"])
+    flat = sequence.reshape(4, 2, 3, QFORMER).permute(1, 2, 0, 3).flatten(-2, -1)  # (N, L, time * width)
+    expected = flat @ sd["captioning_head.agg_linear.weight"].T + sd["captioning_head.agg_linear.bias"]
+    with torch.no_grad():
+        torch.testing.assert_close(aggregation(x), expected, atol=1e-5, rtol=1e-5)

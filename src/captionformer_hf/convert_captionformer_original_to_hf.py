@@ -41,8 +41,15 @@ Where the released code differs from the paper text, the converted config follow
   ``CLIPVisionModelWithProjection`` (``clip_vision_config``, weights from ``--clip-model``) that computes the frame
   embeddings from the model's input.
 
-Not convertible (the conversion stops with a message naming the component): the experimental aggregation
-modules (``agg_linear``, ``agg_self_attention``, ``agg_transformer``) and Swin's absolute position embedding.
+- the released caption head's order-aware aggregations (``AGGREGATION_METHOD: linear`` / ``self-attention``:
+  ``agg_linear``, ``agg_self_attention``, ``agg_pos_embedding``) become ``aggregation="linear"`` /
+  ``"self-attention"`` with ``t_agg`` (``AGGREGATION_NUM_T``) and ``aggregation_projection_first``
+  (``OPT_PROJ_BEFORE_AGGREGATION``) read from ``agg_linear``'s shape, and a temporal position embedding only when
+  the checkpoint has one. ``concat`` has no weights: ``aggregation="concat"`` (the ``vidstg_no_tempagg`` style of
+  config) is given as an override.
+
+Not convertible (the conversion stops with a message naming the component): the ``transformer`` aggregation module
+(``agg_transformer``, not among the release's accepted methods) and Swin's absolute position embedding.
 """
 
 from __future__ import annotations
@@ -268,9 +275,9 @@ def _heads(kind: str, width: int, num_heads: dict | None) -> int:
 
 def _check_supported(state: dict) -> list[str]:
     problems = []
-    for name in ("agg_linear", "agg_self_attention", "agg_transformer", "agg_pos_embedding"):
-        if any(k.startswith(f"captioning_head.{name}") for k in state):
-            problems.append(f"experimental caption aggregation module captioning_head.{name}; not convertible")
+    if any(k.startswith("captioning_head.agg_transformer") for k in state):
+        problems.append("caption aggregation module captioning_head.agg_transformer (the 'transformer' aggregation, "
+                        "not among the release's accepted methods); not convertible")
     if "backbone.absolute_pos_embed" in state:
         problems.append("Swin absolute position embedding (APE); not convertible")
     return problems
@@ -433,6 +440,31 @@ def read_qformer_config(state: dict, num_heads: dict | None) -> dict:
     }
 
 
+def read_aggregation_config(state: dict, qformer_width: int, text_width: int) -> dict:
+    """The order-aware aggregation of a checkpoint that has its layers (``agg_linear``: ``linear``; with
+    ``agg_self_attention``: ``self-attention``): ``t_agg`` and whether the clips are projected into the LM first,
+    from ``agg_linear``'s shape; empty for the weight-free aggregations (the preset's, or an override)."""
+    linear = state.get(CH + "agg_linear.weight")
+    if linear is None:
+        if any(k.startswith(CH + "agg_") for k in state):
+            raise ValueError("the checkpoint has caption aggregation layers but no agg_linear")
+        return {}
+    width = int(linear.shape[0])
+    if width not in (qformer_width, text_width) or linear.shape[1] % width:
+        raise ValueError(f"agg_linear {tuple(linear.shape)} fits neither the Q-Former ({qformer_width}) nor the LM "
+                         f"({text_width}) width")
+    attention = CH + "agg_self_attention.self_attn.in_proj_weight" in state
+    config = {
+        "aggregation": "self-attention" if attention else "linear",
+        "t_agg": int(linear.shape[1] // width),
+        "aggregation_projection_first": width != qformer_width,
+    }
+    if attention:
+        config["aggregation_position_embedding"] = CH + "agg_pos_embedding" in state
+        config["aggregation_num_heads"] = 8  # the release's SelfAttentionLayer(nhead=8)
+    return config
+
+
 def read_text_config(state: dict, base: dict, num_heads: dict | None) -> dict:
     """OPT of the caption head (from the checkpoint, else from the base BLIP-2 state dict)."""
     lm = {key[len(CH + "opt_model."):]: value for key, value in state.items() if key.startswith(CH + "opt_model.")}
@@ -522,6 +554,11 @@ def config_from_original(
         "caption_prompt_token_id": int(2 if text_config.get("bos_token_id") is None else text_config["bos_token_id"]),
     }
     kwargs.update(RELEASE_PRESETS[preset])
+    aggregation = read_aggregation_config(state, qformer_config["hidden_size"], text_config["hidden_size"])
+    if aggregation:
+        logger.info("the checkpoint has %s aggregation layers (T_agg %d): they replace the preset's %r aggregation",
+                    aggregation["aggregation"], aggregation["t_agg"], kwargs["aggregation"])
+    kwargs.update(aggregation)
     kwargs.update(overrides)
     return CaptionFormerConfig(**kwargs)
 
@@ -661,6 +698,13 @@ RULES: list[Rule] = [
     Rule(r"captioning_head\.query_tokens", CAP + "query_tokens"),
     Rule(r"captioning_head\.obj_linear_proj\.(weight|bias)", CAP + r"object_query_projection.\1"),
     Rule(r"captioning_head\.opt_proj\.(weight|bias)", CAP + r"language_projection.\1"),
+    Rule(r"captioning_head\.agg_linear\.(weight|bias)", CAP + r"aggregation.linear.\1"),
+    Rule(r"captioning_head\.agg_self_attention\.self_attn\.(in_proj_weight|in_proj_bias)",
+         CAP + r"aggregation.self_attention.\1"),
+    Rule(r"captioning_head\.agg_self_attention\.self_attn\.out_proj\.(weight|bias)",
+         CAP + r"aggregation.self_attention.out_proj.\1"),
+    Rule(r"captioning_head\.agg_self_attention\.norm\.(weight|bias)", CAP + r"aggregation.norm.\1"),
+    Rule(r"captioning_head\.agg_pos_embedding", CAP + "aggregation.position_embedding"),
     Rule(r"captioning_head\.opt_model\.(.+)", r"language_model.\1", "", "transformers OPT names"),
 ]
 

@@ -12,7 +12,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, CLIPVisionConfig, Mask2FormerConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-_AGGREGATIONS = ("weighted", "mean", "best")
+# order-free (the paper's weighted sum and its ablations) and order-aware (the released caption head's `concat`,
+# `linear` and `self-attention`: the sampled clips in time order)
+_AGGREGATIONS = ("weighted", "mean", "best", "concat", "linear", "self-attention")
 _CAPTION_FRAMES = ("middle", "first", "random")
 _CAPTION_MASK_CONVENTIONS = ("object", "release")
 _VIDEO_INFERENCE_MODES = ("paper", "release")
@@ -106,9 +108,26 @@ class CaptionFormerConfig(PreTrainedConfig):
         t_match (`int`, defaults to 100): memory-bank length per trajectory (T_match).
         hysteresis_low / hysteresis_high (`float`, defaults to 0.4 / 0.85): hysteresis thresholds on track scores.
         hysteresis_min_length (`int`, defaults to 3): minimum track length (frames) kept by the hysteresis filter.
-        t_agg (`int`, defaults to 32): clips sampled uniformly per trajectory for caption aggregation (T_agg).
-        aggregation (`str`, defaults to ``"weighted"``): ``"weighted"`` (detection-score weighted sum, the paper),
-            ``"mean"`` (arithmetic mean) or ``"best"`` (single best-scoring clip).
+        t_agg (`int`, defaults to 32): clips sampled uniformly per trajectory for caption aggregation (T_agg; the
+            release's ``AGGREGATION_NUM_T``).
+        aggregation (`str`, defaults to ``"weighted"``): how the Q-Former outputs of the sampled clips become one
+            video-level LM prefix. Order-free: ``"weighted"`` (detection-score weighted sum, the paper), ``"mean"``
+            (arithmetic mean) or ``"best"`` (single best-scoring clip); a weighted sum is the same for any order of
+            the clips, so it cannot tell moving left from moving right. Order-aware (the released caption head's
+            ``AGGREGATION_METHOD``), on exactly ``t_agg`` clips in time order (``linspace`` over the track's clips,
+            repeating clips of a short track, as the release): ``"concat"`` (the clips' outputs concatenated in
+            time order: a prefix of ``t_agg * (1 + num_query_tokens)`` tokens), ``"linear"`` (each token's
+            ``t_agg`` outputs concatenated along features in time order, then a linear layer, ``agg_linear``) and
+            ``"self-attention"`` (attention over time per token with a learned temporal position embedding, then
+            the same linear layer).
+        aggregation_num_heads (`int`, defaults to 8): heads of the ``"self-attention"`` aggregation (the release's).
+        aggregation_position_embedding (`bool`, defaults to `True`): ``"self-attention"`` adds a learned temporal
+            position embedding (one vector per sampled clip) to its queries and keys. The released
+            ``agg_self_attention`` has none (its following ``agg_linear`` is what sees the order): converted
+            checkpoints without ``agg_pos_embedding`` set it to `False`.
+        aggregation_projection_first (`bool`, defaults to `False`): project each clip's Q-Former output into the LM
+            before aggregating (the release's ``OPT_PROJ_BEFORE_AGGREGATION``): the aggregation layers are then as
+            wide as the LM.
         video_inference_mode (`str`, defaults to ``"paper"``): what happens after the clip forward.
             ``"paper"`` (models trained here): queries with S below ``score_threshold`` are pruned, kept queries
             join tracks behind the ``match_cost_threshold`` gate, tracks are scored by their mean S, and caption
@@ -199,6 +218,9 @@ class CaptionFormerConfig(PreTrainedConfig):
     hysteresis_min_length: int = 3
     t_agg: int = 32
     aggregation: str = "weighted"
+    aggregation_num_heads: int = 8
+    aggregation_position_embedding: bool = True
+    aggregation_projection_first: bool = False
     video_inference_mode: str = "paper"
     presence_threshold: float = 0.2
     max_trajectories: int = 50
@@ -292,6 +314,7 @@ class CaptionFormerConfig(PreTrainedConfig):
             "text_classifier_projection_layers",
             "clip_image_context_heads",
             "max_trajectories",
+            "aggregation_num_heads",
         ):
             positive_int(name)
         positive_int("box_head_layers", minimum=0)
@@ -347,6 +370,16 @@ class CaptionFormerConfig(PreTrainedConfig):
             raise ValueError(f"`k_match` ({self.k_match}) must not exceed `t_match` ({self.t_match})")
         if self.aggregation not in _AGGREGATIONS:
             raise ValueError(f"`aggregation` must be one of {_AGGREGATIONS}, got {self.aggregation!r}")
+        for name in ("aggregation_position_embedding", "aggregation_projection_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
+        if self.aggregation == "self-attention":
+            width = self.text_config.hidden_size if self.aggregation_projection_first else self.qformer_config.hidden_size
+            if width % self.aggregation_num_heads != 0:
+                raise ValueError(
+                    f"`aggregation='self-attention'`: its width ({width}) must be divisible by `aggregation_num_heads` "
+                    f"({self.aggregation_num_heads})"
+                )
         if self.caption_frame not in _CAPTION_FRAMES:
             raise ValueError(f"`caption_frame` must be one of {_CAPTION_FRAMES}, got {self.caption_frame!r}")
         if self.caption_mask_convention not in _CAPTION_MASK_CONVENTIONS:

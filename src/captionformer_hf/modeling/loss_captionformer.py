@@ -226,9 +226,11 @@ def _training_caption_frames(model, pixel_values_videos: torch.Tensor) -> torch.
     return torch.full((batch_size,), model.caption_frame_index(num_frames), device=device)
 
 
-def caption_lm_loss(model, caption_queries, caption_ids, caption_attention_mask) -> torch.Tensor:
-    """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``."""
-    prefix = model.language_prefix(caption_queries)
+def caption_lm_loss(model, caption_queries, caption_ids, caption_attention_mask, clip_scores=None,
+                    valid=None) -> torch.Tensor:
+    """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``
+    (``(N, L, D)``, or ``(N, K, L, D)`` aggregated over K clips with ``clip_scores`` / ``valid`` ``(N, K)``)."""
+    prefix = model.language_prefix(caption_queries, clip_scores, valid)
     token_embeds = model.get_input_embeddings()(caption_ids)
     inputs_embeds = torch.cat([prefix, token_embeds.to(prefix.dtype)], dim=1)
     attention_mask = torch.cat(
@@ -278,12 +280,14 @@ def clip_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> t
     return caption_lm_loss(model, caption_queries, _pad_rows(caption_ids), _pad_rows(caption_masks))
 
 
-def video_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
-    """Video-level caption loss: the clips of the batch come from one video; per track (``track_ids``), the
-    Q-Former outputs of the clips where it is matched are aggregated (detection-score weighted, the paper's
-    temporal aggregation) and the LM is trained on the track's caption once."""
-    from .captioning_captionformer import aggregate_caption_queries
+def video_caption_inputs(model, pixel_values_videos, outputs, labels, indices):
+    """What video-level captioning conditions on, per track of the batch: the batch holds the clips of one or several
+    videos (``labels[i]["video_index"]``, default 0), each video's clips in time order; per track (``track_ids``
+    within a video), the Q-Former outputs of the clips where it is matched are sampled as at inference (``t_agg``
+    clips uniformly over them; exactly ``t_agg``, in time order, for the order-aware aggregations).
 
+    Returns ``(caption_queries (N, K, L, D), clip_scores (N, K), valid (N, K), caption_ids (N, L_c),
+    caption_attention_mask (N, L_c))`` for the N tracks with a caption, or ``None`` when there is none."""
     device = pixel_values_videos.device
     frame_of_clip = _training_caption_frames(model, pixel_values_videos)
     per_track = {}
@@ -291,16 +295,19 @@ def video_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> 
         target = labels[b]
         if "track_ids" not in target or "caption_ids" not in target:
             raise ValueError("`caption_level='video'` needs `track_ids` and `caption_ids` in every clip's labels")
+        video = int(target.get("video_index", 0))
         mask = target.get("caption_attention_mask", torch.ones_like(target["caption_ids"]))
         for q, j in zip(src.tolist(), tgt.tolist()):
             if mask[j].sum() == 0:
                 continue
             entry = per_track.setdefault(
-                int(target["track_ids"][j]), {"items": [], "ids": target["caption_ids"][j], "mask": mask[j]}
+                (video, int(target["track_ids"][j])), {"items": [], "ids": target["caption_ids"][j], "mask": mask[j]}
             )
             entry["items"].append((b, q))
     if not per_track:
-        return _touch_caption_head(model)
+        return None
+    for entry in per_track.values():
+        entry["items"] = [entry["items"][i] for i in model.caption_clip_indices(len(entry["items"]))]
     items = [(b, q) for entry in per_track.values() for b, q in entry["items"]]
     rows = torch.tensor([b for b, _ in items], device=device)
     queries = torch.tensor([q for _, q in items], device=device)
@@ -309,18 +316,29 @@ def video_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> 
         frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
         outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
     )
-    scores = outputs.scores[rows, queries].detach()
-    aggregated, start = [], 0
-    for entry in per_track.values():
+    scores = outputs.scores[rows, queries].detach().float()
+    width = max(len(entry["items"]) for entry in per_track.values())
+    padded = caption_queries.new_zeros(len(per_track), width, *caption_queries.shape[1:])
+    clip_scores = scores.new_zeros(len(per_track), width)
+    valid = torch.zeros(len(per_track), width, dtype=torch.bool, device=device)
+    start = 0
+    for i, entry in enumerate(per_track.values()):
         count = len(entry["items"])
-        aggregated.append(
-            aggregate_caption_queries(caption_queries[None, start : start + count], scores[None, start : start + count],
-                                      method=model.config.aggregation)[0]
-        )
+        padded[i, :count] = caption_queries[start : start + count]
+        clip_scores[i, :count] = scores[start : start + count]
+        valid[i, :count] = True
         start += count
-    return caption_lm_loss(
-        model,
-        torch.stack(aggregated),
-        _pad_rows([entry["ids"][None] for entry in per_track.values()]).to(device),
-        _pad_rows([entry["mask"][None] for entry in per_track.values()]).to(device),
-    )
+    caption_ids = _pad_rows([entry["ids"][None] for entry in per_track.values()]).to(device)
+    caption_masks = _pad_rows([entry["mask"][None] for entry in per_track.values()]).to(device)
+    return padded, clip_scores, valid, caption_ids, caption_masks
+
+
+def video_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
+    """Video-level caption loss: per track (see :func:`video_caption_inputs`), its sampled clips' Q-Former outputs
+    aggregated by ``config.aggregation`` (the paper's detection-score weighting by default) and the LM trained on the
+    track's caption once."""
+    inputs = video_caption_inputs(model, pixel_values_videos, outputs, labels, indices)
+    if inputs is None:
+        return _touch_caption_head(model)
+    caption_queries, clip_scores, valid, caption_ids, caption_masks = inputs
+    return caption_lm_loss(model, caption_queries, caption_ids, caption_masks, clip_scores, valid)

@@ -23,7 +23,13 @@ from transformers.modeling_utils import init
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerPreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .captioning_captionformer import CaptionFormerCaptionHead, aggregate_caption_queries, mask_logits_on_grid
+from .captioning_captionformer import (
+    ORDER_AWARE_AGGREGATIONS,
+    CaptionFormerCaptionHead,
+    CaptionFormerTemporalAggregation,
+    mask_logits_on_grid,
+    uniform_clip_indices,
+)
 from .configuration_captionformer import CaptionFormerConfig
 from .loss_captionformer import CaptionFormerLoss, clip_caption_loss, video_caption_loss
 from .segmentation_captionformer import (
@@ -183,6 +189,8 @@ class CaptionFormerPreTrainedModel(_LibraryInitialization, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, CaptionFormerCaptionHead):
             init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, CaptionFormerTemporalAggregation):
+            module.initialize(init, self.config.initializer_range)
 
     @staticmethod
     def _check_pixel_values(pixel_values_videos, clip_length: int) -> None:
@@ -512,11 +520,33 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                     f"`labels[{i}]['boxes']` must have shape ({n}, {num_frames}, 4), got {tuple(target['boxes'].shape)}"
                 )
 
-    def language_prefix(self, caption_queries: torch.Tensor) -> torch.Tensor:
-        """LM input embeddings ``(N, L_q [+ 1], D_lm)`` that precede a caption: the projected Q-Former outputs, then
-        ``config.caption_prompt_token_id``'s embedding when set (the release, like BLIP-2, appends OPT's BOS)."""
-        projection = self.model.caption_head.language_projection
-        prefix = projection(caption_queries.to(projection.weight.dtype))
+    def language_prefix(
+        self,
+        caption_queries: torch.Tensor,
+        clip_scores: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        aggregation: str | None = None,
+    ) -> torch.Tensor:
+        """LM input embeddings ``(N, L', D_lm)`` that precede a caption: the projected Q-Former outputs, then
+        ``config.caption_prompt_token_id``'s embedding when set (the release, like BLIP-2, appends OPT's BOS).
+
+        ``caption_queries`` is ``(N, L, D)`` (one clip per object) or ``(N, K, L, D)`` (K clips per object in time
+        order, aggregated by ``aggregation``, default ``config.aggregation``, with the clips' detection scores
+        ``clip_scores`` ``(N, K)``; ``valid`` ``(N, K)`` marks real clips). See ``CaptionFormerTemporalAggregation``."""
+        head = self.model.caption_head
+        projection = head.language_projection
+        if caption_queries.ndim == 4:
+            if self.config.aggregation_projection_first:
+                caption_queries = projection(caption_queries.to(projection.weight.dtype))
+            caption_queries = head.aggregation(caption_queries, clip_scores, valid, aggregation)
+            prefix = caption_queries if self.config.aggregation_projection_first else projection(
+                caption_queries.to(projection.weight.dtype))
+        elif caption_queries.ndim == 3:
+            prefix = projection(caption_queries.to(projection.weight.dtype))
+        else:
+            raise ValueError(
+                f"`caption_queries` must have shape (N, L, D) or (N, K, L, D), got {tuple(caption_queries.shape)}"
+            )
         embeddings = self.get_input_embeddings()
         prefix = prefix.to(embeddings.weight.dtype)
         token_id = self.config.caption_prompt_token_id
@@ -524,6 +554,13 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             prompt = embeddings(torch.full((prefix.shape[0], 1), token_id, dtype=torch.long, device=prefix.device))
             prefix = torch.cat([prefix, prompt], dim=1)
         return prefix
+
+    def caption_clip_indices(self, count: int, aggregation: str | None = None) -> list[int]:
+        """Which of a trajectory's ``count`` time-ordered clips its caption aggregates (``config.t_agg`` of them,
+        sampled uniformly; exactly ``t_agg``, repeating clips of a short trajectory, for the order-aware
+        aggregations)."""
+        method = aggregation or self.config.aggregation
+        return uniform_clip_indices(count, self.config.t_agg, exact=method in ORDER_AWARE_AGGREGATIONS)
 
     def caption_frame_index(self, num_frames: int) -> int:
         """Frame of a clip of ``num_frames`` frames fed to the caption head at inference (``config.caption_frame``)."""
@@ -545,19 +582,13 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
     ) -> torch.LongTensor:
         """Caption token ids ``(N, L)`` (new tokens only) for N objects.
 
-        ``caption_queries`` is ``(N, L_q, D)`` (one clip per object) or ``(N, K, L_q, D)`` (K clips per object,
-        aggregated with ``clip_scores`` ``(N, K)`` by ``aggregation``, default ``config.aggregation``)."""
-        if caption_queries.ndim == 4:
-            if clip_scores is None:
-                raise ValueError("`clip_scores` (N, K) are needed to aggregate (N, K, L, D) caption queries")
-            caption_queries = aggregate_caption_queries(
-                caption_queries, clip_scores, valid, aggregation or self.config.aggregation
-            )
-        elif caption_queries.ndim != 3:
-            raise ValueError(
-                f"`caption_queries` must have shape (N, L, D) or (N, K, L, D), got {tuple(caption_queries.shape)}"
-            )
-        prefix = self.language_prefix(caption_queries)
+        ``caption_queries`` is ``(N, L_q, D)`` (one clip per object) or ``(N, K, L_q, D)`` (K clips per object in time
+        order, aggregated with ``clip_scores`` ``(N, K)`` by ``aggregation``, default ``config.aggregation``; see
+        :meth:`language_prefix`)."""
+        if caption_queries.ndim == 4 and clip_scores is None and (aggregation or self.config.aggregation) in (
+                "weighted", "best"):
+            raise ValueError("`clip_scores` (N, K) are needed to aggregate (N, K, L, D) caption queries")
+        prefix = self.language_prefix(caption_queries, clip_scores, valid, aggregation)
         attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         generate_kwargs.setdefault("max_new_tokens", self.config.max_caption_length)
         if prefix.shape[0] == 0:
@@ -836,12 +867,15 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                     frame_rles.extend(payload.get("mask_rles", ()))
         caption_ids = captioned = None
         if caption and session.caption and tracks:
-            queries, captioned = self._aggregated_caption_queries(session, tracks, aggregation, caption_batch_size)
+            queries, weights, valid, captioned = self._paper_caption_queries(session, tracks, aggregation,
+                                                                             caption_batch_size)
             pad_id = self.generation_config.pad_token_id
             pad_id = 0 if pad_id is None else int(pad_id)
             caption_ids = torch.full((len(tracks), 1), pad_id, dtype=torch.long)
             if captioned.any():
-                sequences = self.generate_captions(queries[captioned.to(queries.device)], **generate_kwargs).cpu()
+                rows = captioned.to(queries.device)
+                sequences = self.generate_captions(queries[rows], weights[rows], valid[rows], aggregation,
+                                                   **generate_kwargs).cpu()
                 caption_ids = torch.full((len(tracks), max(sequences.shape[1], 1)), pad_id, dtype=torch.long)
                 caption_ids[captioned, : sequences.shape[1]] = sequences
         return CaptionFormerVideoOutput(
@@ -908,8 +942,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         )
 
     def _release_caption_queries(self, tracks, clips, batch_size: int) -> torch.Tensor:
-        """Caption queries ``(N_captioned, L, D)``: per captioned track, the Q-Former outputs of its planned (clip,
-        frame) pairs summed with the plan's weights."""
+        """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
+        planned (clip, frame) pairs summed with the plan's weights, or, for an order-aware aggregation,
+        ``(N_captioned, t_agg, L, D)``, the planned clips' outputs in time order."""
         head = self.model.caption_head
         pairs = [(track, c, t) for track in tracks if track.caption_clips for c, t in track.caption_clips]
         unique = list(dict.fromkeys((c, t) for _, c, t in pairs))
@@ -931,6 +966,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                  None if boxes is None else boxes[i : i + batch_size])
             for i in range(0, len(pairs), batch_size)
         ])
+        if self.config.aggregation in ORDER_AWARE_AGGREGATIONS:  # the plan's t_agg clips in time order
+            count = len(next(t for t in tracks if t.caption_clips).caption_clips)
+            return outputs.view(-1, count, *outputs.shape[1:])
         aggregated, start = [], 0
         for track in tracks:
             if not track.caption_clips:
@@ -941,16 +979,22 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             start += count
         return torch.stack(aggregated)
 
-    def _aggregated_caption_queries(self, session, tracks, aggregation: str, batch_size: int):
-        """Video-level caption queries ``(N, L, D)`` of the tracks and which tracks have any (``(N,)`` bool)."""
+    def _paper_caption_queries(self, session, tracks, aggregation: str, batch_size: int):
+        """Per-clip Q-Former outputs ``(N, K, L, D)`` of the tracks' sampled clips in time order, their scores
+        ``(N, K)``, which are real ``(N, K)`` and which tracks have any ``(N,)``."""
         head = self.model.caption_head
-        samples = [session.tracker.caption_samples(track) for track in tracks]
+        exact = aggregation in ORDER_AWARE_AGGREGATIONS
+        samples = [session.tracker.caption_samples(track, exact=exact) for track in tracks]
         flat = [(i, o) for i, observations in enumerate(samples) for o in observations]
         hidden = self.config.qformer_config.hidden_size
         length = 1 + self.config.num_query_tokens
         captioned = torch.tensor([len(s) > 0 for s in samples])
+        width = max([len(s) for s in samples] + [1])
+        padded = torch.zeros(len(tracks), width, length, hidden, device=self.device)
+        valid = torch.zeros(len(tracks), width, dtype=torch.bool, device=self.device)
+        weights = torch.zeros(len(tracks), width, device=self.device)
         if not flat:
-            return torch.zeros(len(tracks), length, hidden, device=self.device), captioned
+            return padded, weights, valid, captioned
         frames, frame_of = [], {}
         for _, observation in flat:
             tensor = observation.caption_inputs["frame"]
@@ -970,10 +1014,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                  None if boxes is None else boxes[i : i + batch_size])
             for i in range(0, len(flat), batch_size)
         ])
-        width = max(len(s) for s in samples)
-        padded = outputs.new_zeros(len(tracks), width, *outputs.shape[1:])
-        valid = torch.zeros(len(tracks), width, dtype=torch.bool, device=outputs.device)
-        weights = torch.zeros(len(tracks), width, device=outputs.device)
+        padded = padded.to(outputs.dtype)
         start = 0
         for i, observations in enumerate(samples):
             count = len(observations)
@@ -981,7 +1022,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             valid[i, :count] = True
             weights[i, :count] = torch.tensor([o.score for o in observations])
             start += count
-        return aggregate_caption_queries(padded, weights, valid, aggregation), captioned
+        return padded, weights, valid, captioned
 
     def _clip_batches(self, video, batch_size: int):
         """``(pixel_values (B, T', 3, H, W), frame_indices or None, content_size or None)`` batches of a normalised

@@ -323,14 +323,14 @@ class CaptionFormerTrackingSession:
         final.sort(key=lambda t: (t.first_clip, t.track_id))
         return final
 
-    def caption_samples(self, track: Track) -> list[TrackObservation]:
-        """Up to ``t_agg`` observations of the track's caption pool that have caption inputs, sampled uniformly over
-        the track's life."""
+    def caption_samples(self, track: Track, exact: bool = False) -> list[TrackObservation]:
+        """Observations of the track's caption pool that have caption inputs, in time order, sampled uniformly over
+        the track's life: up to ``t_agg`` (``exact``: exactly ``t_agg``, repeating observations of a short track, for
+        the order-aware aggregations; see ``uniform_clip_indices``)."""
+        from .captioning_captionformer import uniform_clip_indices
+
         pool = [o for o in track.caption_pool if o.caption_inputs is not None]
-        if len(pool) > self.t_agg:
-            index = np.linspace(0, len(pool) - 1, self.t_agg).round().astype(int)
-            pool = [pool[i] for i in index]
-        return pool
+        return [pool[i] for i in uniform_clip_indices(len(pool), self.t_agg, exact=exact)]
 
     def memory_nbytes(self) -> int:
         """Bytes held for association and captions: the memory bank's filled slots (``t_match`` embeddings per
@@ -430,8 +430,11 @@ class CaptionFormerReleaseTracker:
     ):
         _check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
                              clip_length=clip_length)
-        if aggregation not in ("weighted", "mean", "best"):
-            raise ValueError(f"`aggregation` must be 'weighted', 'mean' or 'best', got {aggregation!r}")
+        from .captioning_captionformer import ORDER_AWARE_AGGREGATIONS, ORDER_FREE_AGGREGATIONS
+
+        if aggregation not in ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS:
+            raise ValueError(f"`aggregation` must be one of {ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS}, "
+                             f"got {aggregation!r}")
         self.k_match, self.t_match = k_match, t_match
         self.box_mode = box_mode
         self.presence_threshold = presence_threshold
@@ -571,12 +574,15 @@ class CaptionFormerReleaseTracker:
     def _caption_plans(self, scores: torch.Tensor) -> dict[int, tuple[list, list]]:
         """Per slot with a best S of at least ``caption_score_threshold``: the (clip, frame in clip) pairs and
         weights of its caption, drawn in slot order as the release does (the frame of a clip of T > 1 frames is
-        random: ``torch.randint`` on the global generator)."""
+        random: ``torch.randint`` on the global generator). The weights are those of an order-free aggregation
+        (uniform for the order-aware ones, which read the clips in time order instead)."""
         best_score, best_clip = scores.max(dim=0)
         if self.aggregation == "best":
             sampled = None
         else:
-            sampled = torch.linspace(0, len(self.clips) - 1, steps=self.t_agg).long().tolist()
+            from .captioning_captionformer import uniform_clip_indices
+
+            sampled = uniform_clip_indices(len(self.clips), self.t_agg, exact=True)
         plans = {}
         for slot in range(scores.shape[1]):
             if best_score[slot] < self.caption_score_threshold:
