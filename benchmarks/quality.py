@@ -14,7 +14,9 @@ split, and the paper's ablations in miniature on occlusion splits: --ablation-vi
 disappears behind an occluder bar and comes back (every video has a bar; those with a re-appearing object are kept),
 for each of 3 seeds (--seed + 1, + 2, + 3), mean and spread (max - min) over the seeds:
 - top-K memory tracking (the model's K_match / T_match) vs adjacent-clip matching (K = T = 1),
-- captions from the detection-score weighted sum vs the arithmetic mean vs the best single clip (T_agg clips).
+- for a model with an order-free aggregation: captions from the detection-score weighted sum vs the arithmetic mean
+  vs the best single clip (T_agg clips). An order-aware aggregation is compared with them by training each
+  (`python recipes/train_default.py --ablation`).
 """
 
 from __future__ import annotations
@@ -41,62 +43,14 @@ def reappearing(example) -> bool:
     return False
 
 
-def word_accuracy(pipe, num_videos: int, first_seed: int) -> dict:
-    """Colour / shape / motion words of the captions of sample videos (see the module docstring)."""
-    import os
-    import tempfile
-    from collections import Counter
-
-    import numpy as np
-    from scipy.optimize import linear_sum_assignment
-    from tqdm import tqdm
-
-    from captionformer_hf.data.synthetic import MOTIONS, generate_video, sample_video_config, write_video
-    from captionformer_hf.metrics import box_iou
-
-    counts, confusions = Counter(), Counter()
-    with tempfile.TemporaryDirectory() as folder:
-        for seed in tqdm(range(first_seed, first_seed + num_videos), desc="sample videos"):
-            video = generate_video(seed, sample_video_config())
-            path = os.path.join(folder, f"{seed}.mp4")
-            write_video(video["frames"], path, fps=video["fps"])
-            predicted = pipe(path, progress=False)["trajectories"]
-            truth = video["tracks"]
-            overlap = np.zeros((len(truth), len(predicted)))
-            for i, track in enumerate(truth):
-                boxes = {f["frame_index"]: f["box"] for f in track["frames"]}
-                for j, trajectory in enumerate(predicted):
-                    other = {f["frame_index"]: f["box"] for f in trajectory["frames"]}
-                    common = sorted(set(boxes) & set(other))
-                    ious = [box_iou(np.array([boxes[f]]), np.array([other[f]]))[0, 0] for f in common]
-                    overlap[i, j] = sum(ious) / len(set(boxes) | set(other))
-            counts["objects"] += len(truth)
-            counts["trajectories"] += len(predicted)
-            for i, j in zip(*linear_sum_assignment(-overlap)):
-                if overlap[i, j] < 0.3:
-                    continue
-                track, caption = truth[i], predicted[j]["caption"]
-                colour = track["color"] in caption.split()
-                shape = track["category"] in caption.split()
-                motion = MOTIONS[track["motion"]] in caption
-                counts["matched"] += 1
-                counts["colour"] += colour
-                counts["shape"] += shape
-                counts["motion"] += motion
-                counts["all three"] += colour and shape and motion
-                counts["category"] += predicted[j]["category"] == track["category"]
-                if not motion:
-                    said = next((name for name, words in MOTIONS.items() if words in caption), "none")
-                    confusions[(track["motion"], said)] += 1
-    return {"counts": counts, "confusions": confusions}
-
-
 def occlusion_split(count: int, seed: int) -> list:
-    """``count`` synthetic test videos (96 x 128, 24 frames, an occluder bar in each) in which an object disappears
-    and comes back."""
-    from captionformer_hf.data.synthetic import SyntheticVideoConfig, build_synthetic_dataset
+    """``count`` synthetic test videos (the sample-video geometry, an occluder bar in each) in which an object
+    disappears and comes back."""
+    import dataclasses
 
-    config = SyntheticVideoConfig(num_frames=24, occluder_probability=1.0)
+    from captionformer_hf.data.synthetic import build_synthetic_dataset, sample_video_config
+
+    config = dataclasses.replace(sample_video_config(), occluder_probability=1.0)
     size = 4 * count
     while True:
         videos = build_synthetic_dataset(size, seed=seed, config=config, splits={"test": 1.0})["test"]
@@ -124,7 +78,7 @@ def main():
     import torch
     from transformers import AutoModel, AutoProcessor
 
-    from captionformer_hf.data.synthetic import SyntheticVideoConfig, build_synthetic_dataset
+    from captionformer_hf.data.synthetic import build_synthetic_dataset, sample_video_config
     from captionformer_hf.defaults import default_model_path
 
     path = args.model or default_model_path()
@@ -134,20 +88,22 @@ def main():
     if args.sample_videos:
         from captionformer_hf.defaults import load_pipeline
 
+        from captionformer_hf.toy import caption_word_accuracy
+
         start = time.perf_counter()
-        words = word_accuracy(load_pipeline(path), args.sample_videos, args.sample_seed)
-        counts = words["counts"]
+        words = caption_word_accuracy(load_pipeline(path), range(args.sample_seed, args.sample_seed + args.sample_videos),
+                                      progress=True)
         print(f"sample videos: {args.sample_videos} (seeds {args.sample_seed}-{args.sample_seed + args.sample_videos - 1}, "
-              f"48 frames, 192x256); {counts['objects']} objects, {counts['matched']} matched to a trajectory, "
-              f"{counts['trajectories']} trajectories\n")
+              f"48 frames, 192x256); {words['objects']} objects, {words['matched']} matched to a trajectory, "
+              f"{words['trajectories']} trajectories\n")
         print("| right in the caption (share of all objects) | share |\n|---|---|")
-        for name in ("colour", "shape", "motion", "all three", "category"):
+        for name, share in words["shares"].items():
             label = "category (class head)" if name == "category" else name
-            print(f"| {label} | {counts[name] / max(counts['objects'], 1):.3f} |")
+            print(f"| {label} | {share:.3f} |")
         top = ", ".join(f"{truth}->{said} {n}" for (truth, said), n in words["confusions"].most_common(8))
         print(f"\nmotions confused (truth->caption): {top}\n({time.perf_counter() - start:.0f} s)\n")
     metrics = ("cider", "meteor") if shutil.which("java") else ("cider",)
-    examples = list(build_synthetic_dataset(args.videos, seed=args.seed, config=SyntheticVideoConfig(num_frames=24),
+    examples = list(build_synthetic_dataset(args.videos, seed=args.seed, config=sample_video_config(),
                                             splits={"test": 1.0})["test"])
     header = "| setting | CHOTA | DetA | AssA | CapA | " + " ".join(f"CapA_{m}" for m in metrics) + " |"
     print(f"model: {path}; {len(examples)} synthetic test videos (seed {args.seed}); caption metrics {metrics}\n")
@@ -162,10 +118,15 @@ def main():
     settings = {
         f"tracking: top-K (K {model.config.k_match}, T {model.config.t_match})": {},
         "tracking: adjacent clips (K 1, T 1)": {"tracker_overrides": {"k_match": 1, "t_match": 1}},
-        f"captions: weighted (T_agg {model.config.t_agg})": {"aggregation": "weighted"},
-        "captions: mean": {"aggregation": "mean"},
-        "captions: best clip": {"aggregation": "best"},
     }
+    if model.config.aggregation in ("weighted", "mean", "best"):
+        # order-free aggregations can be swapped at inference; an order-aware one is compared with the paper's
+        # weighted sum by training both (`python recipes/train_default.py --ablation`)
+        settings.update({
+            f"captions: weighted (T_agg {model.config.t_agg})": {"aggregation": "weighted"},
+            "captions: mean": {"aggregation": "mean"},
+            "captions: best clip": {"aggregation": "best"},
+        })
     seeds = [args.seed + k for k in (1, 2, 3)]
     scores = {name: [] for name in settings}
     for seed in seeds:

@@ -179,3 +179,23 @@ def test_map_style_and_streaming_clips_batch(dataset):
     remaining = list(resumed)
     assert [c["video_id"] for c in remaining] == [c["video_id"] for c in clips[6:]]
     assert torch.equal(remaining[0]["pixel_values"], clips[6]["pixel_values"])
+
+
+def test_video_level_items_are_time_ordered_clips_spread_over_the_video(tmp_path):
+    """Video-level captioning reads each video's clips in time order, one from each of as many equal parts of the
+    video; the collated batch says which video each clip comes from."""
+    from captionformer_hf.data.loader import collate_clips, unpack_labels, video_clips
+    from captionformer_hf.data.synthetic import SyntheticVideoConfig, synthetic_example
+    from captionformer_hf.toy import toy_processor
+
+    example = synthetic_example(3, "v", SyntheticVideoConfig(num_frames=24))
+    processor = toy_processor(clip_length=2)
+    for seed in range(3):
+        clips = video_clips(example, processor, clip_length=2, count=4, seed=seed)
+        starts = [clip["frame_indices"][0] for clip in clips]
+        # 23 possible starts (0-22) in 4 parts
+        assert all(low <= s <= high for s, (low, high) in zip(starts, [(0, 4), (5, 10), (11, 16), (17, 22)]))
+        assert starts == sorted(starts)
+    batch = collate_clips([video_clips(example, processor, 2, 2, seed=0), video_clips(example, processor, 2, 3, seed=1)])
+    assert batch["pixel_values_videos"].shape[0] == 5
+    assert [target["video_index"] for target in unpack_labels(batch["packed_labels"])] == [0, 0, 1, 1, 1]

@@ -138,10 +138,11 @@ def _sample_video(args: argparse.Namespace) -> int:
 
 def _data_synthetic(args: argparse.Namespace) -> int:
     from .data.schema import check_shard_size, dataset_card, write_shards
-    from .data.synthetic import SYNTHETIC_CARD, SyntheticVideoConfig, build_synthetic_dataset
+    from .data.synthetic import SYNTHETIC_CARD, build_synthetic_dataset, sample_video_config
     from .utils import atomic_directory, check_new_directory
 
-    config = SyntheticVideoConfig(height=args.height, width=args.width, num_frames=args.frames)
+    # objects as large, relative to the frame, at every size (those of `sample-video` at 192 x 256 x 48)
+    config = sample_video_config(args.height, args.width, args.frames)
     out = os.path.abspath(args.out)
     check_new_directory(out, "--out")  # before any video is generated
     check_shard_size(args.shard_size)
@@ -149,7 +150,8 @@ def _data_synthetic(args: argparse.Namespace) -> int:
     # leaves nothing that a later run could pick up
     with atomic_directory(out, argument="--out") as tmp:
         dataset = build_synthetic_dataset(args.num_videos, seed=args.seed, config=config,
-                                          video_dir=os.path.join(tmp, "videos"), progress=not args.quiet)
+                                          video_dir=os.path.join(tmp, "videos"), progress=not args.quiet,
+                                          num_proc=args.num_proc)
         card = dataset_card("Synthetic DVOC shapes", SYNTHETIC_CARD, {k: len(v) for k, v in dataset.items()},
                             dataset["train"].features if "train" in dataset else next(iter(dataset.values())).features,
                             license="cc0-1.0")
@@ -231,11 +233,10 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _space_build(args: argparse.Namespace) -> int:
-    from .spaces import build_space
+    from .spaces import build_space, local_run_command
 
     out = build_space(args.kind, args.out, overwrite=args.overwrite)
-    sys.stdout.write(f"wrote the {args.kind} Space to {out} (run it with: cd {out} && pip install -r requirements.txt "
-                     "&& python app.py)\n")
+    sys.stdout.write(f"wrote the {args.kind} Space to {out}; run it locally with:\n  {local_run_command(args.kind, out)}\n")
     return 0
 
 
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--height", type=int, default=96)
     synthetic.add_argument("--width", type=int, default=128)
     synthetic.add_argument("--shard-size", type=int, default=500)
+    synthetic.add_argument("--num-proc", type=int, default=1, help="processes generating the videos (same result)")
     synthetic.add_argument("-q", "--quiet", action="store_true")
     synthetic.set_defaults(func=_data_synthetic)
     convert = data_commands.add_parser("convert", help="official annotation format -> parquet dataset")

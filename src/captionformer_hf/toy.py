@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .modeling.configuration_captionformer import CaptionFormerConfig
 
 
@@ -112,6 +114,70 @@ def toy_processor(clip_length: int = 1, size: int = 64):
     return CaptionFormerProcessor(video_processor=video_processor, tokenizer=toy_tokenizer(), max_caption_length=8)
 
 
+def caption_word_accuracy(pipe, seeds, video_config=None, progress: bool = False) -> dict:
+    """What a user of ``captionformer sample-video`` sees: for each seed, a synthetic video (``video_config``,
+    default :func:`~captionformer_hf.data.synthetic.sample_video_config`) is written to mp4 and captioned by
+    ``pipe`` (a dense-video-object-captioning pipeline). Each ground-truth object is matched to a trajectory
+    (Hungarian assignment on the mean box IoU over the frames where either exists, matches of at least 0.3); an
+    object counts as right for ``colour`` / ``shape`` / ``motion`` when its trajectory's caption holds its colour
+    word, its shape word, its motion phrase (``all three`` when it holds them all), and for ``category`` when the
+    trajectory's category (the class head) is its shape. Unmatched objects count as wrong.
+
+    Returns ``{"objects", "matched", "trajectories", "shares": {name: share of all objects}, "confusions":
+    Counter((true motion, motion said))}``."""
+    import tempfile
+    from collections import Counter
+
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    from .data.synthetic import MOTIONS, generate_video, sample_video_config, write_video
+    from .metrics import box_iou
+
+    video_config = video_config or sample_video_config()
+    counts, confusions = Counter(), Counter()
+    seeds = list(seeds)
+    if progress:
+        from transformers.utils.logging import tqdm
+
+        seeds = tqdm(seeds, desc="sample videos")
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in seeds:
+            video = generate_video(seed, video_config)
+            path = os.path.join(folder, f"{seed}.mp4")
+            write_video(video["frames"], path, fps=video["fps"])
+            predicted = pipe(path, progress=False)["trajectories"]
+            truth = video["tracks"]
+            overlap = np.zeros((len(truth), len(predicted)))
+            for i, track in enumerate(truth):
+                boxes = {f["frame_index"]: f["box"] for f in track["frames"]}
+                for j, trajectory in enumerate(predicted):
+                    other = {f["frame_index"]: f["box"] for f in trajectory["frames"]}
+                    common = sorted(set(boxes) & set(other))
+                    ious = [box_iou(np.array([boxes[f]]), np.array([other[f]]))[0, 0] for f in common]
+                    overlap[i, j] = sum(ious) / len(set(boxes) | set(other))
+            counts["objects"] += len(truth)
+            counts["trajectories"] += len(predicted)
+            for i, j in zip(*linear_sum_assignment(-overlap)):
+                if overlap[i, j] < 0.3:
+                    continue
+                track, caption = truth[i], predicted[j]["caption"]
+                colour = track["color"] in caption.split()
+                shape = track["category"] in caption.split()
+                motion = MOTIONS[track["motion"]] in caption
+                counts["matched"] += 1
+                counts["colour"] += colour
+                counts["shape"] += shape
+                counts["motion"] += motion
+                counts["all three"] += colour and shape and motion
+                counts["category"] += predicted[j]["category"] == track["category"]
+                if not motion:
+                    said = next((name for name, words in MOTIONS.items() if words in caption), "none")
+                    confusions[(track["motion"], said)] += 1
+    shares = {name: counts[name] / max(counts["objects"], 1)
+              for name in ("colour", "shape", "motion", "all three", "category")}
+    return {"objects": counts["objects"], "matched": counts["matched"], "trajectories": counts["trajectories"],
+            "shares": shares, "confusions": confusions}
 
 
-__all__ = ["TOY_WORDS", "toy_config", "toy_processor", "toy_tokenizer"]
+__all__ = ["TOY_WORDS", "caption_word_accuracy", "toy_config", "toy_processor", "toy_tokenizer"]

@@ -131,12 +131,19 @@ def is_image_example(example: dict) -> bool:
     return int(example["num_frames"]) == 1
 
 
-def clip_frame_indices(num_frames: int, clip_length: int, generator: torch.Generator | None, position: float = 0.0):
+def clip_frame_indices(num_frames: int, clip_length: int, generator: torch.Generator | None, position: float = 0.0,
+                       stratum: tuple[int, int] = (0, 1)):
     """Consecutive frame indices of a clip: a random start with ``generator``, else at ``position`` (0..1) of the
-    video; a video shorter than the clip repeats its last frame."""
+    video; a video shorter than the clip repeats its last frame. ``stratum=(k, n)``: the start is drawn from the
+    k-th of n equal parts of the possible starts (``n`` clips of a video in time order, spread over all of it)."""
     last_start = max(0, num_frames - clip_length)
-    start = int(torch.randint(0, last_start + 1, (), generator=generator)) if generator is not None else round(
-        position * last_start)
+    k, n = stratum
+    if generator is not None:
+        low = (k * (last_start + 1)) // n
+        high = max(low, ((k + 1) * (last_start + 1)) // n - 1)
+        start = int(torch.randint(low, high + 1, (), generator=generator))
+    else:
+        start = round(position * last_start)
     indices = list(range(start, min(start + clip_length, num_frames)))
     return indices + [indices[-1]] * (clip_length - len(indices))
 
@@ -241,16 +248,41 @@ def example_to_clips(example: dict, processor, clip_length: int, clips_per_video
     return clips
 
 
+def video_clips(example: dict, processor, clip_length: int, count: int, seed: int,
+                augment: AugmentConfig | None = None) -> list[dict]:
+    """``count`` clips of one video in time order, the k-th starting in the k-th of ``count`` equal parts of the
+    video (random within it), all with the same augmentation draw (a video is augmented as a whole): the input of
+    video-level captioning."""
+    clips = []
+    for k in range(count):
+        generator = torch.Generator().manual_seed(seed)  # the same augmentation for every clip of the video
+        starts = torch.Generator().manual_seed(seed + 1 + k)
+        if is_image_example(example):
+            indices = [0] * clip_length
+        else:
+            indices = clip_frame_indices(int(example["num_frames"]), clip_length, starts, stratum=(k, count))
+        clips.append(make_clip(example, indices, processor, augment, generator, pseudo_clip=is_image_example(example)))
+    return clips
+
+
 LABEL_KEYS = ("class_labels", "mask_labels", "boxes", "valid", "track_ids")
 CAPTION_KEYS = ("caption_ids", "caption_attention_mask")
 
 
-def collate_clips(items: list[dict]) -> dict:
+def collate_clips(items: list) -> dict:
     """Stack clips into ``pixel_values_videos (B, T, 3, H, W)`` (zero-padded to the largest) and their targets packed
     into a few flat tensors, ``packed_labels`` (objects of all clips concatenated; ``counts (B,)`` objects per clip,
     ``caption_lengths (B,)`` token columns per clip; masks ``uint8``). Few tensors cross from a data-loader worker to
     the training process and to the device (each tensor costs a shared-memory segment and a copy);
-    :func:`unpack_labels` gives the per-clip target dicts the model takes."""
+    :func:`unpack_labels` gives the per-clip target dicts the model takes.
+
+    An item may be a list of clips of one video (video-level captioning, :class:`DVOCClipDataset` with
+    ``clips_per_item``): they are laid out one video after the other and ``video_index (B,)`` says which video of
+    the batch each clip comes from."""
+    video_index = None
+    if items and isinstance(items[0], (list, tuple)):
+        video_index = torch.tensor([v for v, group in enumerate(items) for _ in group], dtype=torch.long)
+        items = [clip for group in items for clip in group]
     height = max(item["pixel_values"].shape[-2] for item in items)
     width = max(item["pixel_values"].shape[-1] for item in items)
     num_frames = items[0]["pixel_values"].shape[0]
@@ -267,6 +299,8 @@ def collate_clips(items: list[dict]) -> dict:
             target["boxes"] = target["boxes"] * torch.tensor([w / width, h / height, w / width, h / height])
         targets.append(target)
     packed = {"counts": torch.tensor([len(t["class_labels"]) for t in targets], dtype=torch.long)}
+    if video_index is not None:
+        packed["video_index"] = video_index
     for key in LABEL_KEYS:
         packed[key] = torch.cat([t[key] for t in targets])
     packed["mask_labels"] = packed["mask_labels"].to(torch.uint8)
@@ -292,6 +326,8 @@ def unpack_labels(packed: dict, device=None) -> list[dict]:
     clips = []
     for i in range(len(counts)):
         target = {key: split[key][i] for key in LABEL_KEYS}
+        if "video_index" in packed:
+            target["video_index"] = int(packed["video_index"][i])
         if lengths:
             target.update({key: split[key][i][:, : lengths[i]] for key in CAPTION_KEYS})
         clips.append(target)
@@ -375,10 +411,13 @@ class MixtureSampler(torch.utils.data.Sampler):
 class DVOCClipDataset(torch.utils.data.Dataset):
     """Map-style clips of one or several map-style ``datasets``: indexed by the keys of a :class:`MixtureSampler`
     (``(source, example, clip_seed)``); a clip decodes only its frames. With ``augment`` (training) the clip's start
-    and augmentation come from ``clip_seed``; images become pseudo-clips."""
+    and augmentation come from ``clip_seed``; images become pseudo-clips.
+
+    ``clips_per_item`` (video-level captioning): an item is that many clips of one video in time order, one drawn
+    from each of as many equal parts of the video (one augmentation for all of them, as for one video)."""
 
     def __init__(self, sources: list[ClipSource], processor, clip_length: int, augment: AugmentConfig | None = None,
-                 min_objects: int = 0):
+                 min_objects: int = 0, clips_per_item: int | None = None):
         if clip_length < 1:
             raise ValueError(f"`clip_length` must be >= 1, got {clip_length}")
         self.sources = sources
@@ -386,6 +425,7 @@ class DVOCClipDataset(torch.utils.data.Dataset):
         self.clip_length = clip_length
         self.augment = augment
         self.min_objects = min_objects
+        self.clips_per_item = clips_per_item
 
     def __len__(self) -> int:
         return sum(len(source.data) for source in self.sources)
@@ -393,6 +433,9 @@ class DVOCClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> dict:
         source, example_index, clip_seed = key
         example = self.sources[source].data[int(example_index)]
+        if self.clips_per_item is not None:
+            return video_clips(example, self.processor, self.clip_length, self.clips_per_item, int(clip_seed),
+                               self.augment)
         generator = torch.Generator().manual_seed(int(clip_seed))
         pseudo = is_image_example(example)
         indices = [0] * self.clip_length if pseudo else clip_frame_indices(int(example["num_frames"]),
@@ -403,13 +446,16 @@ class DVOCClipDataset(torch.utils.data.Dataset):
 class DVOCStreamingClips(torch.utils.data.IterableDataset):
     """Clips of a streaming ``datasets.IterableDataset`` (already mixed with ``interleave_datasets`` and split over
     processes with ``split_dataset_by_node``): ``clips_per_video`` clips per example, randomness from ``(seed, epoch,
-    position)``; ``skip_examples`` examples are passed over without decoding (resume)."""
+    position)``; ``skip_examples`` examples are passed over without decoding (resume). ``clips_per_item``: items are
+    lists of that many clips of one video in time order (see :func:`video_clips`), one item per example."""
 
     def __init__(self, stream, processor, clip_length: int, clips_per_video: int = 1,
-                 augment: AugmentConfig | None = None, seed: int = 0, skip_examples: int = 0):
+                 augment: AugmentConfig | None = None, seed: int = 0, skip_examples: int = 0,
+                 clips_per_item: int | None = None):
         self.stream, self.processor = stream, processor
         self.clip_length, self.clips_per_video = clip_length, clips_per_video
         self.augment, self.seed, self.skip_examples = augment, seed, skip_examples
+        self.clips_per_item = clips_per_item
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -420,6 +466,10 @@ class DVOCStreamingClips(torch.utils.data.IterableDataset):
     def __iter__(self):
         for position, example in enumerate(self.stream):
             if position < self.skip_examples:
+                continue
+            if self.clips_per_item is not None:
+                yield video_clips(example, self.processor, self.clip_length, self.clips_per_item,
+                                  _clip_seed(self.seed, self.epoch, position), self.augment)
                 continue
             for k in range(self.clips_per_video):
                 generator = torch.Generator().manual_seed(_clip_seed(self.seed, self.epoch, position * 1000 + k))
@@ -441,6 +491,7 @@ __all__ = [
     "decode_example_frames",
     "example_to_clips",
     "make_clip",
+    "video_clips",
     "read_frames",
     "read_video_frames",
 ]

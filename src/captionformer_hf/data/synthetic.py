@@ -238,10 +238,13 @@ def generate_video(seed: int, config: SyntheticVideoConfig | None = None) -> dic
     return {"frames": frames, "fps": config.fps, "height": h, "width": w, "num_frames": n, "tracks": tracks}
 
 
-def write_video(frames, path: str | os.PathLike, fps: float = 8, codec: str | None = None) -> None:
+def write_video(frames, path: str | os.PathLike, fps: float = 8, codec: str | None = None,
+                keyframe_interval: int | None = None) -> None:
     """Encode ``uint8 (T, H, W, 3)`` frames (an array or any iterable of frames, consumed one at a time) with PyAV
     (H.264 in mp4 by default; mpeg4 for .avi, VP9 for .webm), atomically (a temporary file renamed into place).
-    ``fps`` may be fractional (29.97 is written as 30000/1001, so the video plays at its own speed)."""
+    ``fps`` may be fractional (29.97 is written as 30000/1001, so the video plays at its own speed).
+    ``keyframe_interval``: a keyframe every that many frames (the encoder's default otherwise): training clips
+    seek to the keyframe before their first frame, so short intervals make reading a clip cheap."""
     from fractions import Fraction
 
     import av
@@ -269,6 +272,8 @@ def write_video(frames, path: str | os.PathLike, fps: float = 8, codec: str | No
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height = even_w, even_h
             stream.pix_fmt = "yuv420p"
+            if keyframe_interval is not None:
+                stream.gop_size = int(keyframe_interval)
             if codec == "libx264":
                 stream.options = {"crf": "18", "preset": "veryfast"}
             for frame in itertools.chain([first], frames):
@@ -304,7 +309,7 @@ def synthetic_example(seed: int, video_id: str, config: SyntheticVideoConfig | N
 
     with tempfile.TemporaryDirectory() as tmp:
         path = video_path or os.path.join(tmp, f"{video_id}.mp4")
-        write_video(video["frames"], path, fps=video["fps"])
+        write_video(video["frames"], path, fps=video["fps"], keyframe_interval=8)
         with open(path, "rb") as f:
             data = f.read()
     tracks = []
@@ -329,10 +334,11 @@ def synthetic_example(seed: int, video_id: str, config: SyntheticVideoConfig | N
 
 def build_synthetic_dataset(num_videos: int, seed: int = 0, config: SyntheticVideoConfig | None = None,
                             splits: dict[str, float] | None = None, video_dir: str | None = None,
-                            progress: bool = False):
+                            progress: bool = False, num_proc: int = 1):
     """A ``datasets.DatasetDict`` of ``num_videos`` synthetic videos split by ``splits`` (fractions; default
     train 0.8 / validation 0.1 / test 0.1). Video ``i`` uses the seed ``seed * 1_000_003 + i``, so a dataset is
-    reproducible and two seeds give disjoint videos. With ``video_dir``, the mp4 files are also written there."""
+    reproducible and two seeds give disjoint videos. With ``video_dir``, the mp4 files are also written there.
+    ``num_proc`` processes generate the videos (the same dataset for any number)."""
     import datasets
 
     from .schema import dvoc_features
@@ -350,21 +356,38 @@ def build_synthetic_dataset(num_videos: int, seed: int = 0, config: SyntheticVid
         counts[name] = int(round(num_videos * splits[name]))
         assigned += counts[name]
     counts[names[-1]] = num_videos - assigned
-    iterator = range(num_videos)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="synthetic videos")
     examples = {name: [] for name in names}
     boundaries = np.cumsum([counts[name] for name in names])
-    for i in iterator:
+    jobs = []
+    for i in range(num_videos):
         split = names[int(np.searchsorted(boundaries, i, side="right"))]
         video_id = f"synthetic-{seed}-{i:06d}"
         path = None
         if video_dir is not None:
             os.makedirs(os.path.join(video_dir, split), exist_ok=True)
             path = os.path.join(video_dir, split, f"{video_id}.mp4")
-        examples[split].append(synthetic_example(seed * 1_000_003 + i, video_id, config, path))
+        jobs.append((split, (seed * 1_000_003 + i, video_id, config, path)))
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
+        raise ValueError(f"`num_proc` must be an integer >= 1, got {num_proc!r}")
+    if num_proc == 1:
+        results = (synthetic_example(*arguments) for _, arguments in jobs)
+    else:  # each video depends only on its seed: the same dataset, made by several processes (spawned: no fork of
+        # a process whose thread pools may be busy)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(synthetic_example, *zip(*(arguments for _, arguments in jobs)), chunksize=4)
+    if progress:
+        from transformers.utils.logging import tqdm
+
+        results = tqdm(results, total=num_videos, desc="synthetic videos")
+    try:
+        for (split, _), example in zip(jobs, results):
+            examples[split].append(example)
+    finally:
+        if num_proc > 1:
+            pool.shutdown(cancel_futures=True)
     features = dvoc_features("video")
     return datasets.DatasetDict(
         {name: datasets.Dataset.from_list(rows, features=features) for name, rows in examples.items() if rows}

@@ -47,11 +47,13 @@ class TrainingConfig:
     synthetic_videos: int = 200
     synthetic_seed: int = 0
     synthetic_frames: int = 24
+    synthetic_height: int = 96  # objects scale with the frame (captionformer_hf.data.synthetic.sample_video_config)
+    synthetic_width: int = 128
     train_split: str = "train"
     eval_split: str = "validation"
     streaming: bool = False
     clip_length: int | None = None
-    clips_per_video: int = 2
+    clips_per_video: int = 2  # stage "video": the clips of each video in a batch (its t_agg), in time order
     epoch_size: int | None = None  # clips per epoch of a mixture (default: all examples, clips_per_video each)
     augment: dict | None = None  # AugmentConfig fields; None: no augmentation
     num_workers: int | None = None  # None: fit the machine
@@ -71,7 +73,7 @@ class TrainingConfig:
     scheduler: str = "cosine"
     warmup_steps: int = 0
     max_steps: int = 100
-    batch_size: int = 4
+    batch_size: int = 4  # clips per step; stage "video": videos per step
     gradient_accumulation_steps: int | None = None  # None: accelerate's (launch flag / config / 1)
     mixed_precision: str | None = None  # None: accelerate's ("no" / "bf16" / "fp16" from launch or its config)
     gradient_checkpointing: bool = False
@@ -91,7 +93,8 @@ class TrainingConfig:
         if self.stage not in STAGES:
             raise ValueError(f"`stage` must be one of {STAGES}, got {self.stage!r}")
         for name in ("max_steps", "batch_size", "clips_per_video", "log_every", "save_every", "keep_checkpoints",
-                     "eval_videos", "input_size", "synthetic_videos", "prefetch_factor"):
+                     "eval_videos", "input_size", "synthetic_videos", "prefetch_factor", "synthetic_height",
+                     "synthetic_width", "synthetic_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
@@ -107,8 +110,6 @@ class TrainingConfig:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
         if self.backbone_lr_multiplier < 0:
             raise ValueError(f"`backbone_lr_multiplier` must be >= 0, got {self.backbone_lr_multiplier}")
-        if self.stage == "video" and self.batch_size != self.clips_per_video:
-            raise ValueError("`stage='video'` trains on the clips of one video per step: set batch_size == clips_per_video")
         if not isinstance(self.datasets, list):
             raise ValueError(f"`datasets` must be a list of dataset specs, got {type(self.datasets).__name__}")
         for i, spec in enumerate(self.datasets):
@@ -227,13 +228,13 @@ def load_dataset_dict(spec: dict, config: TrainingConfig):
     import datasets
 
     from ..data.schema import load_parquet_dataset
-    from ..data.synthetic import SyntheticVideoConfig, build_synthetic_dataset
+    from ..data.synthetic import build_synthetic_dataset, sample_video_config
 
     path, streaming = spec["path"], bool(spec.get("streaming"))
     if path == "synthetic":
         data = build_synthetic_dataset(
             config.synthetic_videos, seed=config.synthetic_seed,
-            config=SyntheticVideoConfig(num_frames=config.synthetic_frames),
+            config=sample_video_config(config.synthetic_height, config.synthetic_width, config.synthetic_frames),
         )
         return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in data.items()}) if streaming else data
     if os.path.isdir(path):
@@ -439,6 +440,8 @@ def _build_data(config: TrainingConfig, accelerator, processor, clip_length: int
         sources.append(ClipSource(data[spec["split"]], float(spec.get("ratio", 1.0)), name))
     eval_data = dicts[0][config.eval_split] if config.eval_split in dicts[0] else None
     augment = AugmentConfig(**config.augment) if config.augment is not None else None
+    # video-level captioning: an item is the clips_per_video clips of one video, in time order
+    clips_per_item = config.clips_per_video if config.stage == "video" else None
     streaming = any(bool(spec.get("streaming")) for spec in specs)
     workers = config.num_workers if config.num_workers is not None else _default_workers(
         accelerator.state.num_processes if accelerator.device.type != "cpu" else 1)
@@ -462,15 +465,16 @@ def _build_data(config: TrainingConfig, accelerator, processor, clip_length: int
         stream = split_dataset_by_node(stream, rank=accelerator.process_index, world_size=accelerator.num_processes)
         skip = (resume_state or {}).get("examples_in_epoch", 0)
         dataset = DVOCStreamingClips(stream, processor, clip_length, config.clips_per_video, augment, config.seed,
-                                     skip_examples=skip)
+                                     skip_examples=skip, clips_per_item=clips_per_item)
         workers = min(workers, 1)  # one worker keeps the stream's order (exact resume)
         extra = {"num_workers": workers, "persistent_workers": False}
         if workers:
             extra["prefetch_factor"] = config.prefetch_factor
         return torch.utils.data.DataLoader(dataset, **common, **extra), True, eval_data, None
-    sampler = MixtureSampler([len(s.data) for s in sources], [s.ratio for s in sources], config.clips_per_video,
-                             seed=config.seed, epoch_size=config.epoch_size)
-    dataset = DVOCClipDataset(sources, processor, clip_length, augment)
+    sampler = MixtureSampler([len(s.data) for s in sources], [s.ratio for s in sources],
+                             1 if clips_per_item else config.clips_per_video, seed=config.seed,
+                             epoch_size=config.epoch_size)
+    dataset = DVOCClipDataset(sources, processor, clip_length, augment, clips_per_item=clips_per_item)
     extra = {"num_workers": workers, "persistent_workers": workers > 0}
     if workers:
         extra["prefetch_factor"] = config.prefetch_factor
@@ -655,8 +659,9 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
             if step % config.save_every == 0 or step == config.max_steps:
                 trainer_state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_done}
                 if streaming:
-                    clips = batches_done * config.batch_size
-                    trainer_state["examples_in_epoch"] = loader.dataset.skip_examples + clips // config.clips_per_video
+                    items = batches_done * config.batch_size  # clips, or videos in the video stage
+                    per_example = 1 if config.stage == "video" else config.clips_per_video
+                    trainer_state["examples_in_epoch"] = loader.dataset.skip_examples + items // per_example
                 save_checkpoint(accelerator, raw_model, processor, config.output_dir, trainer_state,
                                 config.keep_checkpoints)
             for callback in callbacks:
