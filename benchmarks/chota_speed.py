@@ -95,7 +95,7 @@ def reference_chota(preds, refs, score_threshold, pairs_by_video):
 
 def matched_pairs(preds, refs, score_threshold):
     """The (GT caption, predicted caption) pairs of the alpha = 0.5 matching, per video (not timed)."""
-    from captionformer_hf.metrics.chota import match_videos
+    from captionformer_hf.metrics.chota_core import match_videos
 
     _, pairs, _ = match_videos(
         {v["video_id"]: v for v in refs}, {v["video_id"]: v for v in preds}, "box", (0.5,), score_threshold

@@ -209,6 +209,19 @@ class MeteorScorer:
             process.wait()
 
 
+def check_caption_metrics_runnable(metrics) -> None:
+    """Raise :class:`CaptionMetricUnavailableError` (naming the fix) when a chosen metric cannot run here: METEOR and
+    SPICE need pycocoevalcap and a Java runtime, SPICE also the Stanford CoreNLP jars. Called before any work."""
+    for metric in metrics:
+        if metric in ("meteor", "spice"):
+            _require_java(metric)
+            directory = os.path.join(_pycocoevalcap_dir(), "meteor")
+            if metric == "meteor" and not os.path.exists(os.path.join(directory, "meteor-1.5.jar")):
+                raise CaptionMetricUnavailableError(f"METEOR jar not found at {directory}: reinstall pycocoevalcap")
+            if metric == "spice":
+                _spice_dir()
+
+
 def spice_available() -> bool:
     try:
         _require_java("spice")

@@ -1,14 +1,19 @@
 """CHOTA: Captioning Higher Order Tracking Accuracy, for dense video object captioning, as an `evaluate` metric.
 
     import evaluate
-    from captionformer_hf.metrics import chota_module_path
-    chota = evaluate.load(chota_module_path())      # this file, shipped inside captionformer_hf
-    chota = evaluate.load("chota")                  # a folder built by `captionformer space build chota --out chota`
+    chota = evaluate.load("chota")        # from the folder's parent (a folder written by `captionformer space build
+                                          # chota`, or by captionformer_hf.metrics.write_chota_module)
+    chota = evaluate.load("chota.py")     # from inside that folder
+    chota = evaluate.load("<user>/chota") # its copy on the Hub
+    chota = evaluate.load(captionformer_hf.metrics.chota_module_path())   # with captionformer_hf installed
 
-The computation is `captionformer_hf.metrics.compute_chota` (pure numpy; identical to TrackEval's HOTA and the
-published CHOTA evaluator). The trajectory format is nested and ragged, and Arrow-encoding every frame made the module
-several times slower than the core: each video is one string, a key to the video kept by this instance (one process)
-or its JSON text (several processes, which cannot see each other's objects).
+Self-contained: this script and its sibling files (``chota_core.py``, ``hota.py``, ``caption_scores.py``,
+``trajectory_captionformer.py``: the numpy core of ``captionformer_hf.metrics.compute_chota``, identical to
+TrackEval's HOTA and the published CHOTA evaluator) need ``evaluate``, numpy and scipy; pycocotools for mask IoU,
+pycocoevalcap (and Java) for METEOR / SPICE; neither torch nor captionformer_hf. The trajectory format is nested and
+ragged, and Arrow-encoding every frame made the module several times slower than the core: each video is one
+string, a key to the video kept by this instance (one process) or its JSON text (several processes, which cannot see
+each other's objects).
 """
 
 import json
@@ -16,7 +21,15 @@ import json
 import datasets
 import evaluate
 
-from captionformer_hf.metrics import compute_chota
+# evaluate copies the files a metric script imports with a relative import next to it, so every core module is
+# imported here, also those only chota_core uses (and no comment may follow an import line: evaluate reads one as the
+# address of an external file)
+from .caption_scores import SUPPORTED_CAPTION_METRICS
+from .chota_core import compute_chota
+from .hota import TRACKEVAL_ALPHAS
+from .trajectory_captionformer import check_rle
+
+__all__ = ["Chota", "SUPPORTED_CAPTION_METRICS", "TRACKEVAL_ALPHAS", "check_rle"]
 
 _CITATION = """\
 @inproceedings{fiastre2026captionformer,
@@ -47,8 +60,8 @@ Args:
         video's `height` and `width`).
     references: the same for the ground truth (scores not needed).
     iou_type: "box" (default) or "mask".
-    alphas: similarity thresholds, default (0.5,).
-    caption_metrics: subset of ("cider", "meteor", "spice"), default all three as published. METEOR and SPICE need
+    alphas: similarity thresholds, default (0.5,) (TRACKEVAL_ALPHAS: the 19 of TrackEval).
+    caption_metrics: subset of SUPPORTED_CAPTION_METRICS ("cider", "meteor", "spice"), default all three as published. METEOR and SPICE need
         Java; SPICE also the Stanford CoreNLP jars (run `python -c "from pycocoevalcap.spice.spice import Spice;
         Spice()"` once with network to fetch them). Without them: caption_metrics=("cider", "meteor") or ("cider",).
     score_threshold: predictions are kept iff score > score_threshold (default 0.5).

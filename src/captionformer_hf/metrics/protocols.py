@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .caption_scores import SUPPORTED_CAPTION_METRICS, cider_d_pair_scores
-from .chota import compute_chota
+from .chota_core import compute_chota
 from .hota import box_iou
 
 

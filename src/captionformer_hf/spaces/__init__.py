@@ -1,11 +1,15 @@
 """Gradio Spaces of captionformer_hf: the demo (``spaces.demo``) and the CHOTA metric widget (``spaces.chota``), and
 self-contained Space folders built from the installed package.
 
-``build_space("demo" | "chota", out)`` (``captionformer space build``) writes ``out/`` with ``app.py``, the Space card
-(``README.md``: title, ``sdk: gradio`` with ``sdk_version`` the installed gradio's, license), this package as a wheel
-and a ``requirements.txt`` that installs that wheel and the Space's other needs from the folder itself; the chota Space
-also holds ``chota.py``, the ``evaluate`` module, so that ``evaluate.load("chota")`` works next to the folder (offline)
-and on the Hub once pushed. ``push_space(folder, repo_id)`` (``captionformer space push``) uploads it.
+``build_space("demo" | "chota", out)`` (``captionformer space build``) writes ``out/`` with ``app.py`` and the Space
+card (``README.md``, ``huggingface_hub.SpaceCard``: title, ``sdk: gradio`` with ``sdk_version`` the installed
+gradio's, license). The demo Space holds this package as a wheel and a ``requirements.txt`` that installs it from
+the folder. The CHOTA Space needs neither the package nor torch: it holds the ``evaluate`` module (``chota.py`` and
+the numpy core it imports, :func:`captionformer_hf.metrics.write_chota_module`) and the widget (``chota_widget.py``),
+with light requirements (evaluate, numpy, scipy, pycocotools, pycocoevalcap) and ``packages.txt`` (Java, for METEOR
+and SPICE); ``evaluate.load("chota")`` works next to the folder, ``evaluate.load("chota.py")`` inside it, and
+``evaluate.load("<user>/chota")`` once pushed. ``push_space(folder, repo_id)`` (``captionformer space push``) uploads
+a folder.
 """
 
 from __future__ import annotations
@@ -32,32 +36,32 @@ if __name__ == "__main__":
     launch(demo, limits)
 '''
 
-CHOTA_APP = '''"""CHOTA metric Space (built by `captionformer space build chota`)."""
+CHOTA_APP = '''"""CHOTA metric Space (built by `captionformer space build chota`): the evaluate module of this folder
+(chota.py) behind a gradio widget (chota_widget.py); no torch, no captionformer_hf."""
 
 import os
 
-import evaluate
+from chota_widget import build_chota_demo
 
-from captionformer_hf.spaces.chota import build_chota_demo
-
-module = evaluate.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "chota.py"))
-demo = build_chota_demo(module)
+demo = build_chota_demo(os.path.join(os.path.dirname(os.path.abspath(__file__)), "chota.py"))
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    demo.queue(max_size=8).launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
 '''
 
-# The Space configuration of a card: {sdk_version} is the gradio this package is tested with, {license} its license.
-def _front_matter(title: str, emoji: str, colors: tuple[str, str], tags: list[str]) -> str:
-    lines = [f"title: {title}", f"emoji: {emoji}", f"colorFrom: {colors[0]}", f"colorTo: {colors[1]}", "sdk: gradio",
-             "sdk_version: {sdk_version}", "app_file: app.py", "pinned: false", "license: {license}", "tags:",
-             *(f"- {tag}" for tag in tags)]
-    return "---\n" + "\n".join(lines) + "\n"
+def _card(title: str, emoji: str, colors: tuple[str, str], tags: list[str], body: str, description: str | None = None,
+          sdk_version: str = "", version: str = "") -> str:
+    """A Space card (``huggingface_hub.SpaceCard``): its configuration (gradio at ``sdk_version``, this package's
+    license) and ``body`` (``{version}`` replaced by this package's version)."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    data = SpaceCardData(title=title, emoji=emoji, colorFrom=colors[0], colorTo=colors[1], sdk="gradio",
+                         sdk_version=sdk_version, app_file="app.py", pinned=False, license=LICENSE, tags=tags,
+                         **({"description": description} if description else {}))
+    return str(SpaceCard(f"---\n{data.to_yaml()}\n---\n" + body.replace("{version}", version)))
 
 
-DEMO_CARD = _front_matter("CaptionFormer", "🎞️", ("blue", "purple"),
-                          ["dense-video-object-captioning", "video", "tracking"]) + """---
-
+DEMO_CARD = """
 # CaptionFormer demo
 
 Upload a video (or pick a generated example), set the score threshold, the frame rate and the maximum number of
@@ -74,11 +78,9 @@ processed (300), `CAPTIONFORMER_MAX_DECODED_FRAMES` frames decoded whatever the 
 Built with `captionformer space build demo` from captionformer_hf {version} (the wheel in this folder).
 """
 
-CHOTA_CARD = _front_matter("CHOTA", "🎬", ("indigo", "green"),
-                           ["evaluate", "metric", "dense-video-object-captioning"]) + """description: >-
-  CHOTA (Captioning Higher Order Tracking Accuracy) for dense video object captioning: cbrt(DetA * AssA * CapA).
----
-
+CHOTA_DESCRIPTION = ("CHOTA (Captioning Higher Order Tracking Accuracy) for dense video object captioning: "
+                     "cbrt(DetA * AssA * CapA).")
+CHOTA_CARD = """
 # Metric Card for CHOTA
 
 ## Metric description
@@ -101,14 +103,15 @@ pycocoevalcap to 1e-6; its memory grows with the detections and their overlaps, 
 ## How to use
 ```python
 import evaluate
-chota = evaluate.load("chota")   # this folder (or "<user>/chota" once pushed); the package also ships it:
-                                 # evaluate.load(captionformer_hf.metrics.chota_module_path())
+chota = evaluate.load("chota")      # this folder, from its parent ("<user>/chota" once pushed)
+chota = evaluate.load("chota.py")   # from inside this folder
+# with captionformer_hf installed: evaluate.load(captionformer_hf.metrics.chota_module_path())
 result = chota.compute(predictions=pred_videos, references=gt_videos, iou_type="box", alphas=(0.5,),
                        caption_metrics=("cider", "meteor", "spice"), score_threshold=0.5)
 result["CHOTA"], result["DetA"], result["AssA"], result["CapA"]
 ```
-Each video: `{{"video_id", "num_frames", "trajectories": [{{"track_id", "score", "caption", "frames":
-[{{"frame_index", "box": [x, y, w, h], "mask_rle", "score"}}]}}]}}` (+ `height`, `width` for string mask RLEs);
+Each video: `{"video_id", "num_frames", "trajectories": [{"track_id", "score", "caption", "frames":
+[{"frame_index", "box": [x, y, w, h], "mask_rle", "score"}]}]}` (+ `height`, `width` for string mask RLEs);
 `chota.add(prediction=..., reference=...)` / `add_batch` add videos incrementally.
 
 ### Inputs
@@ -126,6 +129,11 @@ CapA_<metric>` (means over α), `per_alpha` (each field as a list over α) and `
 ## Limitations and bias
 CIDEr-D's idf is computed per video, so a video whose pairs all share one caption scores CIDEr 0 even when the
 prediction is right (a property of the published evaluator, kept for comparability). METEOR/SPICE need Java.
+
+## Requirements
+`evaluate`, numpy and scipy; pycocotools for mask IoU; pycocoevalcap and Java for METEOR / SPICE
+(`requirements.txt`, `packages.txt`). Not torch, not captionformer_hf: the files of this folder are the whole metric.
+The widget runs each request in a worker process under a deadline (`CHOTA_MAX_SECONDS`, 120 s).
 
 ## Citation
 See `chota.py`. Built with `captionformer space build chota` from captionformer_hf {version}.
@@ -148,7 +156,10 @@ def _record_line(name: str, data: bytes) -> str:
 
 def build_wheel(out_dir: str) -> str:
     """A ``py3-none-any`` wheel of the installed package (its files, metadata and entry points), written into
-    ``out_dir``; returns its path. Deterministic for the same files."""
+    ``out_dir``; returns its path. Deterministic for the same files.
+
+    Written here rather than with ``pip wheel`` / ``build``: those build from a source tree (``pyproject.toml``), and
+    an installed package (from a wheel, in a Space or a user's environment) has none; this packs what is installed."""
     version = package_version()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../captionformer_hf
     dist_info = f"{PACKAGE}-{version}.dist-info"
@@ -190,13 +201,6 @@ def build_wheel(out_dir: str) -> str:
     return path
 
 
-def _requirements(kind: str, wheel_name: str) -> str:
-    lines = [f"./{wheel_name}"]
-    if kind == "chota":
-        lines += ["evaluate>=0.4", "datasets>=3.0", "pycocoevalcap>=1.2"]
-    return "\n".join(lines) + "\n"
-
-
 def build_space(kind: str, out: str, overwrite: bool = False) -> str:
     """Write the self-contained Space folder ``out`` for ``kind`` (``"demo"`` or ``"chota"``), atomically; returns
     ``out``."""
@@ -208,19 +212,43 @@ def build_space(kind: str, out: str, overwrite: bool = False) -> str:
 
     version = package_version()
     with atomic_directory(out, overwrite=overwrite, argument="--out") as tmp:
-        wheel = build_wheel(tmp)
-        with open(os.path.join(tmp, "requirements.txt"), "w", encoding="utf-8") as f:
-            f.write(_requirements(kind, os.path.basename(wheel)))
-        card = DEMO_CARD if kind == "demo" else CHOTA_CARD
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card.format(sdk_version=gradio.__version__, license=LICENSE, version=version))
-        with open(os.path.join(tmp, "app.py"), "w", encoding="utf-8") as f:
-            f.write(DEMO_APP if kind == "demo" else CHOTA_APP)
-        if kind == "chota":
-            from ..metrics import chota_module_path
+        if kind == "demo":
+            wheel = build_wheel(tmp)
+            requirements = f"./{os.path.basename(wheel)}\n"
+            card = _card("CaptionFormer", "🎞️", ("blue", "purple"), ["dense-video-object-captioning", "video",
+                         "tracking"], DEMO_CARD, sdk_version=gradio.__version__, version=version)
+            app = DEMO_APP
+        else:
+            from ..metrics import CHOTA_REQUIREMENTS, write_chota_module
 
-            shutil.copy(chota_module_path(), os.path.join(tmp, "chota.py"))
+            write_chota_module(tmp)
+            shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "chota.py"),
+                            os.path.join(tmp, "chota_widget.py"))
+            requirements = CHOTA_REQUIREMENTS
+            with open(os.path.join(tmp, "packages.txt"), "w", encoding="utf-8") as f:
+                f.write("default-jre-headless\n")  # METEOR and SPICE run on Java
+            card = _card("CHOTA", "🎬", ("indigo", "green"), ["evaluate", "metric", "dense-video-object-captioning"],
+                         CHOTA_CARD, description=CHOTA_DESCRIPTION, sdk_version=gradio.__version__, version=version)
+            app = CHOTA_APP
+        with open(os.path.join(tmp, "requirements.txt"), "w", encoding="utf-8") as f:
+            f.write(requirements)
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+        with open(os.path.join(tmp, "app.py"), "w", encoding="utf-8") as f:
+            f.write(app)
     return out
+
+
+def local_run_command(kind: str, out: str) -> str:
+    """The shell command that runs a built Space folder locally as printed by ``captionformer space build``: a
+    fresh virtual environment with the Space's requirements (and gradio), then its ``app.py``."""
+    import shlex
+
+    import gradio
+
+    folder = shlex.quote(os.path.abspath(out))
+    return (f"cd {folder} && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt "
+            f"'gradio=={gradio.__version__}' && .venv/bin/python app.py")
 
 
 def push_space(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -236,4 +264,4 @@ def push_space(folder: str, repo_id: str, private: bool = False, token: str | No
     return str(api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="space"))
 
 
-__all__ = ["KINDS", "build_space", "build_wheel", "push_space"]
+__all__ = ["KINDS", "build_space", "build_wheel", "local_run_command", "push_space"]

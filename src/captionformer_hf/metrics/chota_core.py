@@ -23,8 +23,11 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from ..processing.trajectory_captionformer import check_rle
-from .caption_scores import SUPPORTED_CAPTION_METRICS, get_pair_scorer
+try:  # inside captionformer_hf
+    from ..processing.trajectory_captionformer import check_rle
+except ImportError:  # a self-contained copy of the metric (chota_module_path(), the CHOTA Space): a sibling file
+    from .trajectory_captionformer import check_rle
+from .caption_scores import SUPPORTED_CAPTION_METRICS, check_caption_metrics_runnable, get_pair_scorer
 from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_pairs
 
 logger = logging.getLogger(__name__)
@@ -335,6 +338,7 @@ def _check_arguments(predictions, references, iou_type, alphas, caption_metrics,
             raise ValueError(f"`caption_metrics` entries must be among {SUPPORTED_CAPTION_METRICS}, got {metric!r}")
     if len(set(caption_metrics)) != len(caption_metrics):
         raise ValueError(f"`caption_metrics` has duplicates: {caption_metrics!r}")
+    check_caption_metrics_runnable(caption_metrics)  # Java / jars missing: refused before any work
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) or math.isnan(score_threshold):
         raise ValueError(f"`score_threshold` must be a number, got {score_threshold!r}")
     return alphas, caption_metrics
