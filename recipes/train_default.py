@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "default"))
     parser.add_argument("--ship", action="store_true", help="write the model into the package (checkpoints/default)")
     parser.add_argument("--calibration-videos", type=int, default=40)
+    parser.add_argument("--until", choices=("data", "phase1", "phase2", "all"), default="all",
+                        help="stop after this step (a later run continues from there)")
     parser.add_argument("--ablation", action="store_true", help="also train phase 2 once per caption aggregation")
     parser.add_argument("--ablation-steps", type=int, default=600)
     parser.add_argument("--ablation-videos", type=int, default=40, help="unseen sample videos per ablation row")
@@ -221,10 +223,18 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     data = os.path.join(args.out, "data")
     build_data(data)
+    if args.until == "data":
+        return 0
     phase1 = run_phase(os.path.join(RECIPES, "default_synthetic.json"), os.path.join(args.out, "phase1"),
                        dataset=data)
+    if args.ablation:
+        ablation(args, data, phase1)
+    if args.until == "phase1":
+        return 0
     phase2 = run_phase(os.path.join(RECIPES, "default_synthetic_video.json"), os.path.join(args.out, "phase2"),
                        dataset=data, model=phase1)
+    if args.until == "phase2":
+        return 0
     torch.set_grad_enabled(False)
     model = AutoModel.from_pretrained(phase2).eval()
     processor = AutoProcessor.from_pretrained(phase2)
@@ -238,8 +248,6 @@ def main(argv=None) -> int:
     if args.ship:
         ship(model, processor, validation, TARGET)
     logger.info("done in %.1f min", (time.perf_counter() - start) / 60)
-    if args.ablation:
-        ablation(args, data, phase1)
     return 0
 
 
