@@ -117,3 +117,53 @@ def test_bad_arguments_fail_before_any_work(setup, tmp_path, capsys):
     (tmp_path / "p.json").write_text("[]")
     assert main(args) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_predict_then_evaluate_against_the_dataset_and_its_exported_references(tmp_path, capsys):
+    """captionformer predict -> captionformer evaluate PRED DATASET --split: the ground truth is read from the dataset
+    folder; data export-references writes the same ground truth as JSON; the pipeline's video_id makes its output the
+    format evaluate takes."""
+    import json
+
+    from captionformer_hf.cli import main
+    from captionformer_hf.data.synthetic import build_synthetic_dataset
+    from captionformer_hf.data.schema import write_parquet_shards
+    from captionformer_hf.metrics import compute_chota
+
+    data = build_synthetic_dataset(4, seed=3, splits={"test": 1.0})
+    folder = tmp_path / "data"
+    write_parquet_shards(data, str(folder))
+    assert main(["data", "export-references", str(folder), "--split", "test", "--out", str(tmp_path / "gt.json")]) == 0
+    references = json.loads((tmp_path / "gt.json").read_text())
+    assert [v["video_id"] for v in references] == [e["video_id"] for e in data["test"]]
+    assert references[0]["trajectories"][0]["caption"] == data["test"][0]["tracks"][0]["caption"]
+    # the ground truth as predictions: every figure of a perfect result, from the folder and from the JSON alike
+    (tmp_path / "pred.json").write_text(json.dumps([
+        {**v, "trajectories": [{**t, "score": 1.0} for t in v["trajectories"]]} for v in references]))
+    capsys.readouterr()
+    for ground_truth in ([str(folder), "--split", "test"], [str(tmp_path / "gt.json")]):
+        assert main(["evaluate", str(tmp_path / "pred.json"), *ground_truth, "--caption-metrics", "cider",
+                     "--out", str(tmp_path / "r.json")]) == 0
+        result = json.loads((tmp_path / "r.json").read_text())
+        assert (result["DetA"], result["AssA"]) == (1.0, 1.0)
+    assert main(["evaluate", str(tmp_path / "pred.json"), str(tmp_path / "gt.json"), "--split", "test"]) == 2
+    assert "--split goes with a dataset" in capsys.readouterr().err
+
+
+def test_pipeline_video_id_gives_the_evaluation_format(toy_model_dir):
+    import numpy as np
+
+    from captionformer_hf.defaults import load_pipeline
+    from captionformer_hf.metrics import compute_chota
+
+    pipe = load_pipeline(toy_model_dir)
+    video = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    result = pipe(video, video_id="clip-7", max_new_tokens=2)
+    assert result["video_id"] == "clip-7"
+    both = pipe([video, video], video_id=["a", "b"], max_new_tokens=2)
+    assert [r["video_id"] for r in both] == ["a", "b"]
+    compute_chota(both, both, caption_metrics=("cider",))  # taken as it is
+    import pytest
+
+    with pytest.raises(ValueError, match="one id per video"):
+        pipe([video, video], video_id=["a"], max_new_tokens=2)

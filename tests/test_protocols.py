@@ -145,6 +145,9 @@ def test_bensmot_pairs_each_track_with_its_best_mean_iou_ground_truth():
     assert result["SMOT_CIDEr"] == pytest.approx(score, abs=1e-9) and result["SMOT_pairs"] == 4
     hota = compute_chota(predictions, gt, iou_type="box", caption_metrics=(), score_threshold=0.0)
     assert (result["DetA"], result["AssA"]) == (hota["DetA"], hota["AssA"])
+    # BenSMOT defines no CHOTA: only the figures it defines are reported (CHOTA with the full CapA on request)
+    assert "CHOTA" not in result and "CapA" not in result and "CHOTA" not in result["per_alpha"]
+    assert all("CHOTA" not in video for video in result["per_video"].values())
 
 
 def test_protocols_name_the_missing_annotations():

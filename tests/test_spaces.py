@@ -63,12 +63,19 @@ def demo_app(built, toy_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chota_app(built):
+def chota_app(built, monkeypatch_module):
+    monkeypatch_module.syspath_prepend(str(built / "chota"))  # the Space runs app.py from its folder
     module = load_app(built / "chota", {})
     port = free_port()
     module.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield module, f"http://127.0.0.1:{port}/"
     module.demo.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 def test_built_space_folders_are_self_contained(built, tmp_path):
@@ -78,30 +85,59 @@ def test_built_space_folders_are_self_contained(built, tmp_path):
 
     for kind, title in (("demo", "CaptionFormer"), ("chota", "CHOTA")):
         folder = built / kind
-        card = (folder / "README.md").read_text()
-        assert f"title: {title}" in card and f"sdk_version: {gradio.__version__}" in card
-        assert "license: apache-2.0" in card
-        wheel = next(folder.glob("captionformer_hf-*-py3-none-any.whl"))
-        assert (folder / "requirements.txt").read_text().splitlines()[0] == f"./{wheel.name}"
-        with zipfile.ZipFile(wheel) as archive:
-            names = archive.namelist()
-        assert "captionformer_hf/spaces/demo.py" in names and "captionformer_hf/checkpoints/default/model.safetensors" in names
-        assert not any("__pycache__" in n for n in names)
-    # the wheel installs and the chota folder loads with evaluate.load("chota"), offline, from its parent folder
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
-                    str(next((built / "chota").glob("*.whl")))], check=True)
-    script = (
-        "import captionformer_hf, evaluate\n"
-        f"assert captionformer_hf.__file__.startswith({str(target)!r}), captionformer_hf.__file__\n"
-        "video = {'video_id': 'v', 'num_frames': 2, 'trajectories': [{'track_id': 1, 'score': 0.9, 'caption': 'a b',"
-        " 'frames': [{'frame_index': 0, 'box': [0, 0, 9, 9]}, {'frame_index': 1, 'box': [1, 0, 9, 9]}]}]}\n"
-        "result = evaluate.load('chota').compute(predictions=[video], references=[video], caption_metrics=['cider'])\n"
-        "print('DetA', result['DetA'])\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(target), HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", script], cwd=built, capture_output=True, text=True, env=env, timeout=300)
-    assert "DetA 1.0" in out.stdout, out.stderr[-3000:]
+        from huggingface_hub import SpaceCard
+
+        card = SpaceCard.load(folder / "README.md")
+        assert (card.data.title, card.data.sdk, card.data.sdk_version) == (title, "gradio", gradio.__version__)
+        assert card.data.license == "apache-2.0" and "{version}" not in card.text
+    wheel = next((built / "demo").glob("captionformer_hf-*-py3-none-any.whl"))
+    assert (built / "demo" / "requirements.txt").read_text().splitlines()[0] == f"./{wheel.name}"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "captionformer_hf/spaces/demo.py" in names and "captionformer_hf/checkpoints/default/model.safetensors" in names
+    assert not any("__pycache__" in n for n in names)
+    # the CHOTA Space needs neither the package nor torch: its own files, light requirements, Java for METEOR/SPICE
+    chota = built / "chota"
+    assert not list(chota.glob("*.whl"))
+    requirements = (chota / "requirements.txt").read_text()
+    assert "captionformer" not in requirements and "torch" not in requirements and "evaluate" in requirements
+    assert (chota / "packages.txt").read_text().split() == ["default-jre-headless"]
+    assert {"app.py", "chota.py", "chota_core.py", "hota.py", "caption_scores.py", "formats.py",
+            "trajectory_captionformer.py", "chota_widget.py"} <= {p.name for p in chota.iterdir()}
+
+
+def test_chota_module_loads_without_the_package_from_the_folder_its_parent_and_the_hub_layout(built, tmp_path):
+    """evaluate.load of the built folder, in a process where captionformer_hf cannot be imported: from the folder's
+    parent ("chota") and from inside it ("chota.py"); the same numbers as compute_chota. (Its requirements hold
+    neither torch nor the package: the test above.)"""
+    from conftest import run_without_the_package
+
+    from captionformer_hf.metrics import compute_chota
+    from captionformer_hf.spaces.chota import EXAMPLE_PREDICTIONS, EXAMPLE_REFERENCES
+
+    predictions, references = json.loads(EXAMPLE_PREDICTIONS), json.loads(EXAMPLE_REFERENCES)
+    expected = compute_chota(predictions, references, caption_metrics=("cider",), alphas=(0.5, 0.75))
+    (tmp_path / "inputs.json").write_text(json.dumps([predictions, references]))
+    body = f"""
+    import json, os, sys
+    import evaluate
+    predictions, references = json.load(open({str(tmp_path / "inputs.json")!r}))
+    results = []
+    os.chdir({str(built)!r})
+    results.append(evaluate.load("chota").compute(predictions=predictions, references=references,
+                                                  caption_metrics=["cider"], alphas=[0.5, 0.75]))
+    os.chdir("chota")
+    results.append(evaluate.load("chota.py").compute(predictions=predictions, references=references,
+                                                     caption_metrics=["cider"], alphas=[0.5, 0.75]))
+    json.dump(results, open({str(tmp_path / "results.json")!r}, "w"))
+    """
+    run_without_the_package(body, tmp_path)
+    for result in json.loads((tmp_path / "results.json").read_text()):
+        for key in ("CHOTA", "DetA", "AssA", "CapA", "HOTA", "LocA"):
+            assert result[key] == pytest.approx(expected[key], abs=1e-12)
+    # a meaningful example: at alpha 0.5, 20 of 24 detections matched, 4 missed, 4 false (DetA 20 / 28); the boxes
+    # are 3 px off (IoU 441 / 711 = 0.62), so none match at 0.75; captions partly wrong
+    assert expected["per_alpha"]["DetA"] == pytest.approx([20 / 28, 0.0]) and expected["per_alpha"]["CapA"][0] > 1.0
 
 
 def test_space_push_uploads_the_folder_as_a_gradio_space(built, monkeypatch):
@@ -189,17 +225,44 @@ def test_demo_bounds_every_request(toy_model_dir, tmp_path):
 
 
 def test_chota_space_through_gradio_client(chota_app):
-    from captionformer_hf.spaces.chota import EXAMPLE
+    from captionformer_hf.metrics import compute_chota
+    from captionformer_hf.spaces.chota import EXAMPLE_PREDICTIONS, EXAMPLE_REFERENCES
 
     module, url = chota_app
     client = gradio_client.Client(url, verbose=False)
-    table, full, summary = client.predict(EXAMPLE, None, EXAMPLE, None, "box", "0.5", ["cider"], 0.5,
-                                          api_name="/compute")
+    # the outputs are labelled in the API
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compute"]
+    assert [r["label"] for r in api["returns"]] == ["Results", "Full result (per alpha, per video)", "Summary"]
+    table, full, summary = client.predict(EXAMPLE_PREDICTIONS, None, EXAMPLE_REFERENCES, None, "box", "0.5",
+                                          ["cider"], 0.5, api_name="/compute")
+    expected = compute_chota(json.loads(EXAMPLE_PREDICTIONS), json.loads(EXAMPLE_REFERENCES),
+                             caption_metrics=("cider",))
     rows = {row[0]: row[1] for row in (table["data"] if isinstance(table, dict) else table)}
-    assert rows["DetA"] == 1.0 and rows["AssA"] == 1.0
-    assert "1 videos" in summary
+    assert rows["CHOTA"] == round(expected["CHOTA"], 4) and rows["DetA"] == round(20 / 28, 4)
+    assert "2 videos" in summary and f"{expected['CHOTA']:.4f}" in summary
     with pytest.raises(Exception, match="not valid JSON"):
-        client.predict("{", None, EXAMPLE, None, "box", "0.5", ["cider"], 0.5, api_name="/compute")
+        client.predict("{", None, EXAMPLE_REFERENCES, None, "box", "0.5", ["cider"], 0.5, api_name="/compute")
+
+
+def test_chota_space_shows_every_error_and_stops_a_request_at_its_deadline(tmp_path, monkeypatch):
+    """A metric that cannot run answers with its message (not a bare error), and a request that runs over its deadline
+    is stopped with its worker while the next request is served."""
+    from captionformer_hf.metrics import chota_module_path
+    from captionformer_hf.spaces.chota import EXAMPLE_PREDICTIONS, EXAMPLE_REFERENCES, DeadlineRunner
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no Java: METEOR cannot run
+    runner = DeadlineRunner(chota_module_path(), max_seconds=60)
+    try:
+        with pytest.raises(ValueError, match="METEOR needs a Java runtime"):
+            runner(EXAMPLE_PREDICTIONS, None, EXAMPLE_REFERENCES, None, "box", "0.5", ["cider", "meteor"], 0.5)
+        runner.max_seconds = 0.001
+        with pytest.raises(TimeoutError, match="longer than 0.001 s and was stopped"):
+            runner(EXAMPLE_PREDICTIONS, None, EXAMPLE_REFERENCES, None, "box", "0.5", ["cider"], 0.5)
+        runner.max_seconds = 60
+        rows, result, _ = runner(EXAMPLE_PREDICTIONS, None, EXAMPLE_REFERENCES, None, "box", "0.5", ["cider"], 0.5)
+        assert result["DetA"] == pytest.approx(20 / 28)
+    finally:
+        runner.close()
 
 
 def test_chota_space_reads_only_what_the_user_gives(tmp_path):
@@ -207,6 +270,8 @@ def test_chota_space_reads_only_what_the_user_gives(tmp_path):
     naming a server file is refused without opening it."""
     from captionformer_hf.spaces.chota import EXAMPLE, compute, parse_input
 
+    with pytest.raises(ValueError, match="both pasted and uploaded"):
+        parse_input(EXAMPLE, str(tmp_path), "predictions")
     secret = tmp_path / "trajectories.json"
     secret.write_text(EXAMPLE)
     for pasted in ("/etc/passwd", str(secret), str(tmp_path / "missing.json")):

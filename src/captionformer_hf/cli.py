@@ -25,7 +25,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     elif args.full_capa or args.sparse_frames:
         raise ValueError("--full-capa and --sparse-frames go with --protocol")
     sparse = _load(args.sparse_frames) if args.sparse_frames else None  # read before the evaluation starts
-    predictions, references, detected = load_videos(args.predictions, args.references)
+    references = args.references
+    if os.path.isdir(references) or (not os.path.exists(references) and "/" in references
+                                      and not references.endswith(".json")):
+        from .prediction import dataset_references  # a dataset folder or Hub id: its split's ground truth
+
+        references = dataset_references(references, args.split or "test")
+    elif args.split is not None:
+        raise ValueError("--split goes with a dataset folder or Hub id as the ground truth, not a JSON file")
+    predictions, references, detected = load_videos(args.predictions, references)
     logger.info("evaluating %d videos (%s format)", len(references), detected)
     if args.protocol is not None:
         from .metrics.protocols import evaluate_protocol
@@ -175,6 +183,17 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_export_references(args: argparse.Namespace) -> int:
+    from .prediction import dataset_references
+    from .utils import check_writable_file
+
+    check_writable_file(args.out, "--out")  # before reading the dataset
+    references = dataset_references(args.dataset, args.split)
+    atomic_write_json(args.out, references)
+    sys.stdout.write(f"wrote the ground truth of {len(references)} videos ({args.split}) to {args.out}\n")
+    return 0
+
+
 def _data_push(args: argparse.Namespace) -> int:
     from .data.schema import load_parquet_dataset, merge_dataset_card
 
@@ -271,11 +290,17 @@ def _train(args: argparse.Namespace) -> int:
     logging.getLogger("captionformer_hf").setLevel(logging.INFO)
     result = train(config)
     last = result["history"][-1] if result["history"] else {}
-    sys.stdout.write(f"trained {result['steps']} steps in {result['seconds']:.0f} s; last log: {last}\n")
+    resumed = f", resumed at step {result['resumed_at']}" if result["resumed_at"] else ""
+    sys.stdout.write(f"trained {result['steps_this_run']} steps in {result['seconds']:.0f} s (now at step "
+                     f"{result['steps']}{resumed}); last log: {last}\n")
     return 0
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainingConfig`` field, its help text from the field's metadata. Not transformers'
+    ``HfArgumentParser``: it gives every flag the dataclass default, which would override the values of the recipe
+    file (``--config``); here an absent flag is ``None`` and leaves the recipe alone, and dict / list fields take
+    JSON."""
     import dataclasses
     import json as _json
 
@@ -299,7 +324,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
             kind = float
         else:
             kind = str
-        parser.add_argument(flag, dest=f"cfg_{f.name}", type=kind)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument(flag, dest=f"cfg_{f.name}", type=kind, metavar=kind.__name__.upper().replace("LOADS", "JSON"),
+                            help=f"{f.metadata.get('help', '')} (default: {default!r})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "COCO-style per-frame JSON (images with video_id; annotations with bbox, track_id, caption; predictions "
         "with score), or per-track JSON (videos; annotations/results with bboxes/segmentations per frame).",
     )
-    evaluate.add_argument("predictions", help="predictions JSON")
-    evaluate.add_argument("references", help="ground-truth JSON")
+    evaluate.add_argument("predictions", help="predictions JSON (e.g. of captionformer predict)")
+    evaluate.add_argument("references", help="ground-truth JSON, or a dataset folder / Hub dataset id (with --split)")
+    evaluate.add_argument("--split", help="the dataset split of the ground truth (default: test)")
     evaluate.add_argument("--protocol", choices=("vidstg", "vln", "bensmot", "lvviscap"),
                           help="a benchmark's published protocol (IoU type, caption scoring, score threshold 0, "
                           "alpha 0.5); see README")
@@ -403,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True)
     convert.add_argument("--shard-size", type=int, default=500)
     convert.set_defaults(func=_data_convert)
+    export = data_commands.add_parser("export-references",
+                                      help="write a split's ground truth as trajectory JSON (captionformer evaluate's)")
+    export.add_argument("dataset", help="dataset folder or Hub dataset id")
+    export.add_argument("--split", default="test")
+    export.add_argument("--out", required=True, help="JSON file (a list of videos, docs/format.md)")
+    export.set_defaults(func=_data_export_references)
     push = data_commands.add_parser("push", help="push a converted folder to the Hub (files embedded)")
     push.add_argument("folder")
     push.add_argument("--repo-id", required=True)
@@ -455,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .utils import configure_logging
+
+    configure_logging(args.verbose)
     quiet = getattr(args, "quiet", False)
     if quiet:  # -q: no progress bars at all, also not the weight-loading one of transformers
         from transformers.utils import logging as transformers_logging

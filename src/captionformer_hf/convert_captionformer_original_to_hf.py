@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import math
 import re
 from collections import OrderedDict
@@ -938,7 +939,9 @@ CONVERTED_CARD = (
     "`captionformer convert`; its config runs the released code's video level (`video_inference_mode=\"release\"`)."
 )
 RELEASE_BASE_MODELS = ["Salesforce/blip2-opt-2.7b"]  # the caption head's EVA ViT-g, Q-Former and OPT-2.7B
-PRESET_DATASETS = {"vidstg": ["VidSTG"], "vln": ["VLN"], "bensmot": ["BenSMOT"], "lvviscap": ["LV-VISCap"]}
+# the benchmark each preset's checkpoint is evaluated on, named in the card's description (they have no Hub dataset
+# id, so the card's `datasets` metadata stays empty)
+PRESET_BENCHMARKS = {"vidstg": "VidSTG", "vln": "VLN", "bensmot": "BenSMOT", "lvviscap": "LV-VISCap"}
 
 
 def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: str | None = None,
@@ -973,8 +976,10 @@ def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: 
             from .hub import save_for_hub
 
             save_for_hub(model, processor, tmp, title=f"CaptionFormer ({preset or 'official'} checkpoint, converted)",
-                         description=CONVERTED_CARD, base_model=RELEASE_BASE_MODELS,
-                         datasets=PRESET_DATASETS.get(preset), tags=["converted"] + ([preset] if preset else []))
+                         description=CONVERTED_CARD + (f" Its preset is the release's {PRESET_BENCHMARKS[preset]} "
+                                                       "evaluation config." if preset in PRESET_BENCHMARKS else ""),
+                         base_model=RELEASE_BASE_MODELS, tags=["converted"] + ([preset] if preset else []),
+                         model_id=push_to_hub or os.fspath(output_dir))
         else:
             model.save_pretrained(tmp)
     if push_to_hub:
@@ -1050,7 +1055,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(args: argparse.Namespace | None = None) -> int:
     if args is None:
-        logging.basicConfig(level=logging.INFO)
+        from .utils import configure_logging
+
+        configure_logging(verbose=True)
         args = build_parser().parse_args()
     from transformers import AutoConfig, AutoTokenizer
 

@@ -17,7 +17,8 @@ from .processing.pipeline_captionformer import model_card_text
 def save_for_hub(model, processor, folder: str | os.PathLike, *, card: str | None = None, **card_kwargs) -> None:
     """Write ``model`` and ``processor`` into ``folder`` as a self-contained Hub folder (see the module docstring);
     ``card``: a model card text to use instead of :func:`model_card_text` (``card_kwargs``: ``title``,
-    ``description``, ``base_model``, ``datasets``, ``license``, ``tags``). Write into an ``atomic_directory``."""
+    ``description``, ``base_model``, ``datasets``, ``license``, ``tags``, ``model_id``: the Hub repository or
+    folder the card's usage example names). Write into an ``atomic_directory``."""
     from .processing import DenseVideoObjectCaptioningPipeline
 
     pipe = DenseVideoObjectCaptioningPipeline(model=model, processor=processor, task="dense-video-object-captioning")

@@ -23,6 +23,18 @@ logger = logging.getLogger(__name__)
 REQUIRED_FEATURES = ("video", "video_id", "num_frames", "height", "width")
 
 
+def dataset_references(dataset: str, split: str) -> list[dict]:
+    """The ground truth of a dataset split (a local parquet folder or a Hub dataset id) as reference videos of the
+    trajectory format (``docs/format.md``): what ``captionformer evaluate`` compares predictions with. The videos are
+    not decoded."""
+    from .training.trainer import reference_video
+
+    data = load_split(dataset, split)
+    if hasattr(data, "remove_columns") and "video" in getattr(data, "column_names", ()):
+        data = data.remove_columns("video")  # only the annotations: the encoded videos are not read
+    return [reference_video(example) for example in data]
+
+
 def load_split(dataset: str, split: str, streaming: bool = False):
     """A split of a local parquet folder (``captionformer data``) or of a Hub dataset."""
     import datasets
@@ -80,7 +92,7 @@ def predict_dataset(model, processor, dataset, out: str, *, max_videos: int | No
 
     ``predict_kwargs`` go to ``predict_video`` (``threshold``, ``clip_batch_size``, ``return_masks``,
     ``num_beams``...). Returns the predictions on the first process (``None`` on the others)."""
-    from tqdm.auto import tqdm
+    from transformers.utils.logging import tqdm  # honours disable_progress_bar / HF_HUB_DISABLE_PROGRESS_BARS
 
     from .training.trainer import predict_example
 

@@ -9,6 +9,28 @@ import shutil
 import tempfile
 
 
+def configure_logging(verbose: bool = False) -> None:
+    """Command-line logging: this package's messages on stderr (INFO with ``verbose``, else WARNING) and the
+    verbosity of transformers and huggingface_hub set to match, through their own logging; the root logger is left
+    alone, so no message is printed twice."""
+    import logging
+
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    level = logging.INFO if verbose else logging.WARNING
+    package = logging.getLogger("captionformer_hf")
+    if not any(getattr(h, "_captionformer", False) for h in package.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler._captionformer = True
+        package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False
+    transformers_logging.set_verbosity(level)
+    hub_logging.set_verbosity(level)
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where the system allows (``os.umask`` can only set it, and
     setting it briefly would race with files created by other threads)."""

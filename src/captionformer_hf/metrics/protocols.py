@@ -135,8 +135,9 @@ def evaluate_protocol(
 ) -> dict:
     """Score ``predictions`` against ``references`` (videos of the trajectory format) as benchmark ``name``'s
     published protocol does. ``sparse_frames``: VLN's extended ground truth (or ``video_id -> frames``) when the
-    predictions cover the dense videos. Returns the CHOTA result dict (``compute_chota``) with ``protocol`` and,
-    for BenSMOT, ``SMOT_CIDEr`` and ``SMOT_pairs``."""
+    predictions cover the dense videos. Returns the CHOTA result dict (``compute_chota``) with ``protocol``; for
+    BenSMOT, the fields it defines (HOTA and its parts, ``SMOT_CIDEr`` and ``SMOT_pairs``; CHOTA and CapA only with
+    ``full_capa``)."""
     if name not in PROTOCOLS:
         raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {name!r}")
     protocol = PROTOCOLS[name]
@@ -165,6 +166,13 @@ def evaluate_protocol(
                                  score_threshold=0.0)
             for key in ("CHOTA", "CapA", *(f"CapA_{m}" for m in metrics)):
                 result[key] = capa[key]
+        else:  # BenSMOT defines HOTA and its own caption CIDEr, no CHOTA: the CapA-less CHOTA is not reported
+            undefined = ("CHOTA", "CapA", "TP_with_caps")
+            for key in undefined:
+                result.pop(key, None)
+            for table in [result.get("per_alpha", {}), *result.get("per_video", {}).values()]:
+                for key in undefined:
+                    table.pop(key, None)
     else:
         result = compute_chota(predictions, references, iou_type=protocol.iou_type, caption_metrics=metrics,
                                score_threshold=0.0)

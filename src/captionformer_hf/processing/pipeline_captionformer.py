@@ -41,10 +41,15 @@ PIPELINE_TAG = "video-text-to-text"  # the Hub's closest task; the transformers 
 TAGS = ("captionformer", "dense-video-object-captioning", "video", "object-tracking", "custom_code")
 
 
+# what inference needs (the folder's code imports them); training also needs accelerate and datasets
+REQUIREMENTS = ("torch", "torchvision", "transformers>=5.20", "av", "scipy", "numpy", "pillow")
+
+
 def model_card_text(model, *, title=None, description=None, base_model=None, datasets=None, license=LICENSE,
-                    tags=None) -> str:
-    """A model card (Hub metadata: ``pipeline_tag``, ``library_name``, ``license``, ``base_model``, ``datasets``,
-    ``tags``; and how to use the model) for a CaptionFormer folder."""
+                    tags=None, model_id: str | None = None) -> str:
+    """A model card (Hub metadata: ``pipeline_tag``, ``library_name``, ``license``, ``base_model``, ``datasets``
+    (Hub dataset ids), ``tags``; its requirements and how to use the model) for a CaptionFormer folder; ``model_id``
+    is how the usage example names the model (the Hub repository or the folder)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(
@@ -70,13 +75,15 @@ def model_card_text(model, *, title=None, description=None, base_model=None, dat
 ```python
 from transformers import pipeline
 
-pipe = pipeline(model="THIS_REPO_OR_FOLDER", trust_remote_code=True)  # the code comes with the model
+pipe = pipeline(model={model_id or "."!r}, trust_remote_code=True)  # the code comes with the model
 result = pipe("video.mp4")
 for trajectory in result["trajectories"]:
     print(trajectory["track_id"], trajectory["caption"])
 ```
 
-With `pip install captionformer_hf` it also runs as `pipeline("dense-video-object-captioning", model=...)`.
+Requirements: `pip install {" ".join(repr(r) if ">" in r else r for r in REQUIREMENTS)}` (av decodes video files, scipy
+links detections into tracks). Where the `captionformer_hf` package is installed, the model also runs with the
+package's own code: `pipeline("dense-video-object-captioning", model=...)` after `import captionformer_hf`.
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
@@ -174,11 +181,24 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             forward["return_masks"] = bool(return_masks)
         return preprocess, forward, {}
 
-    def __call__(self, inputs, **kwargs):
+    def __call__(self, inputs, video_id=None, **kwargs):
+        """``video_id``: the result's ``video_id`` (a list of ids for a list of videos), so that the output is the
+        trajectory format that ``compute_chota`` and ``captionformer evaluate`` take as it is."""
         # a list of frames is one video, not a batch of images
+        single = not isinstance(inputs, (list, tuple)) or (bool(inputs) and _is_frame(inputs[0]))
+        if video_id is not None:
+            ids = [video_id] if single else video_id
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple)) or (not single and len(ids) != len(inputs)):
+                raise ValueError(f"`video_id` must be one id for one video, or a list of one id per video "
+                                 f"({'1' if single else len(inputs)}), got {video_id!r}")
         if isinstance(inputs, (list, tuple)) and inputs and _is_frame(inputs[0]):
-            return super().__call__([list(inputs)], **kwargs)[0]
-        return super().__call__(inputs, **kwargs)
+            results = [super().__call__([list(inputs)], **kwargs)[0]]
+        else:
+            results = super().__call__(inputs, **kwargs)
+            results = [results] if single else results
+        if video_id is not None:
+            results = [{"video_id": identifier, **result} for identifier, result in zip(ids, results)]
+        return results[0] if single else results
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
@@ -221,13 +241,26 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         """Save the model, the pipeline code (``custom_pipelines``), the processor and a model card (``card``, or
         one made by :func:`model_card_text` from the other arguments), so that ``pipeline(model=path_or_repo,
         trust_remote_code=True)`` works without this package. ``push_to_hub`` saves through here too."""
+        model_id = kwargs.pop("model_id", None) or os.fspath(save_directory)
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
+        if card is None and not any((title, description, base_model, datasets, tags)):
+            card = self._own_card()
         if card is None:
             card = model_card_text(self.model, title=title, description=description, base_model=base_model,
-                                   datasets=datasets, license=license, tags=tags)
+                                   datasets=datasets, license=license, tags=tags, model_id=model_id)
         with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
+
+    def _own_card(self) -> str | None:
+        """The card of the folder the model was loaded from (e.g. the embedded default's, which says what its toy
+        domain is), if it has one: a model keeps its card when it is saved again."""
+        folder = getattr(self.model, "name_or_path", None) or getattr(self.model.config, "_name_or_path", None)
+        path = os.path.join(folder, "README.md") if isinstance(folder, str) and os.path.isdir(folder) else None
+        if path is None or not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return f.read()
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token=None, commit_message: str | None = None,
                     **card_kwargs):
@@ -240,7 +273,7 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, **card_kwargs)
+            self.save_pretrained(folder, model_id=repo_id, **card_kwargs)
             return api.upload_folder(folder_path=folder, repo_id=repo_id,
                                      commit_message=commit_message or "Upload CaptionFormer")
 

@@ -28,33 +28,39 @@ FIELDS = ["CHOTA", "DetA", "AssA", "CapA", "HOTA", "LocA", "DetRe", "DetPr", "As
 MAX_INPUT_MB = 50
 
 
-def _example_videos(shift: float) -> list[dict]:
-    """Two videos of three objects each; ``shift`` moves every box (pixels) and the captions are the predictions'."""
+def _example_videos(predicted: bool) -> list[dict]:
+    """Two videos of three objects each (references), or what a model might predict for them: boxes 3 px off, two
+    captions wrong in one word, one object missed and one false detection."""
     captions = {
         ("a", 1): "a red square moving to the left", ("a", 2): "a blue circle growing",
         ("a", 3): "a green star standing still", ("b", 1): "a white triangle moving up",
         ("b", 2): "an orange square bouncing up and down", ("b", 3): "a purple circle moving to the right",
     }
-    said = {("a", 2): "a blue circle shrinking", ("b", 3): "a purple star moving to the right"}
+    if predicted:
+        captions.update({("a", 2): "a blue circle shrinking", ("b", 3): "a purple star moving to the right",
+                         ("b", 4): "a yellow circle moving down"})
+        del captions[("a", 3)]
+    shift = 3.0 if predicted else 0.0
     videos = []
     for video_id in ("a", "b"):
         trajectories = []
-        for track_id in (1, 2, 3):
-            caption = said.get((video_id, track_id), captions[(video_id, track_id)]) if shift else captions[(video_id, track_id)]
+        for (video, track_id), caption in captions.items():
+            if video != video_id:
+                continue
             frames = [{"frame_index": t, "box": [40.0 * track_id + 2 * t + shift, 30.0 + shift, 24.0, 24.0]}
                       for t in range(4)]
             trajectory = {"track_id": track_id, "caption": caption, "frames": frames}
-            if shift:
+            if predicted:
                 trajectory["score"] = 0.9
             trajectories.append(trajectory)
         videos.append({"video_id": video_id, "num_frames": 4, "trajectories": trajectories})
     return videos
 
 
-# the pre-filled example: predictions a few pixels off with two captions wrong in one word; with several different
-# captions per video (CIDEr-D's idf is computed per video, so one caption per video would score 0)
-EXAMPLE_PREDICTIONS = json.dumps(_example_videos(shift=3.0), indent=1)
-EXAMPLE_REFERENCES = json.dumps(_example_videos(shift=0.0), indent=1)
+# the pre-filled example: several different captions per video (CIDEr-D's idf is computed per video, so one caption
+# per video would score 0 even when right)
+EXAMPLE_PREDICTIONS = json.dumps(_example_videos(predicted=True), indent=1)
+EXAMPLE_REFERENCES = json.dumps(_example_videos(predicted=False), indent=1)
 EXAMPLE = EXAMPLE_REFERENCES
 
 

@@ -47,18 +47,18 @@ class DemoLimits:
 
 
 def make_examples(folder: str | None = None, count: int = 3) -> list[str]:
-    """Synthetic example videos (the domain of the default model), written once."""
-    from ..data.synthetic import SyntheticVideoConfig, generate_video, write_video
+    """Synthetic example videos (the domain of the default model: the videos of ``captionformer sample-video``,
+    seeds 1000 on), written once."""
+    from ..data.synthetic import generate_video, sample_video_config, write_video
 
     folder = folder or os.environ.get("CAPTIONFORMER_EXAMPLES") or os.path.join(tempfile.gettempdir(),
                                                                                  "captionformer-examples")
     os.makedirs(folder, exist_ok=True)
     paths = []
     for seed in range(count):
-        path = os.path.join(folder, f"shapes-{seed}.mp4")
+        path = os.path.join(folder, f"sample-{1000 + seed}.mp4")
         if not os.path.exists(path):
-            video = generate_video(1000 + seed, SyntheticVideoConfig(num_frames=32, height=192, width=256,
-                                                                     min_size=28, max_size=52))
+            video = generate_video(1000 + seed, sample_video_config())
             write_video(video["frames"], path, fps=video["fps"])
         paths.append(path)
     return paths
@@ -192,8 +192,10 @@ def build_demo(model: str | None = None, limits: DemoLimits | None = None, pipe=
     return demo
 
 
-def launch(demo, limits: DemoLimits | None = None, **kwargs):
-    """Launch as a Space does: a bounded queue, the upload limit enforced by gradio too."""
+def launch(demo=None, limits: DemoLimits | None = None, **kwargs):
+    """Launch as a Space does: a bounded queue, the upload limit enforced by gradio too. ``demo``: the app of
+    :func:`build_demo` (default: built here with ``limits``); ``kwargs`` go to ``gradio.Blocks.launch``."""
     limits = limits or DemoLimits()
+    demo = demo if demo is not None else build_demo(limits=limits)
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     return demo.queue(max_size=8).launch(max_file_size=f"{limits.max_upload_mb}mb", **kwargs)

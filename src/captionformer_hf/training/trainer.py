@@ -35,59 +35,72 @@ STAGES = ("segmentation", "captioning", "end_to_end", "video")
 DATASET_KEYS = {"path", "split", "ratio", "streaming", "name"}
 
 
+def _help(text: str, default=None, factory=None):
+    """A dataclass field whose help text is shown by ``captionformer train --help``."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class TrainingConfig:
-    """Everything a run needs; loadable from JSON (``--config``) and overridable by flags."""
+    """Everything a run needs; loadable from JSON (``--config``) and overridable by flags (each field's help is the
+    flag's help)."""
 
-    output_dir: str = "runs/captionformer"
-    # data: "synthetic" (generated in memory), a folder of parquet shards, or a Hub dataset id; or several, mixed:
-    # datasets = [{"path": ..., "split": "train", "ratio": 0.5, "streaming": false, "name": ...}, ...]
-    dataset: str = "synthetic"
-    datasets: list = field(default_factory=list)
-    synthetic_videos: int = 200
-    synthetic_seed: int = 0
-    synthetic_frames: int = 24
-    synthetic_height: int = 96  # objects scale with the frame (captionformer_hf.data.synthetic.sample_video_config)
-    synthetic_width: int = 128
-    train_split: str = "train"
-    eval_split: str = "validation"
-    streaming: bool = False
-    clip_length: int | None = None
-    clips_per_video: int = 2  # stage "video": the clips of each video in a batch (its t_agg), in time order
-    epoch_size: int | None = None  # clips per epoch of a mixture (default: all examples, clips_per_video each)
-    augment: dict | None = None  # AugmentConfig fields; None: no augmentation
-    num_workers: int | None = None  # None: fit the machine
-    prefetch_factor: int = 4
-    # model: "toy" (captionformer_hf.toy.toy_config), a config JSON, a pretrained path/id, or "components"
-    model: str = "toy"
-    model_overrides: dict = field(default_factory=dict)
-    segmenter: str | None = None
-    blip2: str | None = None
-    processor: str | None = None  # path/id; default: the model's, or the toy processor for "toy"
-    input_size: int = 96
+    output_dir: str = _help("folder of the run: checkpoints/, final/, logs", "runs/captionformer")
+    # data
+    dataset: str = _help("one dataset: 'synthetic' (generated in memory), a folder of parquet shards (captionformer "
+                         "data convert / synthetic) or a Hub dataset id", "synthetic")
+    datasets: list = _help("a mixture instead of `dataset`, as JSON: [{\"path\": ..., \"split\": \"train\", "
+                           "\"ratio\": 0.5, \"streaming\": false, \"name\": ...}, ...]", factory=list)
+    synthetic_videos: int = _help("dataset 'synthetic': number of videos", 200)
+    synthetic_seed: int = _help("dataset 'synthetic': seed of the generator", 0)
+    synthetic_frames: int = _help("dataset 'synthetic': frames per video", 24)
+    synthetic_height: int = _help("dataset 'synthetic': frame height (objects scale with the frame)", 96)
+    synthetic_width: int = _help("dataset 'synthetic': frame width", 128)
+    train_split: str = _help("split trained on", "train")
+    eval_split: str = _help("split of the first dataset evaluated with `eval_every`", "validation")
+    streaming: bool = _help("read the datasets as streams (datasets' streaming mode)", False)
+    clip_length: int | None = _help("frames per clip (default: the model's)", None)
+    clips_per_video: int = _help("clips drawn from each video per epoch; stage 'video': the clips of each video in a "
+                                 "batch, in time order (its t_agg)", 2)
+    epoch_size: int | None = _help("clips per epoch of a mixture (default: every example, clips_per_video each)", None)
+    augment: dict | None = _help("augmentation, as JSON of captionformer_hf.data.augment.AugmentConfig fields "
+                                 "(default: none)", None)
+    num_workers: int | None = _help("data-loader workers per process (default: fit the machine)", None)
+    prefetch_factor: int = _help("batches each worker prepares ahead", 4)
+    # model
+    model: str = _help("'toy' (captionformer_hf.toy.toy_config), a config JSON, a pretrained folder / Hub id, or "
+                       "'components' (`segmenter` + `blip2`)", "toy")
+    model_overrides: dict = _help("config fields to override, as JSON (e.g. {\"clip_length\": 2})", factory=dict)
+    segmenter: str | None = _help("model 'components': the Mask2Former checkpoint (Hub id or folder)", None)
+    blip2: str | None = _help("model 'components': the BLIP-2 checkpoint (Hub id or folder)", None)
+    processor: str | None = _help("processor folder / Hub id (default: the model's, or the toy processor)", None)
+    input_size: int = _help("shortest side of the model input, pixels (processors made here)", 96)
     # what to train
-    stage: str = "end_to_end"
-    learning_rate: float = 1e-3
-    backbone_lr_multiplier: float = 1.0
-    weight_decay: float = 0.05
-    scheduler: str = "cosine"
-    warmup_steps: int = 0
-    max_steps: int = 100
-    batch_size: int = 4  # clips per step; stage "video": videos per step
-    gradient_accumulation_steps: int | None = None  # None: accelerate's (launch flag / config / 1)
-    mixed_precision: str | None = None  # None: accelerate's ("no" / "bf16" / "fp16" from launch or its config)
-    gradient_checkpointing: bool = False
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    stage: str = _help("'segmentation', 'captioning' (segmenter frozen), 'end_to_end' or 'video' (video-level "
+                       "captions, segmenter frozen)", "end_to_end")
+    learning_rate: float = _help("AdamW learning rate", 1e-3)
+    backbone_lr_multiplier: float = _help("learning rate of the backbone, relative", 1.0)
+    weight_decay: float = _help("AdamW weight decay (not on biases and norms)", 0.05)
+    scheduler: str = _help("transformers scheduler name (cosine, linear, constant...)", "cosine")
+    warmup_steps: int = _help("warm-up optimizer steps", 0)
+    max_steps: int = _help("optimizer steps of the run", 100)
+    batch_size: int = _help("clips per step and process; stage 'video': videos per step and process", 4)
+    gradient_accumulation_steps: int | None = _help("batches per optimizer step (default: accelerate's)", None)
+    mixed_precision: str | None = _help("'no', 'bf16' or 'fp16' (default: accelerate's)", None)
+    gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory)", False)
+    max_grad_norm: float = _help("gradient clipping norm (0: none)", 1.0)
+    seed: int = _help("seed of the model initialisation and the data order", 0)
     # bookkeeping
-    log_every: int = 10
-    eval_every: int = 0
-    eval_videos: int = 8
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    report_to: str | None = None
-    push_to_hub: str | None = None
-    profile: bool = False  # per-step seconds in data wait, forward, matcher, backward, optimizer (result["profile"])
+    log_every: int = _help("steps between logged loss averages", 10)
+    eval_every: int = _help("steps between CHOTA evaluations on `eval_split` (0: none)", 0)
+    eval_videos: int = _help("videos of each evaluation", 8)
+    save_every: int = _help("steps between checkpoints (a run resumes from the newest)", 50)
+    keep_checkpoints: int = _help("checkpoints kept", 2)
+    report_to: str | None = _help("experiment tracker: tensorboard, wandb, ... (default: none)", None)
+    push_to_hub: str | None = _help("Hub repository the final model is uploaded to", None)
+    profile: bool = _help("time each step's phases (data wait, forward, matcher, backward, optimizer)", False)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -281,6 +294,25 @@ def latest_checkpoint(output_dir: str) -> tuple[str | None, int]:
     return os.path.join(output_dir, "checkpoints", f"step-{steps[-1]}"), steps[-1]
 
 
+@contextmanager
+def _tied_weights_quiet():
+    """accelerate's safetensors save warns that it "removed shared tensor language_model.lm_head.weight" at every
+    checkpoint: the LM head is tied to the input embeddings by design and re-tied on load, so that one record is
+    filtered out (any other warning passes)."""
+    target = logging.getLogger("accelerate.utils.other")
+
+    class _Filter(logging.Filter):
+        def filter(self, record):
+            return "Removed shared tensor" not in record.getMessage()
+
+    quiet = _Filter()
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
+
+
 def save_checkpoint(accelerator, model, processor, output_dir: str, state: dict, keep: int) -> None:
     """``checkpoints/step-N``: the accelerate state (``state/``), the trainer state, and the model + processor as
     ``save_pretrained`` writes them (so ``from_pretrained`` loads the checkpoint); written to a temporary folder and
@@ -292,7 +324,8 @@ def save_checkpoint(accelerator, model, processor, output_dir: str, state: dict,
     if accelerator.is_main_process and os.path.exists(tmp):
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(os.path.join(tmp, "state"))
+    with _tied_weights_quiet():
+        accelerator.save_state(os.path.join(tmp, "state"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save_pretrained(tmp)
@@ -585,9 +618,15 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
     caption_level = "video" if config.stage == "video" else "clip"
     progress = None
     if accelerator.is_main_process:
-        from tqdm.auto import tqdm
+        from transformers.utils.logging import tqdm  # honours disable_progress_bar / HF_HUB_DISABLE_PROGRESS_BARS
 
         progress = tqdm(total=config.max_steps, initial=step, desc="train", disable=not logger.isEnabledFor(logging.INFO))
+    # log lines go through the bar (tqdm.write) instead of breaking it
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    redirect = logging_redirect_tqdm(loggers=[logging.getLogger("captionformer_hf")])
+    redirect.__enter__()
+    first_step = step
     history, running, last_logs = [], {}, {}
     start_time = time.perf_counter()
     while step < config.max_steps:
@@ -676,6 +715,7 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
             loader.dataset.skip_examples = 0
     if progress is not None:
         progress.close()
+    redirect.__exit__(None, None, None)
     accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - start_time
     for callback in callbacks:
@@ -689,7 +729,7 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
             save_for_hub(raw_model, processor, tmp, title="CaptionFormer (trained with captionformer_hf)",
                          datasets=[s["path"] for s in config.dataset_specs()
                                    if s["path"] != "synthetic" and not os.path.isdir(s["path"])] or None,
-                         tags=[config.stage])
+                         tags=[config.stage], model_id=config.push_to_hub or final)
             with open(os.path.join(tmp, "training_history.json"), "w") as f:
                 json.dump({"config": dataclasses.asdict(config), "history": history, "seconds": elapsed,
                            "mixed_precision": accelerator.mixed_precision,
@@ -698,7 +738,8 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
             push_folder(final, config.push_to_hub)
     if config.report_to:
         accelerator.end_training()
-    return {"history": history, "steps": step, "seconds": elapsed, "model": raw_model, "processor": processor,
+    return {"history": history, "steps": step, "steps_this_run": step - first_step, "resumed_at": first_step,
+            "seconds": elapsed, "model": raw_model, "processor": processor,
             "profile": timer.steps if config.profile else None, "accelerator": accelerator}
 
 

@@ -108,7 +108,7 @@ def annotate_dataset(dataset, backend: Backend, cache_path: str, num_frames: int
     limiter = RateLimiter(requests_per_second)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from transformers.utils.logging import tqdm  # honours disable_progress_bar / HF_HUB_DISABLE_PROGRESS_BARS
 
         bar = tqdm(desc=f"captions ({backend.name})", unit="track")
     done = 0
