@@ -316,3 +316,66 @@ def test_data_convert_names_a_missing_field(tmp_path, capsys):
     assert main(["data", "convert", "--format", "lvvis", "--split",
                  f"train={tmp_path / 'ann.json'}:{tmp_path / 'frames'}", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == "captionformer data: error: video 7: missing `height`\n"
+
+
+# ----------------------------------------------------------------------------------- round two: nothing is lost
+def test_an_output_never_replaces_the_input_or_another_output(toy_model_dir, shapes, tmp_path, capsys):
+    video = str(shapes / "s.mp4")
+    before = (shapes / "s.mp4").read_bytes()
+    for extra, message in ((["--render", video], "`--render` is the input `VIDEO`"),
+                           (["--out", video], "`--out` is the input `VIDEO`"),
+                           (["--out", str(tmp_path / "x"), "--render", str(tmp_path / "x")],
+                            "`--out` and `--render` are the same file")):
+        assert main(["caption", video, "--model", toy_model_dir, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert (shapes / "s.mp4").read_bytes() == before and not (tmp_path / "x").exists()
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
+    from captionformer_hf.utils import OutputLock
+
+    out = tmp_path / "x.json"
+    with OutputLock(out):
+        assert (tmp_path / "x.json.lock").read_text() == str(os.getpid())
+        # another process's lock: its pid file names a live process (pid 1 lives as long as the machine)
+        (tmp_path / "y.json.lock").write_text("1")
+        with pytest.raises(ValueError, match=r"y.json is being written by another process \(pid 1\)"):
+            OutputLock(tmp_path / "y.json").acquire()
+    assert not (tmp_path / "x.json.lock").exists()  # released
+    (tmp_path / "z.json.lock").write_text("999999999")  # a crashed writer's stale lock is taken over
+    with OutputLock(tmp_path / "z.json") as lock:
+        assert lock.held
+
+
+def test_predict_refuses_to_resume_with_other_settings_or_beside_a_running_writer(toy_model_dir, tmp_path, capsys):
+    assert main(["data", "synthetic", "--num-videos", "3", "--out", str(tmp_path / "data"), "--frames", "4",
+                 "-q"]) == 0
+    args = ["predict", "--model", toy_model_dir, "--dataset", str(tmp_path / "data"), "--split", "train",
+            "--out", str(tmp_path / "p.json"), "--max-new-tokens", "1", "-q"]
+    parts = tmp_path / "p.json.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text(json.dumps({"predict": {"threshold": 0.1}}))
+    (parts / "00000000.json").write_text("{}")
+    assert main(args) == 2
+    assert "were made with other settings" in capsys.readouterr().err
+    (parts / "settings.json").unlink()
+    assert main(args) == 2
+    assert "settings are unknown" in capsys.readouterr().err
+    for name in os.listdir(parts):
+        (parts / name).unlink()
+    (tmp_path / "p.json.lock").write_text("1")  # pid 1: alive, another writer
+    assert main(args) == 2
+    assert "is being written by another process" in capsys.readouterr().err
+    (tmp_path / "p.json.lock").unlink()
+    assert main(args) == 0 and not (tmp_path / "p.json.lock").exists()
+
+
+def test_space_build_overwrite_replaces_only_a_folder_it_built(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert main(["space", "build", "chota", "--out", str(precious), "--overwrite"]) == 2
+    assert "is not a folder this command wrote" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert main(["space", "build", "chota", "--out", str(tmp_path / "space")]) == 0
+    assert main(["space", "build", "chota", "--out", str(tmp_path / "space"), "--overwrite"]) == 0

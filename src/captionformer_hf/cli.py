@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .utils import atomic_write_json
+from .utils import atomic_write_json, check_distinct_paths
 
 logger = logging.getLogger("captionformer_hf")
 
@@ -63,7 +63,9 @@ def _caption(args: argparse.Namespace) -> int:
     from .utils import check_writable_file
 
     out = args.out or os.path.splitext(os.path.basename(str(args.video)))[0] + ".captions.json"
-    check_writable_file(out, "--out")  # before the video is processed: a result is never lost at the end
+    # before the video is processed: a result is never lost at the end, and never replaces the video or the other
+    check_distinct_paths({"--out": out, "--render": args.render}, {"VIDEO": args.video})
+    check_writable_file(out, "--out")
     if args.render:
         check_writable_file(args.render, "--render")
     if not str(args.video).startswith(("http://", "https://")):  # a local input is checked before the model loads
@@ -115,8 +117,10 @@ def _predict(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
+    settings = {"model": args.model or "default", "dataset": args.dataset, "split": args.split, "dtype": args.dtype,
+                "max_videos": args.max_videos, "predict": kwargs}
     videos = predict_dataset(pipe.model, pipe.processor, split, args.out, max_videos=args.max_videos,
-                             progress=not args.quiet, **kwargs)
+                             progress=not args.quiet, settings=settings, **kwargs)
     if videos is not None:
         out, official, _ = output_paths(args.out)
         tracks = sum(len(v["trajectories"]) for v in videos)

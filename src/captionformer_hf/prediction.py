@@ -87,22 +87,78 @@ def _process_state():
 
 
 def predict_dataset(model, processor, dataset, out: str, *, max_videos: int | None = None, progress: bool = True,
-                    keep_parts: bool = False, **predict_kwargs) -> list[dict] | None:
+                    keep_parts: bool = False, settings: dict | None = None, **predict_kwargs) -> list[dict] | None:
     """Predict every video of ``dataset`` (a ``datasets`` split, map-style or streaming) into ``out``.
 
     ``predict_kwargs`` go to ``predict_video`` (``threshold``, ``clip_batch_size``, ``return_masks``,
-    ``num_beams``...). Returns the predictions on the first process (``None`` on the others)."""
+    ``num_beams``...). A run is resumable: finished videos wait in ``<out>.parts``, with the run's ``settings``
+    (default: ``predict_kwargs`` and ``max_videos``); a run with other settings is refused rather than mixed in, and a
+    second run writing the same ``out`` at the same time is refused (a lock file). Returns the predictions on the
+    first process (``None`` on the others)."""
+    from .utils import OutputLock
+
+    if settings is None:
+        settings = {"predict": predict_kwargs, "max_videos": max_videos}
+
+    out, official, parts = output_paths(out)
+    check_output(out)
+    state = _process_state()
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    # one writer of an output at a time (a second `predict --out` to the same file is refused), and a resumed run
+    # continues only with the settings of the partial results
+    lock = OutputLock(out, "out")
+    problem = None
+    if rank == 0:
+        try:
+            lock.acquire()
+            os.makedirs(parts, exist_ok=True)
+            _check_settings(parts, settings)
+        except ValueError as error:
+            lock.release()
+            problem = str(error)
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        return _predict_parts(model, processor, dataset, out, official, parts, state, rank, world, max_videos,
+                              progress, keep_parts, predict_kwargs)
+    finally:
+        lock.release()
+
+
+def _check_settings(parts: str, settings: dict) -> None:
+    """Record the settings of a run in its folder of finished videos; refuse to continue one made with others."""
+    path = os.path.join(parts, "settings.json")
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = None
+        if previous != settings:
+            changed = sorted(k for k in set(settings) | set(previous or {})
+                             if (previous or {}).get(k) != settings.get(k))
+            raise ValueError(f"`out`: the partial results in {parts} were made with other settings ({', '.join(changed)}"
+                             "); resume with the same settings, or remove that folder to start again")
+    elif any(name.endswith(".json") for name in os.listdir(parts)):
+        raise ValueError(f"`out`: {parts} holds partial results whose settings are unknown; remove that folder to "
+                         "start again")
+    else:
+        atomic_write_json(path, settings)
+
+
+def _predict_parts(model, processor, dataset, out, official, parts, state, rank, world, max_videos, progress,
+                   keep_parts, predict_kwargs):
+    if state is not None and world > 1:
+        model = model.to(state.device)
     from transformers.utils.logging import tqdm  # honours disable_progress_bar / HF_HUB_DISABLE_PROGRESS_BARS
 
     from .training.trainer import predict_example
 
-    out, official, parts = output_paths(out)
-    check_output(out)
-    os.makedirs(parts, exist_ok=True)
-    state = _process_state()
-    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    if state is not None and world > 1:
-        model = model.to(state.device)
     sized = hasattr(dataset, "__len__")
     total = len(dataset) if sized else None
     if max_videos is not None:
@@ -137,7 +193,7 @@ def predict_dataset(model, processor, dataset, out: str, *, max_videos: int | No
         state.wait_for_everyone()
     if rank != 0:
         return None
-    names = sorted(name for name in os.listdir(parts) if name.endswith(".json") and not name.startswith(".")
+    names = sorted(name for name in os.listdir(parts) if name.endswith(".json") and name[:-5].isdigit()
                    and (total is None or int(name[:-5]) < total))
     videos = []
     for name in names:

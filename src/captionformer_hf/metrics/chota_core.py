@@ -24,9 +24,9 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 
 try:  # inside captionformer_hf
-    from ..processing.trajectory_captionformer import check_rle
+    from ..processing.trajectory_captionformer import check_mask_size, check_rle
 except ImportError:  # a self-contained copy of the metric (chota_module_path(), the CHOTA Space): a sibling file
-    from .trajectory_captionformer import check_rle
+    from .trajectory_captionformer import check_mask_size, check_rle
 from .caption_scores import SUPPORTED_CAPTION_METRICS, check_caption_metrics_runnable, get_pair_scorer
 from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_pairs
 
@@ -171,10 +171,13 @@ def _rle(value, height, width, where: str):
         counts, size = value, [int(height), int(width)]
     else:
         raise ValueError(f"{where}: `mask_rle` must be a COCO RLE string or dict, got {type(value).__name__}")
+    pixels = check_mask_size(size[0], size[1], where)
     if isinstance(counts, list):  # uncompressed RLE
-        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise ValueError(f"{where}: bad mask RLE (uncompressed counts must be non-negative integers)")
-        if sum(counts) != size[0] * size[1]:
+        if len(counts) > pixels + 1:
+            raise ValueError(f"{where}: bad mask RLE ({len(counts)} runs, more than a {size[0]}x{size[1]} mask has)")
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= pixels for c in counts):
+            raise ValueError(f"{where}: bad mask RLE (uncompressed counts must be integers from 0 to the pixel count)")
+        if sum(int(c) for c in counts) != pixels:
             raise ValueError(
                 f"{where}: bad mask RLE (its runs cover {sum(counts)} pixels, a {size[0]}x{size[1]} frame has "
                 f"{size[0] * size[1]})"

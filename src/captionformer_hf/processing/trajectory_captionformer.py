@@ -78,10 +78,19 @@ def _as_bytes(counts) -> bytes:
     raise TypeError(f"mask RLE must be a COCO compressed RLE string, got {type(counts).__name__}")
 
 
-def rle_runs(counts) -> np.ndarray:
+# The largest mask an RLE string may describe: pycocotools counts runs and pixels in 32-bit unsigned integers, and a
+# bound here keeps every sum of run lengths exact in int64 (at most MAX_PIXELS + 1 runs of at most MAX_PIXELS each).
+MAX_PIXELS = 2**31 - 1
+# 5 bits a character: 7 characters hold any value of magnitude below 2^34 (far above MAX_PIXELS)
+_MAX_CHARACTERS_PER_VALUE = 7
+
+
+def rle_runs(counts, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Run lengths ``(R,)`` int64 of a COCO compressed RLE string (zeros first, column-major).
 
-    Raises ``ValueError`` for characters outside the code, a truncated last value, or a negative run."""
+    Bounded: a string of more than ``max_pixels + 1`` runs, a value of more than 7 characters or a run longer than
+    ``max_pixels`` is refused before any sum is taken, so no run or sum can overflow. Raises ``ValueError`` for
+    characters outside the code, a truncated last value, a negative run, or those bounds."""
     data = np.frombuffer(_as_bytes(counts), dtype=np.uint8).astype(np.int64) - 48
     if data.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -91,20 +100,25 @@ def rle_runs(counts) -> np.ndarray:
     if more[-1]:
         raise ValueError("mask RLE is truncated (its last value is unfinished)")
     ends = np.nonzero(~more)[0]  # last character of each value
+    if len(ends) > max_pixels + 1:
+        raise ValueError(f"mask RLE has {len(ends)} runs, more than a mask of at most {max_pixels} pixels can have")
     starts = np.concatenate([[0], ends[:-1] + 1])
+    if int((ends - starts).max()) >= _MAX_CHARACTERS_PER_VALUE:
+        raise ValueError("mask RLE has a value too large to be a run length")
     group = np.repeat(np.arange(len(ends)), ends - starts + 1)
     position = np.arange(len(data)) - starts[group]  # 5-bit chunk index within its value
-    if position.max() > 12:
-        raise ValueError("mask RLE has a value too large to be a run length")
     values = np.add.reduceat((data & 0x1F) << (5 * position), starts)
     negative = (data[ends] & 0x10) != 0  # sign bit of the last chunk
     values[negative] -= np.left_shift(1, 5 * (position[ends][negative] + 1))
     # values after the first three are differences to the run two before: cumulative sums per parity
     if len(values) > 3:
+        # each value is below 2^34 in magnitude and there are at most 2^31 of them: the sums stay within int64
         for parity in (1, 2):
             values[parity::2] = np.cumsum(values[parity::2])
     if (values < 0).any():
         raise ValueError("mask RLE has a negative run length")
+    if (values > max_pixels).any():
+        raise ValueError(f"mask RLE has a run of {int(values.max())} pixels, more than {max_pixels}")
     return values
 
 
@@ -118,10 +132,24 @@ def rle_area(counts) -> int:
     return int(rle_runs(counts)[1::2].sum())
 
 
+def check_mask_size(height, width, where: str = "mask") -> int:
+    """``height * width``, or a ``ValueError`` naming ``where`` unless both are integers >= 1 with a product of at
+    most :data:`MAX_PIXELS`."""
+    if not (_is_int(height) and _is_int(width)) or height < 1 or width < 1:
+        raise ValueError(f"{where}: the mask size must be two integers >= 1, got {height!r} x {width!r}")
+    pixels = int(height) * int(width)
+    if pixels > MAX_PIXELS:
+        raise ValueError(f"{where}: a {height}x{width} mask has {pixels} pixels, more than {MAX_PIXELS} (the largest "
+                         "RLE mask pycocotools can hold)")
+    return pixels
+
+
 def check_rle(counts, height: int, width: int, where: str = "mask_rle") -> None:
-    """Raise a ``ValueError`` naming ``where`` unless ``counts`` is a COCO RLE string of a ``height x width`` mask."""
+    """Raise a ``ValueError`` naming ``where`` unless ``counts`` is a COCO RLE string of a ``height x width`` mask
+    (decoded by the bounded :func:`rle_runs`, before pycocotools or anything else sees it)."""
+    pixels = check_mask_size(height, width, where)
     try:
-        covered = rle_num_pixels(counts)
+        covered = int(rle_runs(counts, max_pixels=pixels).sum())
     except (ValueError, TypeError) as error:
         raise ValueError(f"{where}: bad mask RLE ({error})") from error
     if covered != int(height) * int(width):
@@ -224,11 +252,12 @@ def rle_encode(masks: np.ndarray) -> str | list[str]:
 def rle_decode(counts, height: int, width: int, where: str = "mask_rle") -> np.ndarray:
     """``uint8 (height, width)`` mask of a COCO compressed RLE string; ``ValueError`` (naming ``where``) when the
     string is not a mask of that size."""
+    pixels = check_mask_size(height, width, where)
     try:
-        runs = rle_runs(counts)
+        runs = rle_runs(counts, max_pixels=pixels)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{where}: bad mask RLE ({error})") from error
-    if int(runs.sum()) != int(height) * int(width):
+    if int(runs.sum()) != pixels:
         raise ValueError(
             f"{where}: bad mask RLE (its runs cover {int(runs.sum())} pixels, a {height}x{width} frame has "
             f"{int(height) * int(width)})"

@@ -22,6 +22,7 @@ import shutil
 import zipfile
 
 KINDS = ("demo", "chota")
+SPACE_MARKER = ".captionformer-space"
 LICENSE = "apache-2.0"
 PACKAGE = "captionformer_hf"
 
@@ -211,7 +212,8 @@ def build_space(kind: str, out: str, overwrite: bool = False) -> str:
     import gradio
 
     version = package_version()
-    with atomic_directory(out, overwrite=overwrite, argument="--out") as tmp:
+    # --overwrite replaces only a folder this command built (its marker file), never another
+    with atomic_directory(out, overwrite=overwrite, argument="--out", marker=SPACE_MARKER) as tmp:
         if kind == "demo":
             wheel = build_wheel(tmp)
             requirements = f"./{os.path.basename(wheel)}\n"
