@@ -379,3 +379,64 @@ def test_space_build_overwrite_replaces_only_a_folder_it_built(tmp_path, capsys)
     assert (precious / "thesis.tex").read_text() == "years of work"
     assert main(["space", "build", "chota", "--out", str(tmp_path / "space")]) == 0
     assert main(["space", "build", "chota", "--out", str(tmp_path / "space"), "--overwrite"]) == 0
+
+
+# ---------------------------------------------------------------------------- results in the promised units
+def test_max_side_results_are_in_the_source_pixels(tmp_path):
+    """A video downscaled while decoding (max_side) is reported in its own pixels: height and width, boxes and masks
+    equal those of the full-size run (up to resampling), and the ground truth of the source matches them."""
+    from captionformer_hf.data.synthetic import sample_video_config
+    from captionformer_hf.defaults import load_pipeline
+    from captionformer_hf.processing.trajectory_captionformer import rle_decode
+
+    video = generate_video(5, sample_video_config(num_frames=6))
+    path = tmp_path / "v.mp4"
+    write_video(video["frames"], path, fps=8)
+    pipe = load_pipeline()
+    full = pipe(str(path), threshold=0.0, max_new_tokens=1)
+    small = pipe(str(path), threshold=0.0, max_new_tokens=1, max_side=128)  # decoded at 96x128
+    assert (small["height"], small["width"]) == (full["height"], full["width"]) == (192, 256)
+    assert len(small["trajectories"]) == len(full["trajectories"]) >= 1
+    # the model sees the same 96x128 input either way: the same boxes, in the source's pixels (not the 96x128 ones)
+    for a, b in zip(full["trajectories"], small["trajectories"]):
+        for fa, fb in zip(a["frames"], b["frames"]):
+            assert fa["frame_index"] == fb["frame_index"]
+            assert fb["box"] == pytest.approx(fa["box"], abs=3.0)
+    first = small["trajectories"][0]["frames"][0]
+    mask = rle_decode(first["mask_rle"], 192, 256)  # the mask is a 192x256 one
+    assert mask.shape == (192, 256) and mask.any()
+    # evaluated against the source's own ground truth, the downscaled run keeps its detections
+    truth = [{"video_id": "v", "num_frames": 6, "trajectories": [
+        {"track_id": t["track_id"], "caption": t["caption"], "frames": [{"frame_index": f["frame_index"],
+                                                                          "box": f["box"]} for f in t["frames"]]}
+        for t in video["tracks"]]}]
+    scores = [compute_chota([{**r, "video_id": "v"}], truth, caption_metrics=("cider",), score_threshold=0.0)["DetA"]
+              for r in (full, small)]
+    assert scores[1] > 0.5 * scores[0] > 0
+
+
+def test_bad_array_values_and_frame_rates_are_refused():
+    from captionformer_hf.processing import VideoFrames
+
+    frames = np.full((2, 32, 32, 3), 128.0)
+    reader = VideoFrames(frames)  # a float array in 0-255 is taken as it is, not multiplied by 255
+    assert next(iter(reader))[1].max() == 128
+    assert next(iter(VideoFrames(frames / 255)))[1].max() == 128
+    with pytest.raises(ValueError, match=r"values in \[0, 1\] or \[0, 255\], got \[-1, 128\]"):
+        VideoFrames(np.concatenate([frames, -np.ones((1, 32, 32, 3))]))
+    for fps in (0, -8, float("nan")):
+        with pytest.raises(ValueError, match="`video_fps` must be a positive finite number"):
+            VideoFrames(frames.astype(np.uint8), video_fps=fps)
+
+
+def test_a_huge_frame_is_refused_or_downscaled_before_it_is_decoded_at_full_size(tmp_path):
+    import resource
+
+    big = np.zeros((1, 4000, 4000, 3), np.uint8)
+    write_video(big, tmp_path / "big.mp4", fps=1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reader = VideoFrames(str(tmp_path / "big.mp4"), max_side=256)
+    frame = next(iter(reader))[1]
+    assert frame.shape == (256, 256, 3)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 150  # no 4000x4000 RGB array (48 MB) nor its float copy (192 MB) was made

@@ -85,8 +85,8 @@ def predict_video(
     rate = frames.video_fps  # the frame indices are the source video's
     prediction = {
         "num_frames": int(frames.num_source_frames),
-        "height": int(frames.height),
-        "width": int(frames.width),
+        "height": int(geometry.original_size[0]),  # the source's pixels, also when decoding downscaled the frames
+        "width": int(geometry.original_size[1]),
         "fps": float(rate) if rate is not None and math.isfinite(rate) else None,
         "trajectories": result["trajectories"],
     }

@@ -32,6 +32,7 @@ from .trajectory_captionformer import encode_runs, runs_from_changes
 logger = logging.getLogger(__name__)
 
 MAX_SIDE = 8192  # larger frames are rejected as absurd input
+MAX_SOURCE_SIDE = 4 * MAX_SIDE  # with `max_side`, sources up to this are read (downscaled while decoding)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".gif", ".mpg", ".mpeg", ".ogv")
 
 
@@ -222,6 +223,9 @@ class VideoFrames:
             raise ValueError(f"`prefetch` must be an integer >= 0, got {prefetch!r}")
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 8):
             raise ValueError(f"`max_side` must be an integer >= 8, got {max_side!r}")
+        if video_fps is not None and (isinstance(video_fps, bool) or not isinstance(video_fps, (int, float))
+                                      or not math.isfinite(video_fps) or video_fps <= 0):
+            raise ValueError(f"`video_fps` must be a positive finite number, got {video_fps!r}")
         if max_decoded_frames is not None and (isinstance(max_decoded_frames, bool)
                                                or not isinstance(max_decoded_frames, int) or max_decoded_frames < 1):
             raise ValueError(f"`max_decoded_frames` must be a positive integer, got {max_decoded_frames!r}")
@@ -254,12 +258,15 @@ class VideoFrames:
             first = self._array[0]
         else:
             self.video_fps, self.total_frames, first = self._probe()
-        if self.max_side is not None and max(first.shape[:2]) > self.max_side:
-            self._target_size = _fit_within(first.shape[0], first.shape[1], self.max_side)
-            first = _resize_rgb(first, self._target_size)
-        else:
-            self._target_size = None
+        if self._array is not None:
+            self.source_height, self.source_width = first.shape[:2]
+            if self.max_side is not None and max(first.shape[:2]) > self.max_side:
+                self._target_size = _fit_within(first.shape[0], first.shape[1], self.max_side)
+                first = _resize_rgb(first, self._target_size)
+            else:
+                self._target_size = None
         self.downscaled = self._target_size is not None  # frames come out smaller than the source (``max_side``)
+        # the frames come out at height x width; results are in the source's pixels (source_height x source_width)
         self.height, self.width = first.shape[:2]
         self.decoded_frames = 0  # source frames read so far (equals the video length once iterated)
         self.read_to_end = False
@@ -277,7 +284,11 @@ class VideoFrames:
         elif np.issubdtype(video.dtype, np.floating):
             if not np.isfinite(video).all():
                 raise ValueError("`video` array has NaN or infinite values")
-            scale = 255.0 if video.max() <= 1.0 else 1.0
+            low, high = float(video.min()), float(video.max())
+            if low < 0 or high > 255:
+                raise ValueError(f"`video`: a float array must hold values in [0, 1] or [0, 255], got [{low:g}, {high:g}]")
+            # values in [0, 1] are scaled to [0, 255]; values beyond 1 mean the array is in [0, 255] already
+            scale = 255.0 if high <= 1.0 else 1.0
             frames = np.clip(video * scale, 0, 255).round().astype(np.uint8)
         else:
             raise TypeError(f"`video` array must be uint8 (0-255) or float (0-1), got dtype {video.dtype}")
@@ -318,13 +329,22 @@ class VideoFrames:
             rate = stream.average_rate or stream.guessed_rate
             video_fps = float(rate) if rate else None
             total = int(stream.frames) or None
+            # the size the stream declares is checked before any frame is decoded (or allocated)
+            declared = (int(stream.codec_context.height or 0), int(stream.codec_context.width or 0))
+            if min(declared) > 0:
+                self._check_source_size(*declared)
             try:
                 first = next(iter(container.decode(stream)), None)
             except av.error.FFmpegError as error:
                 raise ValueError(f"`video`: could not decode {self._describe()} ({error})") from error
             if first is None:
                 raise ValueError(f"`video`: {self._describe()} has zero frames")
-            frame = _check_frame(first.to_ndarray(format="rgb24"), "`video`", self.max_side)
+            self.source_height, self.source_width = self._check_source_size(first.height, first.width)
+            if self._target_size is not None:  # scaled by the converter: no full-size RGB frame is made
+                frame = first.to_ndarray(format="rgb24", width=self._target_size[1], height=self._target_size[0])
+            else:
+                frame = first.to_ndarray(format="rgb24")
+            frame = _check_frame(frame, "`video`", self.max_side)
         finally:
             container.close()
         self.declared_frames = total
@@ -336,6 +356,19 @@ class VideoFrames:
         if self.num_frames is not None and total is None:
             total = sum(1 for _ in self._decode_all())
         return video_fps, total, frame
+
+    def _check_source_size(self, height: int, width: int) -> tuple[int, int]:
+        """Refuse a source larger than the frames this processor takes (``MAX_SIDE`` a side, or
+        ``MAX_SOURCE_SIDE`` when ``max_side`` downscales it) and set the size frames come out at."""
+        limit = MAX_SIDE if self.max_side is None else MAX_SOURCE_SIDE
+        if min(height, width) < 8 or max(height, width) > limit:
+            hint = "" if self.max_side is not None else " (pass max_side to downscale large videos while decoding)"
+            raise ValueError(f"`video`: frame size {width}x{height} is out of range (8 to {limit} pixels a side){hint}")
+        if self.max_side is not None and max(height, width) > self.max_side:
+            self._target_size = _fit_within(height, width, self.max_side)
+        else:
+            self._target_size = None
+        return height, width
 
     def _check_complete(self, declared: int) -> None:
         """Count the video packets (demuxing only, no decoding) against the frames the container declares."""
@@ -589,10 +622,12 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         )
 
     def geometry(self, frames: VideoFrames) -> VideoGeometry:
-        """Sizes of a video through this processor: original, resized content, padded model input."""
-        original = (int(frames.height), int(frames.width))
-        content = self.content_size(*original)
-        return VideoGeometry(original, tuple(content), tuple(self.padded_size(*content)))
+        """Sizes of a video through this processor: original (the source's: results are in its pixels, also when
+        ``max_side`` downscaled the frames while decoding), resized content, padded model input, decoded frames."""
+        decoded = (int(frames.height), int(frames.width))
+        original = (int(getattr(frames, "source_height", decoded[0])), int(getattr(frames, "source_width", decoded[1])))
+        content = self.content_size(*decoded)
+        return VideoGeometry(original, tuple(content), tuple(self.padded_size(*content)), decoded)
 
     def iter_clip_batches(
         self,
@@ -624,7 +659,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             return CaptionFormerClipBatch(pixels, clips, geometry)
 
         for index, frame in frames:
-            if frame.shape[:2] != geometry.original_size:
+            if frame.shape[:2] != geometry.frame_size:
                 raise ValueError(
                     f"`video`: frame {index} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
                     f"{frames.width}x{frames.height}; all frames must have one size"
@@ -716,12 +751,19 @@ def release_boxes(boxes: torch.Tensor, input_size, content_size, original_size) 
 
 @dataclass(frozen=True)
 class VideoGeometry:
-    """Sizes of one video through the processor: ``original_size`` (the source frames), ``content_size`` (resized,
-    aspect kept) and ``padded_size`` (the model input: content padded bottom/right to the size divisor)."""
+    """Sizes of one video through the processor: ``original_size`` (the source frames: results are in its pixels),
+    ``content_size`` (resized, aspect kept), ``padded_size`` (the model input: content padded bottom/right to the
+    size divisor) and ``frame_size`` (the decoded frames: the source's, or smaller when ``max_side`` downscaled them
+    while decoding)."""
 
     original_size: tuple[int, int]
     content_size: tuple[int, int]
     padded_size: tuple[int, int]
+    frame_size: tuple[int, int] | None = None  # the decoded frames' (smaller than original with `max_side`)
+
+    def __post_init__(self):
+        if self.frame_size is None:
+            object.__setattr__(self, "frame_size", tuple(self.original_size))
 
 
 @dataclass

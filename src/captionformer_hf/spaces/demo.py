@@ -121,7 +121,8 @@ class DemoHandler:
                 key_index = max(by_frame, key=lambda i: len(by_frame[i]))
                 for index, frame in self.open(path, fps, max_frames, deadline):
                     if index == key_index:
-                        key_frame = draw_frame(frame, by_frame[index])
+                        key_frame = draw_frame(frame, by_frame[index],
+                                               source_size=(result["height"], result["width"]))
                         break
         except ValueError as error:
             message = str(error)
