@@ -440,3 +440,33 @@ def test_a_huge_frame_is_refused_or_downscaled_before_it_is_decoded_at_full_size
     assert frame.shape == (256, 256, 3)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 150  # no 4000x4000 RGB array (48 MB) nor its float copy (192 MB) was made
+
+
+def test_a_damaged_model_is_refused_at_load_naming_the_bad_tensors(toy_model_dir, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+
+    weights = load_file(os.path.join(toy_model_dir, "model.safetensors"))
+    cases = {
+        "half": ({k: v for i, (k, v) in enumerate(sorted(weights.items())) if i % 2}, "weights missing from the checkpoint"),
+        "int": ({k: (v.round().long() if k.endswith("classifier.weight") else v) for k, v in weights.items()},
+                "weights stored as integers (model.segmenter.class_head.classifier.weight)"),
+        "nan": ({k: (v.clone().fill_(float("nan")) if k.endswith("objectness_head.weight") else v)
+                 for k, v in weights.items()}, "NaN or infinite values (model.segmenter.objectness_head.weight)"),
+    }
+    for name, (state, message) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(toy_model_dir, folder)
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=r"the checkpoint is damaged: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+            CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(folder)
+    video = np.zeros((2, 32, 32, 3), np.uint8)
+    write_video(video, tmp_path / "v.mp4", fps=2)
+    assert main(["caption", str(tmp_path / "v.mp4"), "--model", str(tmp_path / "nan"), "--out",
+                 str(tmp_path / "r.json")]) == 2
+    error = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "error" in line]
+    assert error == ["captionformer caption: error: the checkpoint is damaged: weights with NaN or infinite values "
+                     "(model.segmenter.objectness_head.weight)"]

@@ -1,5 +1,6 @@
 """Every publishable save (pipeline, converter, trainer) works without this package and carries a model card."""
 
+from pathlib import Path
 import json
 
 import numpy as np
@@ -114,8 +115,14 @@ def test_converter_output_is_self_contained(tmp_path):
     model.config.caption_score_threshold = 0.0
     folder = write_converted(model, tmp_path / "converted", tokenizer=toy_tokenizer(), preset="vln")
     meta = card_metadata(folder)
-    assert all(meta.get(key) for key in METADATA), meta
+    assert all(meta.get(key) for key in METADATA if key != "datasets"), meta
+    # VLN is a benchmark, not a Hub dataset id: no `datasets` metadata, the card's text names it
+    assert "datasets" not in meta or not meta["datasets"]
     assert meta["base_model"] == ["Salesforce/blip2-opt-2.7b"] and "vln" in meta["tags"]
+    text = (folder / "README.md").read_text()
+    assert "VLN evaluation config" in text and "THIS_REPO_OR_FOLDER" not in text
+    assert f"pipeline(model={str(tmp_path / 'converted')!r}" in text  # the usage names the folder
+    assert "pip install torch torchvision 'transformers>=5.20' av scipy" in text
     check_without_the_package(folder, tmp_path, VIDEO)
 
 
@@ -132,3 +139,31 @@ def test_trainer_final_folder_is_self_contained(tmp_path):
     assert all(meta.get(key) for key in ("pipeline_tag", "library_name", "license", "tags"))
     assert (folder / "training_history.json").exists() and (folder / "pipeline_captionformer.py").exists()
     check_without_the_package(folder, tmp_path, VIDEO)
+
+
+def test_cards_name_the_repository_and_the_embedded_default_keeps_its_own(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from captionformer_hf.defaults import default_model_path, load_pipeline
+
+    pipe = load_pipeline()
+    pipe.save_pretrained(tmp_path / "copy")
+    own = (Path(default_model_path()) / "README.md").read_text()
+    assert (tmp_path / "copy" / "README.md").read_text() == own  # still says what its toy domain is
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            uploaded["card"] = (Path(folder_path) / "README.md").read_text()
+            return "https://huggingface.co/me/model/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    pipe.push_to_hub("me/shapes-model", title="A model")  # a new card asked for: it names the repository
+    assert "pipeline(model='me/shapes-model', trust_remote_code=True)" in uploaded["card"]
+    assert "THIS_REPO_OR_FOLDER" not in uploaded["card"]

@@ -31,5 +31,14 @@ def load_pipeline(model: str | None = None, device=None, **kwargs):
     model = model or default_model_path()
     if isinstance(model, str) and not os.path.exists(model) and model.startswith((".", "/")):
         raise ValueError(f"`model`: no such directory: {model}")
+    if isinstance(model, str) and "processor" not in kwargs:
+        # loaded here rather than by `pipeline`, which wraps any loading error into a multi-kilobyte message with
+        # tracebacks: a damaged checkpoint is refused with its own one-line error
+        from transformers import AutoModel, AutoProcessor
+
+        model_kwargs = {k: kwargs.pop(k) for k in ("dtype", "revision", "token") if k in kwargs}
+        kwargs["processor"] = AutoProcessor.from_pretrained(model, **{k: v for k, v in model_kwargs.items()
+                                                                      if k != "dtype"})
+        model = AutoModel.from_pretrained(model, **model_kwargs)
     return pipeline("dense-video-object-captioning", model=model, device=device,
                     pipeline_class=DenseVideoObjectCaptioningPipeline, **kwargs)

@@ -185,6 +185,46 @@ class CaptionFormerPreTrainedModel(_LibraryInitialization, PreTrainedModel):
     _no_split_modules = ["Blip2Attention", "Blip2QFormerMultiHeadAttention", "Mask2FormerMaskedAttentionDecoderLayer"]
     _supports_sdpa = True
 
+    @classmethod
+    def from_pretrained(cls, *args, strict_weights: bool = True, **kwargs):
+        """``PreTrainedModel.from_pretrained``, and a damaged checkpoint is refused at load with the names of the bad
+        tensors: weights missing from it, stored with a non-float dtype for a float parameter, or not finite; a
+        shape mismatch in one line. ``strict_weights=False`` lets missing weights start from their initialisation
+        (a checkpoint continued with a changed architecture, e.g. a new aggregation layer)."""
+        wants_info = kwargs.get("output_loading_info", False)
+        kwargs["output_loading_info"] = True
+        try:
+            model, info = super().from_pretrained(*args, **kwargs)
+        except RuntimeError as error:
+            lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line or "shape" in line]
+            if lines:
+                raise ValueError("the checkpoint does not fit this model: " + "; ".join(lines[:5])
+                                 + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else "")) from None
+            raise
+        problems = []
+        if strict_weights and info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            problems.append(f"{len(missing)} weights missing from the checkpoint ({', '.join(missing[:5])}"
+                            + (", ..." if len(missing) > 5 else "") + ")")
+        if info.get("mismatched_keys"):
+            problems.append(f"weights of another shape: {', '.join(str(k) for k in list(info['mismatched_keys'])[:5])}")
+        stored = _stored_dtypes(args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs)
+        parameters = dict(model.named_parameters())
+        wrong_type = sorted(name for name, dtype in stored.items()
+                            if name in parameters and parameters[name].is_floating_point() and dtype in _NOT_FLOAT)
+        if wrong_type:
+            problems.append(f"weights stored as integers ({', '.join(wrong_type[:5])}"
+                            + (", ..." if len(wrong_type) > 5 else "") + ")")
+        not_finite = sorted(name for name, tensor in parameters.items()
+                            if tensor.is_floating_point() and tensor.device.type != "meta"
+                            and not bool(torch.isfinite(tensor).all()))
+        if not_finite:
+            problems.append(f"weights with NaN or infinite values ({', '.join(not_finite[:5])}"
+                            + (", ..." if len(not_finite) > 5 else "") + ")")
+        if problems:
+            raise ValueError("the checkpoint is damaged: " + "; ".join(problems))
+        return (model, info) if wants_info else model
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, CaptionFormerCaptionHead):
@@ -221,6 +261,32 @@ class CaptionFormerPreTrainedModel(_LibraryInitialization, PreTrainedModel):
             raise ValueError(
                 f"`pixel_values_videos` frames must be at least 32x32 pixels, got {tuple(pixel_values_videos.shape[-2:])}"
             )
+
+
+_NOT_FLOAT = {"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"}
+
+
+def _stored_dtypes(source, kwargs) -> dict:
+    """``{tensor name: safetensors dtype}`` of a local checkpoint folder's weights (empty when it cannot be read:
+    a Hub id not in the cache, another format)."""
+    import json
+    import os
+    import struct
+
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return {}
+    folder = os.path.join(source, kwargs.get("subfolder") or "")
+    names = [name for name in os.listdir(folder) if name.endswith(".safetensors")] if os.path.isdir(folder) else []
+    dtypes = {}
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(min(length, 100 << 20)))
+        except (OSError, ValueError, struct.error):
+            continue
+        dtypes.update({key: value.get("dtype") for key, value in header.items() if isinstance(value, dict)})
+    return dtypes
 
 
 # what the processor returns beside the pixel values: geometry the clip forward does not need

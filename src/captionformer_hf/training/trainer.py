@@ -188,7 +188,9 @@ def build_model_and_processor(config: TrainingConfig):
         model = CaptionFormerForDenseVideoObjectCaptioning(model_config)
     else:
         clip_length = overrides.pop("clip_length", None)
-        model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(config.model, **overrides)
+        # overrides may add layers (a new aggregation): their weights start from the initialisation
+        model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(config.model, strict_weights=not overrides,
+                                                                           **overrides)
         if clip_length is not None:  # e.g. continue a model of 2-frame clips with 5-frame clips
             model.set_clip_length(clip_length)
         processor = config.model
