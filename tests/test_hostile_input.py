@@ -470,3 +470,85 @@ def test_a_damaged_model_is_refused_at_load_naming_the_bad_tensors(toy_model_dir
     error = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "error" in line]
     assert error == ["captionformer caption: error: the checkpoint is damaged: weights with NaN or infinite values "
                      "(model.segmenter.objectness_head.weight)"]
+
+
+def test_chota_work_is_bounded_before_anything_is_allocated():
+    """8,000 boxes in one frame, 10^8 frames declared in 162 bytes, thousands of alphas: refused at once, by name."""
+    import time
+
+    from captionformer_hf.metrics.chota_core import MAX_ALPHAS, MAX_DETECTIONS_PER_FRAME, MAX_FRAMES_PER_VIDEO
+
+    crowded = {"video_id": "v", "num_frames": 1, "trajectories": [
+        {"track_id": i, "score": 1.0, "caption": "a", "frames": [{"frame_index": 0, "box": [0, 0, 5, 5]}]}
+        for i in range(MAX_DETECTIONS_PER_FRAME + 1)]}
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"video 'v', reference, frame 0: 1001 detections in one frame, more than"):
+        compute_chota([crowded], [crowded], caption_metrics=("cider",))
+    long = {"video_id": "v", "num_frames": 10**8, "trajectories": []}
+    with pytest.raises(ValueError, match=f"`num_frames` is 100000000, more than the {MAX_FRAMES_PER_VIDEO}"):
+        compute_chota([long], [long], caption_metrics=("cider",))
+    ok = {"video_id": "v", "num_frames": 1, "trajectories": []}
+    with pytest.raises(ValueError, match=f"`alphas` holds 5000 thresholds, more than {MAX_ALPHAS}"):
+        compute_chota([ok], [ok], caption_metrics=("cider",), alphas=[0.5] * 5000)
+    assert time.perf_counter() - start < 5
+
+
+def test_inputs_that_are_not_regular_files_and_wrong_flag_values_are_refused(tmp_path, toy_model_dir):
+    from captionformer_hf.defaults import load_pipeline
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        VideoFrames(str(fifo))
+    pipe = load_pipeline(toy_model_dir)
+    with pytest.raises(TypeError, match="`return_masks` must be True or False, got 'no'"):
+        pipe(np.zeros((2, 32, 32, 3), np.uint8), return_masks="no")
+
+
+def test_a_trickling_download_stops_at_its_deadline(monkeypatch):
+    """A server that sends a byte now and then cannot hold the caller: the whole download has a deadline."""
+    import socket
+    import time
+
+    from captionformer_hf.processing import video_processing_captionformer as vp
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\n\r\n")
+        while not stop.is_set():
+            try:
+                connection.sendall(b"x")
+            except OSError:
+                break
+            time.sleep(0.05)
+        connection.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"took longer than 1 s"):
+        vp._download(f"http://127.0.0.1:{listener.getsockname()[1]}/v.mp4", 1 << 30, max_seconds=1)
+    stop.set()
+    assert time.monotonic() - start < 5
+    listener.close()
+
+
+def test_demo_requests_leave_no_files_behind(toy_model_dir, shapes, tmp_path, monkeypatch):
+    from captionformer_hf.defaults import load_pipeline
+    from captionformer_hf.spaces.demo import DemoHandler, DemoLimits
+
+    handler = DemoHandler(load_pipeline(toy_model_dir), DemoLimits(max_frames=4), work_root=str(tmp_path / "work"))
+    handler(str(shapes / "s.mp4"), 0.5, 0, 4)
+    assert len(os.listdir(tmp_path / "work")) == 1
+    with pytest.raises(ValueError):
+        handler(str(tmp_path / "missing.mp4"), 0.5, 0, 4)
+    old = os.path.join(tmp_path / "work", os.listdir(tmp_path / "work")[0])
+    os.utime(old, (0, 0))  # a request older than RESULT_SECONDS
+    handler(str(shapes / "s.mp4"), 0.5, 0, 4)
+    assert len(os.listdir(tmp_path / "work")) == 1 and not os.path.exists(old)

@@ -32,6 +32,12 @@ from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_pairs
 
 logger = logging.getLogger(__name__)
 
+# Bounds of an evaluation, checked before anything is allocated for it: the per-frame assignment grows with the
+# product of the detections of a frame, and per-frame tables with the frames of a video.
+MAX_FRAMES_PER_VIDEO = 1_000_000  # about 9 hours at 30 fps
+MAX_DETECTIONS_PER_FRAME = 1_000  # per side (ground truth or predictions)
+MAX_ALPHAS = 100
+
 _FIELDS_ORDER = (
     "CHOTA", "DetA", "AssA", "CapA", "HOTA", "LocA", "DetRe", "DetPr", "AssRe", "AssPr",
     "HOTA_TP", "HOTA_FN", "HOTA_FP", "TP_with_caps",
@@ -70,6 +76,9 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
     num_frames = video["num_frames"]
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"{_where(video_id, side)}: `num_frames` must be a positive integer, got {num_frames!r}")
+    if num_frames > MAX_FRAMES_PER_VIDEO:
+        raise ValueError(f"{_where(video_id, side)}: `num_frames` is {num_frames}, more than the {MAX_FRAMES_PER_VIDEO} "
+                         "frames a video may have here")
     trajectories = video["trajectories"]
     if not isinstance(trajectories, Sequence) or isinstance(trajectories, (str, bytes)):
         raise TypeError(f"{_where(video_id, side)}: `trajectories` must be a list, got {type(trajectories).__name__}")
@@ -136,6 +145,12 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
             detections.frames.append(int(frame))
             detections.track_index.append(track_index)
             detections.captions.append(frame_caption)
+    if len(detections.frames) > MAX_DETECTIONS_PER_FRAME:
+        counts = np.bincount(np.frombuffer(detections.frames, dtype=np.int64))
+        crowded = int(counts.argmax())
+        if counts[crowded] > MAX_DETECTIONS_PER_FRAME:
+            raise ValueError(f"{_where(video_id, side, frame=crowded)}: {int(counts[crowded])} detections in one frame, "
+                             f"more than the {MAX_DETECTIONS_PER_FRAME} allowed")
     return int(num_frames), detections, len(trajectories)
 
 
@@ -330,8 +345,10 @@ def _check_arguments(predictions, references, iou_type, alphas, caption_metrics,
         raise ValueError("`references` holds no video: there is nothing to evaluate")
     if iou_type not in ("box", "mask"):
         raise ValueError(f"`iou_type` must be 'box' or 'mask', got {iou_type!r}")
+    if hasattr(alphas, "__len__") and len(alphas) > MAX_ALPHAS:
+        raise ValueError(f"`alphas` holds {len(alphas)} thresholds, more than {MAX_ALPHAS}")
     alphas = tuple(float(a) for a in np.asarray(alphas, dtype=np.float64).reshape(-1))
-    if not alphas or not all(0.0 < a <= 1.0 for a in alphas):
+    if not alphas or len(alphas) > MAX_ALPHAS or not all(0.0 < a <= 1.0 for a in alphas):
         raise ValueError(f"`alphas` must be a non-empty list of thresholds in (0, 1], got {alphas!r}")
     if isinstance(caption_metrics, str):
         caption_metrics = (caption_metrics,)

@@ -59,6 +59,9 @@ def predict_video(
         ``{"video_id"?, "num_frames", "height", "width", "fps", "trajectories": [...]}`` (``docs/format.md``), and
         ``"warnings"`` (a list of strings) when the video was only partly readable.
     """
+    for name, value in (("return_masks", return_masks), ("caption", caption), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be True or False, got {value!r}")
     video_processor = processor.video_processor
     # (remote code can load this module and the video processor's from different folders: no isinstance)
     if getattr(video, "is_video_frames", False) is True:

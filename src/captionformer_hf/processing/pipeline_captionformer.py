@@ -178,7 +178,9 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         if progress is not None:
             forward["progress"] = bool(progress)
         if return_masks is not None:
-            forward["return_masks"] = bool(return_masks)
+            if not isinstance(return_masks, bool):  # "no" would be truthy
+                raise TypeError(f"`return_masks` must be True or False, got {return_masks!r}")
+            forward["return_masks"] = return_masks
         return preprocess, forward, {}
 
     def __call__(self, inputs, video_id=None, **kwargs):

@@ -50,23 +50,30 @@ def _size(count: int) -> str:
     return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 1024:.1f} KiB"
 
 
-def _download(url: str, max_bytes: int) -> bytes:
-    """The body of ``url``, read in chunks and refused beyond ``max_bytes`` (checked on the declared length first)."""
+DOWNLOAD_SECONDS = 300  # a whole download, however slowly the server sends it
+
+
+def _download(url: str, max_bytes: int, max_seconds: float = DOWNLOAD_SECONDS) -> bytes:
+    """The body of ``url``, read in chunks and refused beyond ``max_bytes`` (checked on the declared length first) or
+    ``max_seconds`` in all (a server trickling bytes cannot hold the caller)."""
     from urllib.error import HTTPError, URLError
     from urllib.request import urlopen
 
+    deadline = time.monotonic() + max_seconds
     try:
-        with urlopen(url, timeout=60) as response:  # noqa: S310 - user-given URL
+        with urlopen(url, timeout=min(60, max_seconds)) as response:  # noqa: S310 - user-given URL
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise ValueError(f"`video`: {url} is {_size(int(declared))}, more than the {_size(max_bytes)} "
                                  "allowed (`max_download_bytes`)")
             chunks, size = [], 0
-            while chunk := response.read(1 << 20):
+            while chunk := response.read1(1 << 16):
                 size += len(chunk)
                 if size > max_bytes:
                     raise ValueError(f"`video`: {url} is larger than the {_size(max_bytes)} allowed "
                                      "(`max_download_bytes`)")
+                if time.monotonic() > deadline:
+                    raise ValueError(f"`video`: downloading {url} took longer than {max_seconds:g} s")
                 chunks.append(chunk)
     except HTTPError as error:
         raise ValueError(f"`video`: could not download {url} (HTTP {error.code} {error.reason})") from error
@@ -89,6 +96,8 @@ def _resolve_source(source, max_download_bytes: int):
             raise ValueError(f"`video`: file not found: {source}")
         if os.path.isdir(source):
             raise ValueError(f"`video`: {source} is a directory, not a video file")
+        if not os.path.isfile(source):  # a FIFO, socket or device would block the reader or never end
+            raise ValueError(f"`video`: {source} is not a regular file (a pipe, socket or device)")
         return source
     if hasattr(source, "read"):
         return source

@@ -75,9 +75,28 @@ def _number(value, name: str, low: float, high: float) -> float:
 class DemoHandler:
     """The request handler of the demo (a class so that tests can call it with a given pipeline and limits)."""
 
-    def __init__(self, pipe, limits: DemoLimits | None = None):
+    RESULT_SECONDS = 600  # a request's files (overlay, JSON) are kept this long for gradio to serve, then removed
+
+    def __init__(self, pipe, limits: DemoLimits | None = None, work_root: str | None = None):
         self.pipe = pipe
         self.limits = limits or DemoLimits()
+        self.work_root = work_root or os.path.join(tempfile.gettempdir(), f"captionformer-demo-{os.getpid()}")
+
+    def _work_folder(self) -> str:
+        """A folder for this request's files; those of requests older than ``RESULT_SECONDS`` are removed first (no
+        request leaves files behind for good)."""
+        import shutil
+
+        os.makedirs(self.work_root, exist_ok=True)
+        now = time.time()
+        for name in os.listdir(self.work_root):
+            path = os.path.join(self.work_root, name)
+            try:
+                if now - os.path.getmtime(path) > self.RESULT_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+        return tempfile.mkdtemp(prefix="request-", dir=self.work_root)
 
     def check(self, video_path, threshold, fps, max_frames):
         """The request's inputs as ``(path, threshold, fps or None, max_frames)``; ``ValueError`` for bad ones."""
@@ -106,12 +125,14 @@ class DemoHandler:
         """``(overlay video path, key frame, table rows, JSON path, summary)`` of one request."""
         from ..visualization import detections_by_frame, draw_frame, render_overlay
 
+        import shutil
+
         path, threshold, fps, max_frames = self.check(video_path, threshold, fps, max_frames)
         deadline = time.monotonic() + self.limits.max_seconds
+        work = self._work_folder()
         try:
             frames = self.open(path, fps, max_frames, deadline)
             result = self.pipe(frames, threshold=threshold, progress=progress is not None)
-            work = tempfile.mkdtemp(prefix="captionformer-")
             overlay_path = os.path.join(work, "overlay.mp4")
             render_overlay(self.open(path, fps, max_frames, deadline), result, overlay_path,
                            fps=fps or frames.video_fps or 8)
@@ -125,11 +146,15 @@ class DemoHandler:
                                                source_size=(result["height"], result["width"]))
                         break
         except ValueError as error:
+            shutil.rmtree(work, ignore_errors=True)
             message = str(error)
             if "time limit" in message:
                 message = (f"The video took longer than {self.limits.max_seconds} s to process; try fewer frames or "
                            "a lower sampling rate.")
             raise ValueError(message) from error
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         rows = [
             [t["track_id"], t.get("category") or "", round(t["score"], 3),
              t["frames"][0]["frame_index"] if t["frames"] else None,
