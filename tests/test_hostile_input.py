@@ -552,3 +552,31 @@ def test_demo_requests_leave_no_files_behind(toy_model_dir, shapes, tmp_path, mo
     os.utime(old, (0, 0))  # a request older than RESULT_SECONDS
     handler(str(shapes / "s.mp4"), 0.5, 0, 4)
     assert len(os.listdir(tmp_path / "work")) == 1 and not os.path.exists(old)
+
+
+def test_data_split_names_cannot_leave_the_output_or_merge(tmp_path, capsys):
+    from captionformer_hf.data.schema import load_parquet_dataset, write_parquet_shards
+    from captionformer_hf.data.synthetic import build_synthetic_dataset
+
+    for bad in ("../../x", "train-extra", "a/b", ""):
+        assert main(["data", "convert", "--format", "lvvis", "--split", f"{bad}=a.json:frames",
+                     "--out", str(tmp_path / "out")]) == 2
+        assert "use letters, digits and underscores" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob("*.parquet"))
+    data = build_synthetic_dataset(4, seed=1, splits={"train": 0.5, "train_extra": 0.5})
+    write_parquet_shards(data, str(tmp_path / "two"))
+    loaded = load_parquet_dataset(str(tmp_path / "two"))
+    assert {name: len(split) for name, split in loaded.items()} == {"train": 2, "train_extra": 2}
+
+
+def test_data_convert_refuses_frames_of_another_size_than_declared(tmp_path, capsys):
+    from PIL import Image
+
+    frames = tmp_path / "frames" / "v1"
+    frames.mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(frames / "0.jpg")
+    annotations = {"videos": [{"id": 1, "height": 96, "width": 128, "file_names": ["v1/0.jpg"]}], "annotations": []}
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    assert main(["data", "convert", "--format", "lvvis", "--split", f"train={tmp_path / 'a.json'}:{tmp_path / 'frames'}",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "video 1: frame file 'v1/0.jpg' is 64x48 but the annotations declare 128x96" in capsys.readouterr().err

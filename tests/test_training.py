@@ -93,6 +93,24 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, damag
     assert state_fingerprint(resumed["model"]) == state_fingerprint(reference["model"])
 
 
+def test_only_damaged_checkpoints_start_afresh_exactly_as_a_fresh_run(tmp_path, caplog):
+    """Every checkpoint damaged (an unreadable trainer state, weights cut after part of them loaded): the run starts
+    afresh, and ends with the very weights of a run that never had checkpoints."""
+    reference = train(config(tmp_path, "straight"))
+    with pytest.raises(Interrupt):
+        train(config(tmp_path, "damaged", keep_checkpoints=3), callbacks=[stop_after(4)])
+    checkpoints = tmp_path / "damaged" / "checkpoints"
+    (checkpoints / "step-4" / "trainer_state.json").write_text("{not json")
+    state = checkpoints / "step-2" / "state"
+    optimizer = next(p for p in state.iterdir() if p.name.startswith("optimizer"))
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # the model loads from it, then the optimizer fails
+    with caplog.at_level("WARNING", logger="captionformer_hf"):
+        resumed = train(config(tmp_path, "damaged", keep_checkpoints=3))
+    assert "trainer_state.json is not valid JSON" in caplog.text and "starting afresh" in caplog.text
+    assert resumed["steps"] == 6 and resumed["resumed_at"] == 0
+    assert state_fingerprint(resumed["model"]) == state_fingerprint(reference["model"])
+
+
 def test_accelerate_settings_apply_unless_the_recipe_sets_them(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16`
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")

@@ -31,9 +31,10 @@ def read_json(path: str) -> dict:
             raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 
-def image_entry(root: str, file_name: str, where: str, embed: bool = True) -> dict:
+def image_entry(root: str, file_name: str, where: str, embed: bool = True, size: tuple[int, int] | None = None) -> dict:
     """A frame file of the dataset: ``file_name`` must be a relative path inside ``root`` (no ``..``, no absolute
-    path, no link out of it) naming an image file PIL can read."""
+    path, no link out of it) naming an image file PIL can read, of ``size`` ``(height, width)`` when given (the size
+    the annotations declare: masks and boxes are in its pixels)."""
     if not isinstance(file_name, str) or not file_name:
         raise ValueError(f"{where}: a frame file name must be a non-empty string, got {file_name!r}")
     if os.path.isabs(file_name) or ".." in file_name.replace("\\", "/").split("/"):
@@ -49,8 +50,12 @@ def image_entry(root: str, file_name: str, where: str, embed: bool = True) -> di
     try:
         with Image.open(path) as image:
             image.verify()
+            actual = (image.height, image.width)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{where}: frame file {path} is not an image ({error})") from error
+    if size is not None and actual != tuple(size):
+        raise ValueError(f"{where}: frame file {file_name!r} is {actual[1]}x{actual[0]} but the annotations declare "
+                         f"{size[1]}x{size[0]}")
     if embed:
         with open(path, "rb") as f:
             return {"bytes": f.read(), "path": file_name}
@@ -136,7 +141,7 @@ def convert_ytvis(annotation_file: str, frames_root: str, embed: bool = True) ->
             raise ValueError(f"video {video.get('id')!r}: no `file_names`")
         where_video = f"video {video['id']!r}"
         height, width = field(video, "height", where_video), field(video, "width", where_video)
-        frames = [image_entry(frames_root, name, where_video, embed) for name in file_names]
+        frames = [image_entry(frames_root, name, where_video, embed, size=(height, width)) for name in file_names]
         example_tracks = []
         for annotation in tracks[video["id"]]:
             where = f"annotation {annotation.get('id')!r}"
@@ -191,7 +196,7 @@ def convert_lvis(annotation_file: str, images_root: str, embed: bool = True) -> 
     for image_id, image in images.items():
         height, width = field(image, "height", f"image {image_id!r}"), field(image, "width", f"image {image_id!r}")
         file_name = image.get("file_name") or os.path.basename(image.get("coco_url", ""))
-        frame = image_entry(images_root, file_name, f"image {image_id!r}", embed)
+        frame = image_entry(images_root, file_name, f"image {image_id!r}", embed, size=(height, width))
         example_tracks = []
         for annotation in by_image[image_id]:
             where = f"annotation {annotation.get('id')!r}"
@@ -293,10 +298,12 @@ def convert(format: str, splits: dict[str, tuple[str, str]], out: str | None = N
     """Convert ``splits`` (split name -> (annotation JSON, frames/images folder)) of an official format into a
     ``DatasetDict``; with ``out``, write sharded parquet and a dataset card there (atomically)."""
     from ..utils import check_new_directory
-    from .schema import check_shard_size, dataset_card, write_parquet_shards
+    from .schema import check_shard_size, check_split_name, dataset_card, write_parquet_shards
 
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
+    for split in splits:
+        check_split_name(split)
     if out is not None:  # before reading any frame
         check_new_directory(out, "out")
         check_shard_size(max_shard_size)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import datasets
 
@@ -65,11 +66,26 @@ def check_shard_size(max_shard_size) -> int:
     return max_shard_size
 
 
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
+_SHARD_NAME = re.compile(r"(?P<split>[A-Za-z0-9_]+)-\d{5}-of-\d{5}\.parquet")
+
+
+def check_split_name(split) -> str:
+    """A split name is letters, digits and underscores (as `datasets` names splits): no path, no dash, so that it
+    can neither leave the output folder nor read back as another split."""
+    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+        raise ValueError(f"split name {split!r}: use letters, digits and underscores only (e.g. train, validation, "
+                         "train_extra)")
+    return split
+
+
 def write_shards(dataset_dict: datasets.DatasetDict, folder: str, max_shard_size: int = 500,
                  card: str | None = None) -> None:
     """Write ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (at most ``max_shard_size`` examples a shard) and the
     dataset card into ``folder`` (use :func:`write_parquet_shards` for an atomic folder)."""
     check_shard_size(max_shard_size)
+    for split in dataset_dict:
+        check_split_name(split)
     os.makedirs(os.path.join(folder, "data"), exist_ok=True)
     for split, dataset in dataset_dict.items():
         num_shards = max(1, math.ceil(len(dataset) / max_shard_size))
@@ -95,8 +111,14 @@ def load_parquet_dataset(folder: str, streaming: bool = False):
     data = os.path.join(folder, "data")
     if not os.path.isdir(data):
         raise ValueError(f"{folder} has no data/ folder of parquet shards")
-    splits = sorted({name.split("-")[0] for name in os.listdir(data) if name.endswith(".parquet")})
-    files = {split: os.path.join(data, f"{split}-*.parquet") for split in splits}
+    shards: dict = {}
+    for name in sorted(os.listdir(data)):
+        match = _SHARD_NAME.fullmatch(name)
+        if match:
+            shards.setdefault(match["split"], []).append(os.path.join(data, name))
+    if not shards:
+        raise ValueError(f"{folder}: data/ holds no parquet shards named <split>-NNNNN-of-NNNNN.parquet")
+    files = shards
     return datasets.load_dataset("parquet", data_files=files, streaming=streaming)
 
 

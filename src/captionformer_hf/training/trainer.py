@@ -349,8 +349,13 @@ def _check_checkpoint(path: str) -> dict:
     state_file = os.path.join(path, "trainer_state.json")
     if not os.path.isfile(state_file):
         raise ValueError(f"{path}: no trainer_state.json")
-    with open(state_file) as f:
-        state = json.load(f)
+    try:
+        with open(state_file) as f:
+            state = json.load(f)
+    except ValueError as error:
+        raise ValueError(f"{path}: trainer_state.json is not valid JSON ({error})") from error
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("step", "epoch", "batches_in_epoch")):
+        raise ValueError(f"{path}: trainer_state.json lacks step / epoch / batches_in_epoch")
     state_dir = os.path.join(path, "state")
     if not os.path.isdir(state_dir):
         raise ValueError(f"{path}: no accelerate state folder")
@@ -360,19 +365,67 @@ def _check_checkpoint(path: str) -> dict:
     return state
 
 
-def resume(accelerator, output_dir: str) -> dict | None:
-    """Load the newest checkpoint that loads (a damaged one, e.g. a truncated file, is reported and the next older
-    one is tried); returns its trainer state, or ``None`` for a fresh start."""
-    for step in reversed(checkpoint_steps(output_dir)):
+def _capture(objects: list) -> dict:
+    """Copies of what a checkpoint restores: the objects' state dicts and the random number generators."""
+    import copy
+    import random
+
+    import numpy as np
+
+    return {
+        "objects": [copy.deepcopy(o.state_dict()) for o in objects],
+        "rng": (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+    }
+
+
+def _restore(objects: list, captured: dict) -> None:
+    import random
+
+    import numpy as np
+
+    for obj, state in zip(objects, captured["objects"]):
+        obj.load_state_dict(state)
+    python_state, numpy_state, torch_state, cuda_state = captured["rng"]
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if cuda_state is not None:
+        torch.cuda.set_rng_state_all(cuda_state)
+
+
+def resume(accelerator, output_dir: str, objects: list = ()) -> dict | None:
+    """Load the newest checkpoint that loads (a damaged one, e.g. a truncated file or an unreadable trainer state,
+    is reported and the next older one is tried); returns its trainer state, or ``None`` for a fresh start. A
+    checkpoint that fails half way may have loaded part of its state: ``objects`` (the model, optimizer and
+    scheduler) and the random generators are put back as they were, so a fresh start after damaged checkpoints is
+    the same as a fresh run."""
+    steps = checkpoint_steps(output_dir)
+    captured = _capture(list(objects)) if steps else None
+    for step in reversed(steps):
         path = os.path.join(output_dir, "checkpoints", f"step-{step}")
         try:
             state = _check_checkpoint(path)
             accelerator.load_state(os.path.join(path, "state"))
         except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: fall back to the previous one
             logger.warning("checkpoint %s cannot be resumed from (%s); trying an older one", path, error)
+            _restore(list(objects), captured)
             continue
         logger.info("resumed from %s (step %d)", path, state["step"])
         return state
+    if steps:
+        logger.warning("no checkpoint of %s could be resumed from: starting afresh", output_dir)
+    return None
+
+
+def _newest_trainer_state(output_dir: str) -> dict | None:
+    """The trainer state of the newest checkpoint whose trainer_state.json reads (the data position to resume at;
+    :func:`resume` then loads that checkpoint, or an older one)."""
+    for step in reversed(checkpoint_steps(output_dir)):
+        try:
+            return _check_checkpoint(os.path.join(output_dir, "checkpoints", f"step-{step}"))
+        except (OSError, ValueError) as error:
+            logger.warning("checkpoint step-%d cannot be resumed from (%s)", step, error)
     return None
 
 
@@ -571,11 +624,7 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
     if config.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
-    resume_state = None
-    checkpoint, _ = latest_checkpoint(config.output_dir)
-    if checkpoint is not None and os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
-        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-            resume_state = json.load(f)  # position of the data; the states are loaded (with fallback) below
+    resume_state = _newest_trainer_state(config.output_dir)  # the data position; states load (with fallback) below
     loader, streaming, eval_data, sampler = _build_data(config, accelerator, processor, model.config.clip_length, resume_state)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -589,7 +638,7 @@ def train(config: TrainingConfig, model=None, processor=None, callbacks=()) -> d
     accelerator.register_for_checkpointing(scheduler)
     if config.report_to:
         accelerator.init_trackers("captionformer", config=_tracker_config(config))
-    state = resume(accelerator, config.output_dir)
+    state = resume(accelerator, config.output_dir, [model, optimizer, scheduler])
     if state is not None and resume_state is not None and state["step"] != resume_state["step"]:
         # the newest checkpoint was damaged: the data position is the one of the checkpoint that loaded
         resume_state = state
