@@ -121,7 +121,7 @@ def test_resume_after_an_interrupted_run(tmp_path):
 
     annotate_dataset(dataset, Counting(), cache_path, concurrency=2, progress=False, limit=1)
     first = Counting.calls
-    assert 1 <= first < total
+    assert first == 1  # exactly the limit, even when a video holds more tracks
     with open(cache_path, "a") as f:
         f.write('{"video_id": "torn')  # a kill in the middle of a write
     cache = annotate_dataset(dataset, Counting(), cache_path, concurrency=2, progress=False)
@@ -134,6 +134,26 @@ def test_resume_after_an_interrupted_run(tmp_path):
         for track in new["tracks"]:
             assert track["caption"] == cache.entries[(original["video_id"], track["track_id"])]["caption"]
     assert len(CaptionCache(cache_path).entries) == total
+
+
+def test_annotate_refuses_bad_limits_and_another_backends_cache(tmp_path):
+    dataset = build_synthetic_dataset(2, seed=9, splits={"train": 1.0})["train"]
+    cache_path = str(tmp_path / "cache.jsonl")
+    for kwargs, message in (({"limit": 0}, "`limit` must be an integer >= 1"),
+                            ({"num_frames": 0}, "`num_frames` must be an integer >= 1")):
+        with pytest.raises(ValueError, match=message):
+            annotate_dataset(dataset, TemplateBackend(), cache_path, progress=False, **kwargs)
+    annotate_dataset(dataset, TemplateBackend(), cache_path, progress=False)
+    size = len(open(cache_path).read())
+
+    class Other(TemplateBackend):
+        name = "other-vlm"
+
+    with pytest.raises(ValueError, match="holds captions of backend template, not other-vlm"):
+        annotate_dataset(dataset, Other(), cache_path, progress=False)
+    for _ in range(3):  # reloading a complete cache leaves it as it is (no blank line appended)
+        CaptionCache(cache_path)
+    assert len(open(cache_path).read()) == size
 
 
 def test_voting_picks_the_consensus():

@@ -580,3 +580,76 @@ def test_data_convert_refuses_frames_of_another_size_than_declared(tmp_path, cap
     assert main(["data", "convert", "--format", "lvvis", "--split", f"train={tmp_path / 'a.json'}:{tmp_path / 'frames'}",
                  "--out", str(tmp_path / "out")]) == 2
     assert "video 1: frame file 'v1/0.jpg' is 64x48 but the annotations declare 128x96" in capsys.readouterr().err
+
+
+def test_evaluate_takes_the_single_video_json_of_caption(toy_model_dir, shapes, tmp_path, capsys):
+    assert main(["caption", str(shapes / "s.mp4"), "--model", toy_model_dir, "--out", str(tmp_path / "one.json"),
+                 "--max-new-tokens", "1", "-q"]) == 0
+    assert main(["evaluate", str(tmp_path / "one.json"), str(shapes / "gt.json"), "--caption-metrics", "cider"]) == 0
+    assert "CHOTA" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extension", [".webm", ".mkv", ".mov"])
+def test_truncation_and_length_in_containers_that_declare_no_frame_count(tmp_path, extension):
+    """webm / mkv / mov: the container's duration against the time its packets reach, and the packets as the frame
+    count (so --max-frames reports the video's length, not the frames read)."""
+    frames = generate_video(2, SyntheticVideoConfig(num_frames=40))["frames"]
+    full = tmp_path / f"full{extension}"
+    if extension == ".webm":
+        write_video(frames, full, fps=8)
+    else:
+        _write_container(frames, full, "matroska" if extension == ".mkv" else "mov")
+    reader = VideoFrames(str(full), max_frames=5)
+    assert sum(1 for _ in reader) == 5 and reader.num_source_frames == 40 and not reader.truncated
+    cut = tmp_path / f"cut{extension}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.8)])
+    with pytest.raises(ValueError, match="is truncated|could not open|zero frames|no video stream"):
+        VideoFrames(str(cut))  # refused: truncated (or, for a container whose index is at its end, unreadable)
+    if extension != ".mov":  # webm and mkv keep their duration at the start: the cut is found and named
+        with pytest.raises(ValueError, match=r"is truncated: its container declares 5.00 s but its frames end at"):
+            VideoFrames(str(cut))
+        reader = VideoFrames(str(cut), allow_truncated=True)
+        assert reader.truncated and 0 < sum(1 for _ in reader) < 40
+
+
+def _write_container(frames, path, container_format):
+    import av
+
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_a_variable_frame_rate_video_is_sampled_by_its_timestamps(tmp_path):
+    import fractions
+
+    import av
+
+    path = tmp_path / "vfr.mkv"
+    frames = np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), dtype=np.uint8)
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        moment = 0
+        for i, frame in enumerate(frames):  # 15 frames 20 ms apart, then 15 frames 100 ms apart
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = moment, fractions.Fraction(1, 1000)
+            moment += 20 if i < 15 else 100
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    reader = VideoFrames(str(path), fps=5)
+    indices = [index for index, _ in reader]
+    # one frame every 200 ms of the video's own time: frame 0 (0 s), 10 (0.2 s), then 15 (0.3 s is the first at or
+    # past 0.4 s? no: 0.3 < 0.4), 16 (0.4 s), 18 (0.6 s), 20, 22, ...
+    assert indices == [0, 10, 16, 18, 20, 22, 24, 26, 28]
+    assert 16 < reader.video_fps < 19  # the rate the timestamps give (30 frames over about 1.7 s), not 30

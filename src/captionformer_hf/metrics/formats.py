@@ -247,6 +247,8 @@ def _load(path_or_data):
 
 
 def _native_videos(data):
+    if isinstance(data, Mapping) and "trajectories" in data:  # one video (`captionformer caption`'s output)
+        return [data]
     if isinstance(data, Mapping) and "videos" in data and data["videos"] and "trajectories" in data["videos"][0]:
         return data["videos"]
     if isinstance(data, Sequence) and (not data or (isinstance(data[0], Mapping) and "trajectories" in data[0])):

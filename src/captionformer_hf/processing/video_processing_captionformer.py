@@ -338,6 +338,7 @@ class VideoFrames:
             rate = stream.average_rate or stream.guessed_rate
             video_fps = float(rate) if rate else None
             total = int(stream.frames) or None
+            container_seconds = container.duration / 1e6 if container.duration else None
             # the size the stream declares is checked before any frame is decoded (or allocated)
             declared = (int(stream.codec_context.height or 0), int(stream.codec_context.width or 0))
             if min(declared) > 0:
@@ -360,8 +361,15 @@ class VideoFrames:
         if total and self.max_decoded_frames is not None and total > self.max_decoded_frames:
             raise ValueError(f"`video`: {self._describe()} has {total} frames; at most {self.max_decoded_frames} can be "
                              "decoded here (`max_decoded_frames`)")
-        if total:
-            self._check_complete(total)
+        packets, span, measured_fps = self._check_complete(total, container_seconds)
+        if not total and packets:
+            total = packets  # containers such as webm / mkv declare no frame count: the packets are the frames
+            if self.max_decoded_frames is not None and total > self.max_decoded_frames:
+                raise ValueError(f"`video`: {self._describe()} has {total} frames; at most {self.max_decoded_frames} "
+                                 "can be decoded here (`max_decoded_frames`)")
+        if measured_fps and (not video_fps or abs(measured_fps - video_fps) > 0.1 * video_fps):
+            # a variable frame rate (or a wrong declared one): the rate the timestamps give
+            video_fps = measured_fps
         if self.num_frames is not None and total is None:
             total = sum(1 for _ in self._decode_all())
         return video_fps, total, frame
@@ -379,31 +387,59 @@ class VideoFrames:
             self._target_size = None
         return height, width
 
-    def _check_complete(self, declared: int) -> None:
-        """Count the video packets (demuxing only, no decoding) against the frames the container declares."""
+    def _check_complete(self, declared: int | None, container_seconds: float | None):
+        """Demux the video packets (no decoding) and compare them with what the container declares: its frame
+        count, or (webm, mkv...: no count) its duration against the time the packets reach. Returns ``(packets,
+        seconds the packets span or None, frame rate their timestamps give or None)``."""
         import av
 
         container = self._container()
+        times = []
         try:
             stream = container.streams.video[0]
+            base = stream.time_base
             try:
-                available = sum(1 for packet in container.demux(stream) if packet.size)
+                available = 0
+                for packet in container.demux(stream):
+                    if not packet.size:
+                        continue
+                    available += 1
+                    if packet.pts is not None and base:
+                        times.append(float((packet.pts + (packet.duration or 0)) * base))
             except av.error.FFmpegError:
                 available = None  # the demuxer stops at the damage: counted by decoding instead
         finally:
             container.close()
         if available is None:
             available = sum(1 for _ in self._decode_all(check=False))
-        if available >= declared - max(2, declared // 100):  # containers may miscount by a frame or two
-            return
-        message = (f"`video`: {self._describe()} is truncated: its container declares {declared} frames but only "
-                   f"{available} can be read")
+            times = []
+        span = measured = None
+        if len(times) >= 2:
+            times.sort()
+            span = times[-1] - times[0]
+            steps = [b - a for a, b in zip(times, times[1:]) if b > a]
+            measured = len(steps) / sum(steps) if steps else None
+        if declared:
+            if available >= declared - max(2, declared // 100):  # containers may miscount by a frame or two
+                return available, span, measured
+            message = (f"`video`: {self._describe()} is truncated: its container declares {declared} frames but only "
+                       f"{available} can be read")
+        elif container_seconds and times:
+            reached = times[-1] - min(times[0], 0.0)
+            slack = 2.0 / measured if measured else 0.25
+            if reached >= 0.98 * container_seconds - slack:
+                return available, span, measured
+            message = (f"`video`: {self._describe()} is truncated: its container declares {container_seconds:.2f} s "
+                       f"but its frames end at {reached:.2f} s")
+        else:
+            return available, span, measured
         if not self.allow_truncated:
             raise ValueError(message + "; pass allow_truncated=True (command line: --allow-truncated) to use the "
                              "frames it has")
         self.truncated = True
         self.warnings.append(message)
         logger.warning("%s", message)
+        return available, span, measured
 
     def _decode_all(self, check: bool = True) -> Iterator:
         """Every source frame, undecoded to RGB: arrays, or PyAV frames."""
@@ -434,11 +470,11 @@ class VideoFrames:
         """``(source index, frames read so far, uint8 frame)`` of the sampled frames, then ``(None, frames read,
         None)`` once the video is read to its end."""
         wanted = set(self.sampled_indices(self.total_frames)) if self.num_frames is not None else None
-        step = None
-        if self.fps is not None and self.video_fps and self.fps < self.video_fps:
-            step = self.video_fps / self.fps
+        # `fps` sampling by time: a frame is kept once its timestamp reaches the next sampling instant (frames of a
+        # variable-frame-rate video are as far apart as their timestamps say); arrays are timed by `video_fps`
+        interval = 1.0 / self.fps if self.fps is not None and self.video_fps and self.fps < self.video_fps else None
         yielded = 0
-        next_time = 0.0
+        next_time = None
         read = 0
         for index, frame in enumerate(self._decode_all()):
             if self.max_frames is not None and yielded >= self.max_frames:
@@ -451,10 +487,14 @@ class VideoFrames:
                 raise ValueError("`video`: processing ran past its time limit (`deadline`)")
             if wanted is not None and index not in wanted:
                 continue
-            if step is not None:
-                if index + 1e-6 < next_time:
+            if interval is not None:
+                moment = getattr(frame, "time", None)
+                moment = index / self.video_fps if moment is None else float(moment)
+                if next_time is None:
+                    next_time = moment
+                if moment + 1e-6 < next_time:
                     continue
-                next_time += step
+                next_time += interval * max(1, math.floor((moment - next_time) / interval + 1e-6) + 1)
             if isinstance(frame, np.ndarray):
                 array = frame
             elif self._target_size is not None:  # downscaled by the converter while decoding

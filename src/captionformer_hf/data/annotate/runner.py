@@ -35,8 +35,11 @@ class CaptionCache:
                         continue  # torn line from an interrupted write
                     self.entries[(str(entry["video_id"]), int(entry["track_id"]))] = entry
             with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")
+                size = f.seek(0, os.SEEK_END)
+                torn = False
+                if size > 0:
+                    f.seek(-1, os.SEEK_END)
+                    torn = f.read(1) != b"\n"
             if torn:  # end the torn line, or the next entry would be glued to it and lost
                 with open(path, "a", encoding="utf-8") as f:
                     f.write("\n")
@@ -100,11 +103,21 @@ def caption_one(backend: Backend, prompt, limiter: RateLimiter, max_attempts: in
 def annotate_dataset(dataset, backend: Backend, cache_path: str, num_frames: int = 4, visual: str = "box",
                      concurrency: int = 4, requests_per_second: float | None = None, max_attempts: int = 3,
                      backoff: float = 1.0, retry_flagged: bool = False, progress: bool = True, limit: int | None = None):
-    """Caption every track of ``dataset`` not yet in the cache; returns the cache. A killed run resumes: cached
-    tracks are skipped (flagged ones too, unless ``retry_flagged``)."""
+    """Caption every track of ``dataset`` not yet in the cache (at most ``limit`` new ones); returns the cache. A
+    killed run resumes: cached tracks are skipped (flagged ones too, unless ``retry_flagged``). A cache written by
+    another backend is refused (its captions would pass for this backend's)."""
     from ..loader import decode_example_frames
 
+    for name, value in (("num_frames", num_frames), ("concurrency", concurrency), ("max_attempts", max_attempts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"`limit` must be an integer >= 1 (or None: no limit), got {limit!r}")
     cache = CaptionCache(cache_path)
+    others = sorted({str(e.get("backend")) for e in cache.entries.values() if e.get("backend") != backend.name})
+    if others:
+        raise ValueError(f"the cache {cache_path} holds captions of backend {', '.join(others)}, not "
+                         f"{backend.name}: use another --cache for this backend (or the same backend)")
     limiter = RateLimiter(requests_per_second)
     bar = None
     if progress:
@@ -120,6 +133,8 @@ def annotate_dataset(dataset, backend: Backend, cache_path: str, num_frames: int
             frames = decode_example_frames(example)
             prompts = [p for p in build_object_prompts(example, frames, num_frames, visual)
                        if _needs(cache, p.video_id, p.track_id, retry_flagged)]
+            if limit is not None:
+                prompts = prompts[: limit - done]
             futures = [pool.submit(caption_one, backend, p, limiter, max_attempts, backoff) for p in prompts]
             for future in as_completed(futures):
                 entry = future.result()
