@@ -653,3 +653,46 @@ def test_a_variable_frame_rate_video_is_sampled_by_its_timestamps(tmp_path):
     # past 0.4 s? no: 0.3 < 0.4), 16 (0.4 s), 18 (0.6 s), 20, 22, ...
     assert indices == [0, 10, 16, 18, 20, 22, 24, 26, 28]
     assert 16 < reader.video_fps < 19  # the rate the timestamps give (30 frames over about 1.7 s), not 30
+
+
+# ------------------------------------------------------------------------------------------- messages locate
+def _locates(message: str) -> bool:
+    """A message locates its problem when it names a field or argument (`...`, --flag, VIDEO), a file or folder
+    (a path), or a video / track / frame / annotation."""
+    import re
+
+    return bool(re.search(r"`[^`]+`|--[a-z]|/|\.json|\.mp4|\bvideo '|\btrack|\bframe \d|\bannotation |\bimage |"
+                          r"\bargument |\bsplit ", message))
+
+
+def test_every_error_of_the_hostile_inputs_names_where_the_problem_is(toy_model_dir, shapes, tmp_path, capsys):
+    (tmp_path / "video-only.json").write_text('[{"video_id": "v"}]')
+    (tmp_path / "odd.json").write_text('{"doesnotexist": 1}')
+    (tmp_path / "bad-frames.json").write_text('[{"video_id": "v", "num_frames": "x", "trajectories": []}]')
+    (tmp_path / "garbage.json").write_text("{not json")
+    (tmp_path / "text.mp4").write_text("not a video")
+    cases = [
+        ["evaluate", str(tmp_path / "video-only.json"), str(tmp_path / "video-only.json"), "--caption-metrics", "cider"],
+        ["evaluate", str(tmp_path / "odd.json"), str(tmp_path / "odd.json"), "--caption-metrics", "cider"],
+        ["evaluate", str(tmp_path / "bad-frames.json"), str(tmp_path / "bad-frames.json"), "--caption-metrics", "cider"],
+        ["evaluate", str(tmp_path / "garbage.json"), str(shapes / "gt.json"), "--caption-metrics", "cider"],
+        ["evaluate", str(tmp_path / "odd.json"), str(shapes / "gt.json"), "--alphas", "2", "--caption-metrics", "cider"],
+        ["train", "--config", str(tmp_path / "odd.json")],
+        ["train", "--config", str(tmp_path / "garbage.json")],
+        ["train", "--max-steps", "0"],
+        ["caption", str(tmp_path / "missing.mp4"), "--model", toy_model_dir],
+        ["caption", str(tmp_path / "text.mp4"), "--model", toy_model_dir],
+        ["caption", str(shapes / "s.mp4"), "--model", str(tmp_path / "no-model")],
+        ["caption", str(shapes / "s.mp4"), "--model", toy_model_dir, "--fps", "-1"],
+        ["data", "convert", "--format", "lvvis", "--split", f"train={tmp_path / 'odd.json'}:{tmp_path}",
+         "--out", str(tmp_path / "converted")],
+        ["data", "synthetic", "--num-videos", "0", "--out", str(tmp_path / "s")],
+        ["predict", "--model", toy_model_dir, "--dataset", str(tmp_path), "--out", str(tmp_path / "p.json")],
+        ["space", "push", str(tmp_path), "--repo-id", "me/x"],
+        ["annotate", "--dataset", str(tmp_path), "--cache", str(tmp_path / "c.jsonl")],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if ": error:" in line]
+        assert len(lines) == 1, (args, lines)
+        assert _locates(lines[0]), lines[0]

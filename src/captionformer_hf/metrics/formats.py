@@ -261,11 +261,14 @@ def load_videos(predictions, references) -> tuple[list[dict], list[dict], str]:
     ``(prediction videos, reference videos, format name)``; the format is detected from the ground truth."""
     gt = _load(references)
     pred = _load(predictions)
+    gt_name = f"{os.fspath(references)}: " if isinstance(references, (str, os.PathLike)) else "references: "
+    pred_name = f"{os.fspath(predictions)}: " if isinstance(predictions, (str, os.PathLike)) else "predictions: "
     native_gt = _native_videos(gt)
     if native_gt is not None:
         native_pred = _native_videos(pred)
         if native_pred is None:
-            raise ValueError("references are in the trajectory format, so predictions must be too")
+            raise ValueError(f"{pred_name}the references are trajectory videos (docs/format.md), so the predictions "
+                             "must be too")
         return native_pred, native_gt, "trajectories"
     if isinstance(gt, Mapping) and "images" in gt:
         native_pred = _native_videos(pred)
@@ -281,6 +284,6 @@ def load_videos(predictions, references) -> tuple[list[dict], list[dict], str]:
             pred = pred.get("annotations", [])
         return track_results_to_videos(pred, gt), ytvis_to_videos(gt), "per-track"
     raise ValueError(
-        "unrecognised ground-truth format: expected trajectory videos, COCO-style `images` + `annotations`, or "
-        "per-track `videos` + `annotations`"
+        f"{gt_name}unrecognised ground-truth format: expected trajectory videos (a video or a list of them, each with "
+        "`trajectories`), COCO-style `images` + `annotations`, or per-track `videos` + `annotations`"
     )

@@ -150,7 +150,12 @@ class TrainingConfig:
         if not os.path.exists(path):
             raise ValueError(f"training config not found: {path}")
         with open(path, encoding="utf-8") as f:
-            values = json.load(f)
+            try:
+                values = json.load(f)
+            except ValueError as error:
+                raise ValueError(f"{path} is not valid JSON ({error})") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a training recipe is a JSON object of TrainingConfig fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
