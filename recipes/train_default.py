@@ -41,14 +41,14 @@ HIGH_DELTA = 0.1
 TIE = 0.002  # HOTA differences below this on the validation videos count as equal: the longer minimum length wins
 
 
-def build_data(folder: str, num_videos: int = 800, seed: int = 1) -> None:
+def build_data(folder: str, num_videos: int = 800, seed: int = 1, frames: int = 48) -> None:
     if os.path.isdir(folder):
         return
     from captionformer_hf.cli import main as cli
 
     logger.info("generating %d synthetic videos into %s", num_videos, folder)
     code = cli(["data", "synthetic", "--num-videos", str(num_videos), "--out", folder, "--seed", str(seed),
-                "--frames", "48", "--height", "192", "--width", "256", "--num-proc", "2", "-q"])
+                "--frames", str(frames), "--height", "192", "--width", "256", "--num-proc", "2", "-q"])
     if code:
         raise SystemExit(code)
 
@@ -212,8 +212,17 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation", action="store_true", help="also train phase 2 once per caption aggregation")
     parser.add_argument("--ablation-steps", type=int, default=600)
     parser.add_argument("--ablation-videos", type=int, default=40, help="unseen sample videos per ablation row")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every step at the smallest size (8 videos of 8 frames, 2 steps a phase): checks the "
+                             "command, not the model")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from captionformer_hf.utils import configure_logging
+
+    configure_logging(verbose=True)  # this package's progress (not the libraries' chatter)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
     import torch
     from transformers import AutoModel, AutoProcessor
@@ -222,17 +231,21 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     data = os.path.join(args.out, "data")
-    build_data(data)
+    smoke = {"max_steps": 2, "batch_size": 2, "save_every": 1, "warmup_steps": 0, "log_every": 1} if args.smoke else {}
+    if args.smoke:
+        args.calibration_videos = min(args.calibration_videos, 1)
+        args.ablation_steps, args.ablation_videos = 2, 1
+    build_data(data, num_videos=10 if args.smoke else 800, frames=8 if args.smoke else 48)
     if args.until == "data":
         return 0
     phase1 = run_phase(os.path.join(RECIPES, "default_synthetic.json"), os.path.join(args.out, "phase1"),
-                       dataset=data)
+                       dataset=data, **smoke)
     if args.ablation:
         ablation(args, data, phase1)
     if args.until == "phase1":
         return 0
     phase2 = run_phase(os.path.join(RECIPES, "default_synthetic_video.json"), os.path.join(args.out, "phase2"),
-                       dataset=data, model=phase1)
+                       dataset=data, model=phase1, **dict(smoke, batch_size=1) if args.smoke else {})
     if args.until == "phase2":
         return 0
     torch.set_grad_enabled(False)
@@ -261,7 +274,8 @@ def ablation(args, data: str, phase1: str) -> None:
     for method in ("weighted", "concat", "linear", "self-attention"):
         folder = os.path.join(args.out, f"ablation-{method}")
         final = run_phase(os.path.join(RECIPES, "default_synthetic_video.json"), folder, dataset=data, model=phase1,
-                          max_steps=args.ablation_steps, model_overrides={"aggregation": method})
+                          max_steps=args.ablation_steps, model_overrides={"aggregation": method},
+                          **({"batch_size": 1, "save_every": 1, "warmup_steps": 0} if args.smoke else {}))
         with torch.no_grad():
             model = AutoModel.from_pretrained(final).eval()
             processor = AutoProcessor.from_pretrained(final)
