@@ -167,3 +167,28 @@ def test_pipeline_video_id_gives_the_evaluation_format(toy_model_dir):
 
     with pytest.raises(ValueError, match="one id per video"):
         pipe([video, video], video_id=["a"], max_new_tokens=2)
+
+
+def test_post_processing_returns_the_whole_trajectory_format(toy_model_dir):
+    """The step-by-step flow (processor, session, forward, finalize, post-processing) gives a whole video of the
+    trajectory format, num_frames and fps included, valid as it is."""
+    import numpy as np
+
+    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning, CaptionFormerProcessor
+
+    model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(toy_model_dir).eval()
+    processor = CaptionFormerProcessor.from_pretrained(toy_model_dir)
+    vp = processor.video_processor
+    frames = vp.open_video(np.zeros((6, 48, 64, 3), np.uint8), video_fps=6.0)
+    geometry = vp.geometry(frames)
+    session = model.init_video_session(mask_encoder=vp.clip_mask_encoder(geometry))
+    with torch.no_grad():
+        for batch in vp.iter_clip_batches(frames, model.config.clip_length):
+            model(**batch.model_inputs(), video_session=session)
+        video = model.finalize_video_session(session, max_new_tokens=2)
+    result = processor.post_process_dense_captions(video, geometry.original_size, geometry.content_size,
+                                                   id2label=model.config.id2label, num_frames=6, fps=6.0,
+                                                   video_id="v")
+    assert (result["video_id"], result["num_frames"], result["height"], result["width"], result["fps"]) == (
+        "v", 6, 48, 64, 6.0)
+    validate_video(result, require_scores=True)

@@ -81,21 +81,15 @@ def predict_video(
     )
     outputs = model.track_video(batches, session=session, caption=caption, aggregation=aggregation, progress=progress,
                                 **generate_kwargs)
-    result = processor.post_process_dense_captions(
-        outputs, geometry.original_size, content_size=geometry.content_size, id2label=model.config.id2label,
-        return_masks=return_masks,
-    )
     rate = frames.video_fps  # the frame indices are the source video's
-    prediction = {
-        "num_frames": int(frames.num_source_frames),
-        "height": int(geometry.original_size[0]),  # the source's pixels, also when decoding downscaled the frames
-        "width": int(geometry.original_size[1]),
-        "fps": float(rate) if rate is not None and math.isfinite(rate) else None,
-        "trajectories": result["trajectories"],
-    }
+    prediction = processor.post_process_dense_captions(
+        outputs, geometry.original_size, content_size=geometry.content_size, id2label=model.config.id2label,
+        return_masks=return_masks, num_frames=int(frames.num_source_frames),
+        fps=float(rate) if rate is not None else None, video_id=video_id,
+    )
     if getattr(frames, "warnings", None):
         prediction["warnings"] = list(frames.warnings)
-    return prediction if video_id is None else {"video_id": video_id, **prediction}
+    return prediction
 
 
 __all__ = ["predict_video"]

@@ -98,11 +98,16 @@ class CaptionFormerProcessor(ProcessorMixin):
         content_size=None,
         id2label: dict | None = None,
         return_masks: bool = True,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        video_id=None,
     ) -> dict:
-        """A :class:`CaptionFormerVideoOutput` -> trajectories of the original video (geometry, masks and labels by
-        the video processor) with their caption text."""
+        """A :class:`CaptionFormerVideoOutput` -> a video of the trajectory format (``docs/format.md``: geometry,
+        masks and labels by the video processor; ``num_frames``, ``fps`` and ``video_id`` as given, see
+        ``CaptionFormerVideoProcessor.post_process_dense_captions``) with the captions' text."""
         result = self.video_processor.post_process_dense_captions(
-            outputs, original_size, content_size=content_size, id2label=id2label, return_masks=return_masks
+            outputs, original_size, content_size=content_size, id2label=id2label, return_masks=return_masks,
+            num_frames=num_frames, fps=fps, video_id=video_id,
         )
         if outputs.caption_ids is not None:
             captioned = outputs.captioned if outputs.captioned is not None else [True] * len(outputs.caption_ids)

@@ -736,9 +736,12 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         content_size: tuple[int, int] | None = None,
         id2label: dict | None = None,
         return_masks: bool = True,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        video_id=None,
     ) -> dict:
         """Map a :class:`CaptionFormerVideoOutput` (``model.finalize_video_session`` / ``track_video``: boxes
-        normalised ``(cx, cy, w, h)`` of the padded input) to trajectories of the original video (``docs/format.md``):
+        normalised ``(cx, cy, w, h)`` of the padded input) to a video of the trajectory format (``docs/format.md``):
         absolute ``[x, y, w, h]`` boxes clipped to the frame, the masks as the session's mask encoder made them, the
         category name from ``id2label``. Captions stay as ``caption_ids`` (the processor decodes them).
 
@@ -747,6 +750,8 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             content_size: ``(height, width)`` of the resized frame inside the padded input (default: the size the
                 processor resizes ``original_size`` to).
             id2label: class id -> name (the model config's).
+            num_frames: frames of the source video (default: the frames the session processed). fps: its frame rate
+                (default ``None``). video_id: put in the result when given.
         """
         out_h, out_w = int(original_size[0]), int(original_size[1])
         input_h, input_w = outputs.input_size
@@ -783,7 +788,10 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             if rles is not None:
                 entry["mask_rle"] = rles[m]
             trajectories[track]["frames"].append(entry)
-        return {"height": out_h, "width": out_w, "trajectories": trajectories}
+        result = {"num_frames": int(num_frames if num_frames is not None else outputs.num_frames), "height": out_h,
+                  "width": out_w, "fps": float(fps) if fps is not None and math.isfinite(fps) else None,
+                  "trajectories": trajectories}
+        return result if video_id is None else {"video_id": video_id, **result}
 
 
 def release_boxes(boxes: torch.Tensor, input_size, content_size, original_size) -> list[list[float]]:
