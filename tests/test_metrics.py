@@ -453,3 +453,33 @@ def test_capa_with_captions_matches_pycocoevalcap_on_matched_pairs(reference_met
     _, expected = reference_meteor.compute_score({i: [c] for i, c in enumerate(pairs)}, {i: [c] for i, c in enumerate(pairs)})
     assert r["TP_with_caps"] == len(pairs)
     assert r["CapA_meteor"] == pytest.approx(float(np.mean(expected)), abs=1e-6)
+
+
+def test_the_array_path_of_box_parsing_gives_the_entry_by_entry_result(monkeypatch):
+    """Well-formed trajectories are parsed with array operations; the result is the one of the entry-by-entry checks
+    (JSON numbers and numpy numbers, scores filtered, frames unordered, per-frame captions)."""
+    import captionformer_hf.metrics.chota_core as core
+
+    rng = np.random.default_rng(5)
+    videos = []
+    for v in range(3):
+        trajectories = []
+        for t in range(4):
+            frames = [int(f) for f in rng.permutation(20)[:12]]
+            trajectories.append({"track_id": t, "score": float(rng.uniform(0.3, 1.0)), "caption": f"a thing {t}",
+                                 "frames": [{"frame_index": f, "box": [np.float64(rng.uniform(0, 50)), float(rng.uniform(0, 50)),
+                                                                       int(rng.integers(5, 20)), float(rng.uniform(5, 20))],
+                                             **({"score": float(rng.uniform(0, 1))} if f % 3 else {}),
+                                             **({"caption": "a frame caption"} if f % 5 == 0 else {})}
+                                            for f in frames]})
+        videos.append({"video_id": f"v{v}", "num_frames": 20, "trajectories": trajectories})
+    fast = compute_chota(videos, videos, caption_metrics=("cider",), alphas=(0.3, 0.5, 0.7))
+    monkeypatch.setattr(core, "_fast_boxes", lambda *args, **kwargs: False)
+    slow = compute_chota(videos, videos, caption_metrics=("cider",), alphas=(0.3, 0.5, 0.7))
+    assert fast == slow
+    # a bool where a number belongs, in one box of many: refused by name (the entry-by-entry checks find it)
+    monkeypatch.undo()
+    videos[1]["trajectories"][2]["frames"][7]["box"][0] = True
+    frame = videos[1]["trajectories"][2]["frames"][7]["frame_index"]
+    with pytest.raises(TypeError, match=f"video 'v1', reference, track_id 2, frame {frame}: `box` must hold numbers"):
+        compute_chota(videos, videos, caption_metrics=("cider",))

@@ -102,6 +102,9 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
         frames = trajectory.get("frames")
         if not isinstance(frames, Sequence):
             raise ValueError(f"{_where(video_id, side, track_id)}: `frames` must be a list of per-frame dicts")
+        if iou_type == "box" and _fast_boxes(frames, num_frames, score_threshold, track_score, caption, track_index,
+                                             detections):
+            continue  # every entry well-formed: taken in one go (the loop below names the first bad one otherwise)
         seen_frames = set()
         for entry in frames:
             frame = entry.get("frame_index") if isinstance(entry, Mapping) else None
@@ -152,6 +155,60 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
             raise ValueError(f"{_where(video_id, side, frame=crowded)}: {int(counts[crowded])} detections in one frame, "
                              f"more than the {MAX_DETECTIONS_PER_FRAME} allowed")
     return int(num_frames), detections, len(trajectories)
+
+
+# the number types of JSON and numpy (a bool is not a number here)
+_PLAIN_INTEGERS = frozenset((int, np.int64, np.int32))
+_PLAIN_NUMBERS = frozenset((int, float, np.int64, np.int32, np.float64, np.float32))
+
+
+def _fast_boxes(frames, num_frames, score_threshold, track_score, caption, track_index, detections) -> bool:
+    """Collect a trajectory's box detections with array operations when every entry is well-formed (plain dicts,
+    integer frame indices in range and distinct, four finite non-negative-size numbers a box, numeric scores, string
+    captions); ``False`` (nothing collected) otherwise, and the entry-by-entry checks then name the problem. The
+    same result as those checks, many times faster on large inputs."""
+    from itertools import chain
+
+    # type checks through map / set (C loops): one set of types for each field
+    if not frames:
+        return True
+    try:
+        if set(map(type, frames)) != {dict}:
+            return False
+        indices = [entry["frame_index"] for entry in frames]
+        boxes = [entry["box"] for entry in frames]
+        scores = [entry.get("score", track_score) for entry in frames] if score_threshold is not None else None
+        captions = [entry.get("caption", caption) or "" for entry in frames]
+    except (KeyError, TypeError):
+        return False
+    if not set(map(type, indices)) <= _PLAIN_INTEGERS or not set(map(type, boxes)) <= {list, tuple}:
+        return False
+    if set(map(len, boxes)) != {4} or not set(map(type, chain.from_iterable(boxes))) <= _PLAIN_NUMBERS:
+        return False
+    if scores is not None and not set(map(type, scores)) <= _PLAIN_NUMBERS:
+        return False
+    if set(map(type, captions)) != {str}:
+        return False
+    index = np.asarray(indices, dtype=np.int64)
+    box = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if (index < 0).any() or (index >= num_frames).any():
+        return False
+    if not (np.diff(index) > 0).all() and len(np.unique(index)) != len(index):  # listed in order: distinct at once
+        return False
+    if not np.isfinite(box).all() or (box[:, 2:] < 0).any():
+        return False
+    keep = np.ones(len(index), dtype=bool)
+    if scores is not None:
+        score = np.asarray(scores, dtype=np.float64)
+        if np.isnan(score).any():
+            return False
+        keep = score > score_threshold
+    kept = np.nonzero(keep)[0]
+    detections.boxes.extend(box[kept].reshape(-1).tolist())
+    detections.frames.extend(index[kept].tolist())
+    detections.track_index.extend([track_index] * len(kept))
+    detections.captions.extend(captions[k] for k in kept)
+    return True
 
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
