@@ -89,6 +89,12 @@ def test_per_track_round_trip():
     assert (r["HOTA_TP"], r["HOTA_FN"], r["HOTA_FP"]) == (2, 0, 1)
     with pytest.raises(ValueError, match="score"):
         track_results_to_videos([{"video_id": 1, "bboxes": [[0, 0, 1, 1]]}], YTVIS_GT)
+    # the release's per-track results name the boxes `bbox` (videos_to_track_results writes them so): the same
+    # detections as `bboxes`, never a silent DetA 0
+    released = [{("bbox" if k == "bboxes" else k): v for k, v in r.items()} for r in YTVIS_RESULTS]
+    assert track_results_to_videos(released, YTVIS_GT) == preds
+    with pytest.raises(ValueError, match="neither per-frame boxes"):
+        track_results_to_videos([{"video_id": 1, "score": 0.5, "boxes": [[0, 0, 1, 1]]}], YTVIS_GT)
 
 
 def test_load_videos_detects_formats(tmp_path):

@@ -338,3 +338,22 @@ def test_a_release_mode_model_tracks_every_slot_end_to_end(toy_config, box_only)
         with pytest.raises(ValueError, match="mask model has no per-clip threshold"):
             model.init_video_session(threshold=0.3)
     assert not math.isnan(float(out.scores.sum()))
+
+
+def test_release_tracker_runs_in_bfloat16_and_float16():
+    """scipy's assignment takes no bfloat16: the costs are cast to float32 for it (a bf16 session used to crash)."""
+    from captionformer_hf.modeling.tracking_captionformer import CaptionFormerReleaseTracker
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 16, generator=g)
+    for dtype in (torch.bfloat16, torch.float16):
+        tracker = CaptionFormerReleaseTracker(k_match=2, t_match=3, box_mode=True)
+        for clip in range(4):
+            embeddings = (base[torch.randperm(5, generator=g)] + 0.01 * torch.randn(5, 16, generator=g)).to(dtype)
+            perm = tracker.update(embeddings, torch.rand(5, generator=g).to(dtype), torch.randn(5, 3, generator=g),
+                                  torch.rand(5, generator=g), torch.rand(5, 1, 4, generator=g))
+            assert sorted(perm.tolist()) == list(range(5))
+        # the slots follow the objects: each slot holds the same base embedding in every clip
+        slots = torch.stack([torch.nn.functional.normalize(c["embeddings"].float(), dim=-1) for c in tracker.clips])
+        reference = torch.nn.functional.normalize(base, dim=-1)
+        assert (torch.einsum("csd,td->cst", slots, reference).argmax(-1) == slots[0].matmul(reference.T).argmax(-1)).all()

@@ -112,8 +112,18 @@ def _track_to_videos(tracks: Sequence[Mapping], gt: Mapping, is_prediction: bool
         video_id = track.get("video_id")
         if video_id not in videos:
             raise ValueError(f"track {track.get('id', index)!r}: video_id {video_id!r} is not among the GT videos")
-        boxes = track.get("bboxes") or []
+        # the per-frame boxes are `bboxes` (YouTube-VIS ground truth) or `bbox` (the released code's per-track
+        # results.json): both are read, never silently none
+        if track.get("bboxes") is not None and track.get("bbox") is not None:
+            raise ValueError(f"track {track.get('id', index)!r} (video {video_id!r}) has both `bboxes` and `bbox`")
+        boxes = track.get("bboxes") if track.get("bboxes") is not None else track.get("bbox") or []
         segmentations = track.get("segmentations") or []
+        if boxes and not isinstance(boxes[0], (list, tuple, type(None))):
+            raise ValueError(f"track {track.get('id', index)!r} (video {video_id!r}): per-track `bbox` / `bboxes` "
+                             "must list one box (or null) per frame")
+        if not boxes and not segmentations:
+            raise ValueError(f"track {track.get('id', index)!r} (video {video_id!r}) has neither per-frame boxes "
+                             "(`bboxes` / `bbox`) nor `segmentations`")
         length = max(len(boxes), len(segmentations))
         frames = []
         for f in range(length):

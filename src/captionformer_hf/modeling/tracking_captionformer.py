@@ -473,7 +473,8 @@ class CaptionFormerReleaseTracker:
         cost_matrices, assignments, assignment_costs = [], [], []
         for age, remembered in enumerate(self.memory):  # oldest first
             target = remembered / remembered.norm(dim=1)[:, None]
-            cost = (1 - torch.mm(current, target.transpose(0, 1))).cpu()  # (current, slot)
+            # float32 for scipy (bf16 / fp16 sessions), as the release's autocast casts the cost for its assignment
+            cost = (1 - torch.mm(current, target.transpose(0, 1))).float().cpu()  # (current, slot)
             slot_rows, query_cols = linear_sum_assignment(cost.transpose(0, 1))
             assignments.append(query_cols)
             assignment_costs.append(cost[query_cols, slot_rows].sum())
