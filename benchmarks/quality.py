@@ -28,7 +28,8 @@ import time
 
 def evaluate(model, processor, examples, caption_metrics, **kwargs):
     from captionformer_hf.metrics import compute_chota
-    from captionformer_hf.training.trainer import predict_example, reference_video
+    from captionformer_hf.data.schema import reference_video
+    from captionformer_hf.prediction import predict_example
 
     predictions = [predict_example(model, processor, example, **kwargs) for example in examples]
     references = [reference_video(example) for example in examples]

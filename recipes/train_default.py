@@ -111,7 +111,7 @@ def calibrate(model, processor, examples) -> dict:
     from captionformer_hf.data.loader import decode_example_frames
     from captionformer_hf.metrics import compute_chota
     from captionformer_hf.processing import predict_video
-    from captionformer_hf.training.trainer import reference_video
+    from captionformer_hf.data.schema import reference_video
 
     references = [reference_video(e) for e in examples]
     frames = [decode_example_frames(e) for e in examples]
@@ -142,7 +142,8 @@ def calibrate(model, processor, examples) -> dict:
 
 def chota(model, processor, examples, metrics=("cider",)) -> dict:
     from captionformer_hf.metrics import compute_chota
-    from captionformer_hf.training.trainer import predict_example, reference_video
+    from captionformer_hf.data.schema import reference_video
+    from captionformer_hf.prediction import predict_example
 
     predictions = [predict_example(model, processor, e) for e in examples]
     return compute_chota(predictions, [reference_video(e) for e in examples], caption_metrics=metrics,

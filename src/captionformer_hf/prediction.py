@@ -23,11 +23,21 @@ logger = logging.getLogger(__name__)
 REQUIRED_FEATURES = ("video", "video_id", "num_frames", "height", "width")
 
 
+def predict_example(model, processor, example: dict, **kwargs) -> dict:
+    """Run the model on one dataset example (``captionformer_hf.predict_video``, as the pipeline): the example's
+    trajectories predicted on its original frames. ``kwargs`` go to ``predict_video``."""
+    from .data.loader import decode_example_frames
+    from .processing import predict_video
+
+    frames = decode_example_frames(example)
+    return predict_video(model, processor, frames, video_id=example["video_id"], video_fps=example.get("fps"), **kwargs)
+
+
 def dataset_references(dataset: str, split: str) -> list[dict]:
     """The ground truth of a dataset split (a local parquet folder or a Hub dataset id) as reference videos of the
     trajectory format (``docs/format.md``): what ``captionformer evaluate`` compares predictions with. The videos are
     not decoded."""
-    from .training.trainer import reference_video
+    from .data.schema import reference_video
 
     data = load_split(dataset, split)
     if hasattr(data, "remove_columns") and "video" in getattr(data, "column_names", ()):
@@ -156,8 +166,6 @@ def _predict_parts(model, processor, dataset, out, official, parts, state, rank,
     if state is not None and world > 1:
         model = model.to(state.device)
     from transformers.utils.logging import tqdm  # honours disable_progress_bar / HF_HUB_DISABLE_PROGRESS_BARS
-
-    from .training.trainer import predict_example
 
     sized = hasattr(dataset, "__len__")
     total = len(dataset) if sized else None

@@ -50,6 +50,21 @@ def dvoc_features(video_as: str = "video") -> datasets.Features:
     )
 
 
+def reference_video(example: dict) -> dict:
+    """A dataset example as a CHOTA reference video."""
+    return {
+        "video_id": example["video_id"],
+        "num_frames": example["num_frames"],
+        "height": example["height"],
+        "width": example["width"],
+        "trajectories": [
+            {"track_id": t["track_id"], "caption": t["caption"], "category": t.get("category"),
+             "frames": [{"frame_index": f["frame_index"], "box": f["box"], "mask_rle": f.get("mask_rle")} for f in t["frames"]]}
+            for t in example["tracks"]
+        ],
+    }
+
+
 def validate_example(example: dict, where: str | None = None) -> None:
     """Raise a ``ValueError`` naming the video / track / frame of the first problem found (the trajectory format's
     checks, ``docs/format.md``, on the example's ``tracks``; masks must cover the frame exactly)."""

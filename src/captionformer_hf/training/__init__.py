@@ -1,5 +1,6 @@
 """Training with accelerate (see :mod:`.trainer`)."""
 
-from .trainer import TrainingConfig, evaluate_chota, predict_example, state_fingerprint, train
+from ..prediction import predict_example
+from .trainer import TrainingConfig, evaluate_chota, state_fingerprint, train
 
 __all__ = ["TrainingConfig", "evaluate_chota", "predict_example", "state_fingerprint", "train"]

@@ -435,33 +435,10 @@ def _newest_trainer_state(output_dir: str) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def reference_video(example: dict) -> dict:
-    """A dataset example as a CHOTA reference video."""
-    return {
-        "video_id": example["video_id"],
-        "num_frames": example["num_frames"],
-        "height": example["height"],
-        "width": example["width"],
-        "trajectories": [
-            {"track_id": t["track_id"], "caption": t["caption"], "category": t.get("category"),
-             "frames": [{"frame_index": f["frame_index"], "box": f["box"], "mask_rle": f.get("mask_rle")} for f in t["frames"]]}
-            for t in example["tracks"]
-        ],
-    }
-
-
-def predict_example(model, processor, example: dict, **kwargs) -> dict:
-    """Run the model on one dataset example (``captionformer_hf.predict_video``, as the pipeline): the example's
-    trajectories predicted on its original frames. ``kwargs`` go to ``predict_video``."""
-    from ..data.loader import decode_example_frames
-    from ..processing import predict_video
-
-    frames = decode_example_frames(example)
-    return predict_video(model, processor, frames, video_id=example["video_id"], video_fps=example.get("fps"), **kwargs)
-
-
 def evaluate_chota(model, processor, dataset, max_videos: int, caption_metrics=("cider",), **kwargs) -> dict:
+    from ..data.schema import reference_video
     from ..metrics import compute_chota
+    from ..prediction import predict_example
 
     was_training = model.training
     model.eval()
