@@ -59,6 +59,7 @@ PYTHON_SUBSTITUTIONS = [
 if not CUDA:
     PYTHON_SUBSTITUTIONS += [(r'"cuda"', '"cpu"'), (r"torch\.bfloat16", "torch.float32")]
 
+CLOSING_LAUNCH = "launch(prevent_thread_lock=True); __import__('gradio').close_all()"
 PARSE_ONLY = re.compile(r"(\bpush\b|--push-to-hub|^captionformer convert\b|^accelerate launch\b)")
 
 
@@ -123,7 +124,7 @@ def test_code_block_runs_as_written(path, lang, body, line, work):
         code = body
         for pattern, replacement in PYTHON_SUBSTITUTIONS:
             code = re.sub(pattern, replacement, code)
-        code = code.replace("launch()", "launch(prevent_thread_lock=True)[0].close()") if "launch()" in code else code
+        code = code.replace("launch()", CLOSING_LAUNCH)
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
         result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, env=env,
                                 timeout=600)
@@ -137,7 +138,7 @@ def test_code_block_runs_as_written(path, lang, body, line, work):
             if command is None:
                 continue
             if command.startswith("python -c"):
-                command = command.replace("launch()", "launch(prevent_thread_lock=True)[0].close()")
+                command = command.replace("launch()", CLOSING_LAUNCH)
             result = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=900,
                                     env=dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{BIN}:{os.environ['PATH']}"))
             assert result.returncode == 0, f"{path.name}:{line}: {command}\n{result.stderr[-3000:]}"

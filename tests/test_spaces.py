@@ -197,11 +197,12 @@ def test_demo_bounds_every_request(toy_model_dir, tmp_path):
     pipe = load_pipeline(toy_model_dir)
     limits = DemoLimits(max_frames=40, max_upload_mb=1, max_side=64, max_decoded_frames=30, max_seconds=60)
     handler = DemoHandler(pipe, limits)
-    big = tmp_path / "big.mp4"  # 4 frames of 480x640: processed at 48x64
+    big = tmp_path / "big.mp4"  # 4 frames of 480x640: processed at 48x64, reported in source pixels
     write_video(np.random.default_rng(0).integers(0, 255, (4, 480, 640, 3), dtype=np.uint8), big, fps=4)
     overlay, key_frame, rows, json_path, summary = handler(str(big), 0.0, 0, 10)
     result = json.loads(Path(json_path).read_text())
-    assert (result["height"], result["width"]) == (48, 64) and "downscaled" in summary
+    assert (result["height"], result["width"]) == (480, 640) and "downscaled" in summary
+    assert key_frame.shape[:2] == (48, 64)  # what was processed: the downscaled frames
     long = tmp_path / "long.mp4"  # 60 frames sampled at 1 fps still decode all 60: refused
     write_video(np.zeros((60, 32, 32, 3), np.uint8), long, fps=8)
     with pytest.raises(ValueError, match="has 60 frames; at most 30 can be decoded"):
