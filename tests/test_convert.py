@@ -469,9 +469,9 @@ def _tiny_clip():
     return CLIPVisionModelWithProjection(config).eval()
 
 
-def _zero_shot_state_dict(seed=6):
+def _zero_shot_state_dict(seed=6, box_only=False):
     """The release's ZeroShotClassifier (OVFormer) in place of class_embed: 24-d text embeddings, 3 classes."""
-    sd = official_state_dict(seed=seed)
+    sd = official_state_dict(seed=seed, box_only=box_only)
     g = torch.Generator().manual_seed(seed)
     pr = "sem_seg_head.predictor.class_embed."
     del sd[pr + "weight"], sd[pr + "bias"]
@@ -744,3 +744,20 @@ def test_order_aware_aggregation_layers_convert(method):
     expected = flat @ sd["captioning_head.agg_linear.weight"].T + sd["captioning_head.agg_linear.bias"]
     with torch.no_grad():
         torch.testing.assert_close(aggregation(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_two_vidstg_checkpoints_need_their_preset_named():
+    """VidSTG with and without temporal aggregation: same weights (box-only, zero-shot), different evaluation
+    configs; the converter refuses to guess, and each preset gives its release's captioning."""
+    sd = _zero_shot_state_dict(box_only=True)
+    clip = {"num_heads": {**HEADS, "clip_context": 4}, "clip_vision_config": _tiny_clip().config}
+    with pytest.raises(ValueError, match=r"`preset` must be given: this checkpoint fits 'vidstg' and "
+                                         r"'vidstg_no_tempagg'"):
+        config_from_original(sd, **clip)
+    tempagg = config_from_original(sd, preset="vidstg", **clip)
+    assert (tempagg.aggregation, tempagg.t_agg) == ("weighted", 32)
+    best_clip = config_from_original(sd, preset="vidstg_no_tempagg", **clip)  # MULTI_FRAME_CAPTIONING: false
+    assert (best_clip.aggregation, best_clip.t_agg) == ("best", 1)
+    assert (best_clip.k_match, best_clip.t_match, best_clip.hysteresis_high) == (7, 100, 0.85)
+    with pytest.raises(ValueError, match=r"`preset` 'vidstg_no_tempagg' contradicts the weights.*looks like a 'vln'"):
+        config_from_original(official_state_dict(seed=3), preset="vidstg_no_tempagg", **clip)

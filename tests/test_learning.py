@@ -235,10 +235,21 @@ def caption_data():
     return (*caption_videos(tokenizer), tokenizer)
 
 
-@pytest.mark.parametrize("aggregation", ["concat", "linear", "self-attention"])
-def test_order_aware_aggregation_learns_exact_video_captions(caption_data, aggregation):
+def test_order_aware_aggregation_learns_exact_video_captions(caption_data):
+    """``concat`` (the embedded default's aggregation) learns all four captions, direction included, in 300 steps."""
     pixels, labels, tokenizer = caption_data
-    model = train_video_captions(aggregation, pixels, labels)
+    model = train_video_captions("concat", pixels, labels)
+    assert video_captions(model, pixels, labels, tokenizer) == [caption_for(*video) for video in VIDEOS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["linear", "self-attention"])
+def test_learned_aggregations_learn_exact_video_captions(caption_data, aggregation):
+    """``linear`` and ``self-attention`` start as the order-free mean over time (``linear``'s weight is [I/K, ...]), so
+    they need about three times the steps of ``concat`` to break the symmetry: still wrong directions after 300
+    steps, exact after 900 (about 3 min each on 2 cores: a slow test)."""
+    pixels, labels, tokenizer = caption_data
+    model = train_video_captions(aggregation, pixels, labels, steps=900)
     assert video_captions(model, pixels, labels, tokenizer) == [caption_for(*video) for video in VIDEOS]
 
 

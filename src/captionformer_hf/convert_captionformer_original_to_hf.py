@@ -45,8 +45,7 @@ Where the released code differs from the paper text, the converted config follow
   ``agg_linear``, ``agg_self_attention``, ``agg_pos_embedding``) become ``aggregation="linear"`` /
   ``"self-attention"`` with ``t_agg`` (``AGGREGATION_NUM_T``) and ``aggregation_projection_first``
   (``OPT_PROJ_BEFORE_AGGREGATION``) read from ``agg_linear``'s shape, and a temporal position embedding only when
-  the checkpoint has one. ``concat`` has no weights: ``aggregation="concat"`` (the ``vidstg_no_tempagg`` style of
-  config) is given as an override.
+  the checkpoint has one. ``concat`` has no weights: ``aggregation="concat"`` is given as an override.
 
 Not convertible (the conversion stops with a message naming the component): the ``transformer`` aggregation module
 (``agg_transformer``, not among the release's accepted methods) and Swin's absolute position embedding.
@@ -97,6 +96,14 @@ RELEASE_PRESETS: dict[str, dict] = {
         "hysteresis_low": 0.4, "hysteresis_high": 0.85, "hysteresis_min_length": 3,
         "t_agg": 32, "max_caption_length": 30,
     },
+    "vidstg_no_tempagg": {  # configs/eval/vidstg_no_tempagg.yaml: as vidstg, but MULTI_FRAME_CAPTIONING false: each
+        # track is captioned from its single best-scoring clip over the whole video (the release's max_score_index;
+        # its AGGREGATION_METHOD / AGGREGATION_NUM_T are not read on that path)
+        **_RELEASE_VIDEO_LEVEL,
+        "clip_length": 1, "k_match": 7, "t_match": 100,
+        "hysteresis_low": 0.4, "hysteresis_high": 0.85, "hysteresis_min_length": 3,
+        "t_agg": 1, "aggregation": "best", "max_caption_length": 30,
+    },
     "bensmot": {  # configs/eval/bensmot.yaml: box-only, one class
         **_RELEASE_VIDEO_LEVEL,
         "clip_length": 1, "k_match": 7, "t_match": 40,
@@ -113,7 +120,8 @@ RELEASE_PRESETS: dict[str, dict] = {
     },
 }
 # what each preset's checkpoints look like: (box-only, zero-shot classifier)
-PRESET_VARIANTS = {"vln": (False, False), "vidstg": (True, True), "bensmot": (True, False), "lvviscap": (False, True)}
+PRESET_VARIANTS = {"vln": (False, False), "vidstg": (True, True), "vidstg_no_tempagg": (True, True),
+                   "bensmot": (True, False), "lvviscap": (False, True)}
 
 
 def checkpoint_variant(state: dict) -> tuple[bool, bool]:
@@ -136,10 +144,23 @@ def checkpoint_variant(state: dict) -> tuple[bool, bool]:
     return box_only, zero_shot
 
 
-def preset_for(state: dict) -> str:
-    """The release preset whose checkpoints look like ``state``."""
+def presets_like(state: dict) -> list[str]:
+    """The release presets whose checkpoints look like ``state`` (the two VidSTG ones have the same weights)."""
     variant = checkpoint_variant(state)
-    return next(name for name, v in PRESET_VARIANTS.items() if v == variant)
+    return [name for name, v in PRESET_VARIANTS.items() if v == variant]
+
+
+def preset_for(state: dict) -> str:
+    """The release preset whose checkpoints look like ``state``; ``ValueError`` when the weights cannot tell (the
+    VidSTG checkpoints with and without temporal aggregation differ only in their evaluation config)."""
+    candidates = presets_like(state)
+    if len(candidates) > 1:
+        raise ValueError(
+            f"`preset` must be given: this checkpoint fits {' and '.join(repr(c) for c in candidates)}, whose weights "
+            "are the same ('vidstg': captions from 32 clips, weighted; 'vidstg_no_tempagg': from the best clip); "
+            "pass --preset with the evaluation config the checkpoint was released with"
+        )
+    return candidates[0]
 
 
 def check_preset(state: dict, preset: str) -> None:
@@ -155,7 +176,7 @@ def check_preset(state: dict, preset: str) -> None:
                         f", this one has {'the ZeroShotClassifier' if zero_shot else 'a linear classifier'}")
     if problems:
         raise ValueError(f"`preset` {preset!r} contradicts the weights: " + "; ".join(problems) +
-                         f" (it looks like a {preset_for(state)!r} checkpoint)")
+                         f" (it looks like a {' / '.join(repr(c) for c in presets_like(state))} checkpoint)")
 
 
 # Head counts are not recoverable from parameter shapes: the release's values, used when the width matches.
@@ -504,7 +525,7 @@ def config_from_original(
     reader per component (``read_segmenter_config``, ``read_heads_config``, ``read_vision_config``,
     ``read_qformer_config``, ``read_text_config``).
 
-    ``preset`` (``vln``, ``vidstg``, ``bensmot``, ``lvviscap``) sets the release's video level with the values of
+    ``preset`` (``vln``, ``vidstg``, ``vidstg_no_tempagg``, ``bensmot``, ``lvviscap``) sets the release's video level with the values of
     its evaluation config (checked against the weights; default: the preset whose checkpoints look like this one);
     ``num_heads`` gives head counts the shapes cannot tell (``segmenter``, ``vision``, ``qformer``, ``text``);
     ``text_config`` / ``vision_config`` replace the inferred LM / ViT configs (e.g.
@@ -941,7 +962,8 @@ CONVERTED_CARD = (
 RELEASE_BASE_MODELS = ["Salesforce/blip2-opt-2.7b"]  # the caption head's EVA ViT-g, Q-Former and OPT-2.7B
 # the benchmark each preset's checkpoint is evaluated on, named in the card's description (they have no Hub dataset
 # id, so the card's `datasets` metadata stays empty)
-PRESET_BENCHMARKS = {"vidstg": "VidSTG", "vln": "VLN", "bensmot": "BenSMOT", "lvviscap": "LV-VISCap"}
+PRESET_BENCHMARKS = {"vidstg": "VidSTG", "vidstg_no_tempagg": "VidSTG (no temporal aggregation)", "vln": "VLN",
+                     "bensmot": "BenSMOT", "lvviscap": "LV-VISCap"}
 
 
 def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: str | None = None,
