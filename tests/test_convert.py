@@ -116,6 +116,14 @@ def test_tensors_land_where_the_release_uses_them(converted):
         sd["captioning_head.Qformer.bert.encoder.layer.0.crossattention.self.key.weight"],
     )
     assert torch.equal(ours["model.caption_head.vision_model.post_layernorm.bias"], sd["captioning_head.ln_vision.bias"])
+    # ln_vision is LAVIS's default nn.LayerNorm (eps 1e-5) while EVA's blocks use 1e-6: each its own
+    vision = model.model.caption_head.vision_model
+    assert vision.post_layernorm.eps == 1e-5 and vision.encoder.layers[0].layer_norm1.eps == 1e-6
+    x = torch.randn(2, 5, VISION) * 1e-3  # a small variance, where the epsilon shows
+    release = nn.functional.layer_norm(x, (VISION,), sd["captioning_head.ln_vision.weight"],
+                                       sd["captioning_head.ln_vision.bias"], eps=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(vision.post_layernorm(x), release, rtol=0, atol=1e-6)
     assert torch.equal(ours["language_model.model.decoder.layers.0.fc1.weight"],
                        sd["captioning_head.opt_model.model.decoder.layers.0.fc1.weight"])
 

@@ -566,6 +566,7 @@ def config_from_original(
         "caption_mask_convention": "release",
         "caption_mask_threshold": 0.5,
         "caption_frame": "middle",
+        "vision_post_layernorm_eps": 1e-5,  # LAVIS's ln_vision is a default nn.LayerNorm (EVA's blocks: 1e-6)
         "segmenter_image_mean": image_mean,
         "segmenter_image_std": image_std,
         # the release feeds the segmenter's (ImageNet-normalised) input to EVA as is

@@ -72,6 +72,8 @@ class CaptionFormerCaptionHead(nn.Module):
         self.config = config
         qformer_hidden = config.qformer_config.hidden_size
         self.vision_model = Blip2VisionModel(config.vision_config)
+        if getattr(config, "vision_post_layernorm_eps", None) is not None:  # BLIP-2's ln_vision (LAVIS: 1e-5)
+            self.vision_model.post_layernorm.eps = float(config.vision_post_layernorm_eps)
         self.object_query_projection = nn.Linear(config.segmenter_config.hidden_dim, qformer_hidden)
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_hidden))
         self.qformer = Blip2QFormerModel(config.qformer_config)

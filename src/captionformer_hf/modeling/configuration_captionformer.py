@@ -158,6 +158,9 @@ class CaptionFormerConfig(PreTrainedConfig):
             first, so token ``k`` is attended iff patch ``k`` is outside the object (CLS reads patch 0's entry,
             patch ``k - 1`` reads patch ``k``'s) and the last patch is always attended.
         max_caption_length (`int`, defaults to 32): maximum caption length in LM tokens.
+        vision_post_layernorm_eps (`float`, *optional*): epsilon of the vision encoder's final LayerNorm (BLIP-2's
+            ``ln_vision``); default: the vision config's ``layer_norm_eps``. Converted official checkpoints set
+            1e-5 (LAVIS builds ``ln_vision`` as a default ``nn.LayerNorm``, while EVA's blocks use 1e-6).
         caption_prompt_token_id (`int`, *optional*): token whose embedding follows the visual prefix in the LM input
             (training and generation). The released code, like BLIP-2, appends OPT's BOS (``</s>``, id 2): converted
             checkpoints set it; ``None`` (default) feeds the visual prefix alone.
@@ -232,6 +235,7 @@ class CaptionFormerConfig(PreTrainedConfig):
     caption_mask_convention: str = "object"
     max_caption_length: int = 32
     caption_prompt_token_id: int | None = None
+    vision_post_layernorm_eps: float | None = None
 
     freeze_segmenter: bool = False
     freeze_vision_encoder: bool = True
@@ -321,6 +325,9 @@ class CaptionFormerConfig(PreTrainedConfig):
         for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha",
                      "presence_threshold", "caption_score_threshold", "track_score_threshold"):
             probability(name)
+        eps = self.vision_post_layernorm_eps
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+            raise ValueError(f"`vision_post_layernorm_eps` must be a number in (0, 1) or None, got {eps!r}")
         if self.class_loss not in ("focal", "release_bce"):
             raise ValueError(f"`class_loss` must be 'focal' or 'release_bce', got {self.class_loss!r}")
         if self.matcher_class_cost not in ("class", "score"):
