@@ -357,3 +357,15 @@ def test_release_tracker_runs_in_bfloat16_and_float16():
         slots = torch.stack([torch.nn.functional.normalize(c["embeddings"].float(), dim=-1) for c in tracker.clips])
         reference = torch.nn.functional.normalize(base, dim=-1)
         assert (torch.einsum("csd,td->cst", slots, reference).argmax(-1) == slots[0].matmul(reference.T).argmax(-1)).all()
+
+
+def test_release_hysteresis_compares_in_float32_on_the_thresholds():
+    """A score of exactly float32(0.9) against VLN's 0.9: the release (a float32 tensor against a Python float, which
+    torch casts to float32) switches the track on; a float64 comparison would not (0.899999976 < 0.9)."""
+    on_high = float(torch.tensor(0.9, dtype=torch.float32))
+    assert on_high < 0.9 and bool(torch.tensor([on_high]) >= 0.9)  # what the release's comparison gives
+    assert release_hysteresis([on_high] * 5, 0.3, 0.9, 5) == [True] * 5
+    on_low = float(torch.tensor(0.3, dtype=torch.float32))  # exactly on the low threshold: stays on
+    assert release_hysteresis([on_high, on_low, on_low, on_high, on_high], 0.3, 0.9, 5) == [True] * 5
+    below = float(torch.tensor(0.3, dtype=torch.float32).nextafter(torch.tensor(0.0)))
+    assert release_hysteresis([on_high, below, on_high], 0.3, 0.9, 1) == [True, False, True]

@@ -354,7 +354,14 @@ def release_hysteresis(scores, low: float, high: float, min_duration: int) -> li
     """The released code's hysteresis on one track's per-frame scores: a forward and a backward pass switch on at a
     score ``>= high`` and off below ``low`` (scores in between keep the state); a frame is active if either pass is
     on; runs of active frames shorter than ``min_duration`` are switched off, except a run that reaches the end of
-    the video (the release checks a run only when an inactive frame follows it)."""
+    the video (the release checks a run only when an inactive frame follows it).
+
+    Compared in float32 as the release does (``torch.tensor`` of the scores against Python-float thresholds, which
+    torch casts to the tensor's float32): a score of exactly ``float32(0.9)`` reaches a 0.9 threshold here too."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float32).tolist()
+    low, high = float(np.float32(low)), float(np.float32(high))
     count = len(scores)
     forward, backward = [False] * count, [False] * count
     on = False
