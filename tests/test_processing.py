@@ -418,3 +418,28 @@ def test_cli_sample_video(tmp_path, capsys):
     reference = json.loads((tmp_path / "gt.json").read_text())
     assert reference["num_frames"] == 12 and reference["trajectories"]
     assert "a " in capsys.readouterr().out
+def test_detectron2_resize_convention_rounds_and_resizes_as_the_release():
+    """Converted checkpoints resize as detectron2's ResizeShortestEdge: the rounded size (368 x 640 -> 480 x 835,
+    where transformers' truncation gives 834) and PIL bilinear on uint8 frames."""
+    import numpy as np
+    from PIL import Image
+
+    from captionformer_hf.processing.video_processing_captionformer import CaptionFormerVideoProcessor
+
+    size = {"shortest_edge": 480, "longest_edge": 1333}
+    release = CaptionFormerVideoProcessor(size=size, resize_convention="detectron2")
+    default = CaptionFormerVideoProcessor(size=size)
+    assert release.content_size(368, 640) == (480, 835) and default.content_size(368, 640) == (480, 834)
+    assert release.content_size(640, 368) == (835, 480)
+    assert release.content_size(100, 1000) == (133, 1333)  # the long side capped: 1333 x 133.3 -> rounded
+    frames = np.random.default_rng(0).integers(0, 256, (2, 36, 64, 3), dtype=np.uint8)
+    small = CaptionFormerVideoProcessor(size={"shortest_edge": 48, "longest_edge": 200}, resize_convention="detectron2",
+                                        do_normalize=False, size_divisor=1)
+    out = small.transform_frames(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    assert out.shape == (2, 3, 48, 85)  # 64 * 48 / 36 = 85.33 -> 85
+    expected = np.stack([np.asarray(Image.fromarray(f).resize((85, 48), Image.BILINEAR)) for f in frames])
+    torch.testing.assert_close(out, torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255, rtol=0, atol=1e-6)
+    reloaded = CaptionFormerVideoProcessor.from_dict(release.to_dict())
+    assert reloaded.resize_convention == "detectron2"
+    with pytest.raises(ValueError, match="`resize_convention` must be one of"):
+        CaptionFormerVideoProcessor(resize_convention="pil")

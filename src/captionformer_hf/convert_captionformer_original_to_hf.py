@@ -944,11 +944,13 @@ def convert_original_checkpoint(
 
 def release_video_processor(config: CaptionFormerConfig, shortest_edge: int = 480):
     """The processor settings of the release's evaluation configs: shortest edge 480 (detectron2's
-    ``ResizeShortestEdge``, longest edge at most 1333), ImageNet normalisation, padding to a multiple of 32."""
+    ``ResizeShortestEdge``, longest edge at most 1333: its rounded size and PIL bilinear resize of uint8 frames),
+    ImageNet normalisation, padding to a multiple of 32."""
     from .processing.video_processing_captionformer import CaptionFormerVideoProcessor
 
     return CaptionFormerVideoProcessor(
         size={"shortest_edge": shortest_edge, "longest_edge": 1333},
+        resize_convention="detectron2",
         size_divisor=32,
         image_mean=list(config.segmenter_image_mean),
         image_std=list(config.segmenter_image_std),

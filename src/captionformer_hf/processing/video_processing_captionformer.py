@@ -40,6 +40,23 @@ class CaptionFormerVideoProcessorKwargs(VideosKwargs, total=False):
     clip_length: int
     size_divisor: int
     max_frames: int
+    resize_convention: str
+
+
+RESIZE_CONVENTIONS = ("transformers", "detectron2")
+
+
+def detectron2_resized_size(height: int, width: int, shortest_edge: int, longest_edge: int) -> tuple[int, int]:
+    """The size detectron2's ``ResizeShortestEdge`` gives a ``height x width`` frame: short side to
+    ``shortest_edge``, then both scaled down so that the long side is at most ``longest_edge``, each rounded
+    (``int(x + 0.5)``; transformers' ``get_size_with_aspect_ratio`` truncates: 368 x 640 -> 480 x 835 here, 834
+    there). Written from the formula of detectron2's ``ResizeShortestEdge.get_output_shape``."""
+    scale = shortest_edge / min(height, width)
+    new_h, new_w = (shortest_edge, scale * width) if height < width else (scale * height, shortest_edge)
+    if max(new_h, new_w) > longest_edge:
+        scale = longest_edge / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
 
 
 # ----------------------------------------------------------------------------------------------------- decoding
@@ -558,6 +575,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
     clip_length = 1
     size_divisor = 32
     max_frames = None
+    resize_convention = "transformers"
     valid_kwargs = CaptionFormerVideoProcessorKwargs
     model_input_names = ["pixel_values_videos"]
 
@@ -567,6 +585,13 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             raise ValueError(f"`clip_length` must be a positive integer, got {self.clip_length!r}")
         if not isinstance(self.size_divisor, int) or self.size_divisor < 1:
             raise ValueError(f"`size_divisor` must be a positive integer, got {self.size_divisor!r}")
+        if self.resize_convention not in RESIZE_CONVENTIONS:
+            raise ValueError(f"`resize_convention` must be one of {RESIZE_CONVENTIONS}, got {self.resize_convention!r}")
+        if self.resize_convention == "detectron2":
+            size = self._size_dict()
+            if not (size.shortest_edge and size.longest_edge):
+                raise ValueError("`resize_convention='detectron2'` needs `size` with shortest_edge and longest_edge, "
+                                 f"got {dict(self.size) if not isinstance(self.size, dict) else self.size!r}")
 
     # ------------------------------------------------------------------ geometry
     def _size_dict(self) -> SizeDict:
@@ -577,6 +602,8 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         if not self.do_resize:
             return height, width
         size = self._size_dict()
+        if self.resize_convention == "detectron2":
+            return detectron2_resized_size(height, width, size.shortest_edge, size.longest_edge)
         if size.shortest_edge and size.longest_edge:
             return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
         probe = torch.zeros(1, 1, height, width)  # other size specs: ask resize itself
@@ -595,10 +622,12 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
     ) -> torch.Tensor:
         """``uint8 (T, 3, H, W)`` -> resized, normalised, padded float frames ``(T, 3, H', W')``, computed on
         ``device`` (the frames are moved there first; default: where they are) and returned in ``dtype``."""
+        if self.do_resize and self.resize_convention == "detectron2":
+            frames = self._detectron2_resize(frames)
         if device is not None:
             frames = frames.to(device, non_blocking=True)
         frames = frames.float() if not self.do_rescale else frames
-        if self.do_resize:
+        if self.do_resize and self.resize_convention != "detectron2":
             frames = self.resize(frames, size=self._size_dict(), resample=self.resample)
         frames = self.rescale_and_normalize(
             frames, self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std
@@ -608,6 +637,26 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         if (height, width) != tuple(target):
             frames = torch.nn.functional.pad(frames, (0, target[1] - width, 0, target[0] - height))
         return frames if dtype is None else frames.to(dtype)
+
+    def _detectron2_resize(self, frames: torch.Tensor) -> torch.Tensor:
+        """detectron2's ``ResizeTransform`` on uint8 frames: PIL bilinear per frame (not antialiased torch), to the
+        rounded size of :func:`detectron2_resized_size` (what the release's evaluation feeds its models)."""
+        from PIL import Image
+
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"`resize_convention='detectron2'` resizes uint8 frames (as detectron2 does), got "
+                             f"{frames.dtype}")
+        height, width = frames.shape[-2:]
+        new_h, new_w = self.content_size(height, width)
+        if (new_h, new_w) == (height, width):
+            return frames
+        resample = {PILImageResampling.BILINEAR: Image.BILINEAR, PILImageResampling.BICUBIC: Image.BICUBIC,
+                    PILImageResampling.NEAREST: Image.NEAREST}.get(self.resample, Image.BILINEAR)
+        out = np.stack([
+            np.asarray(Image.fromarray(frame).resize((new_w, new_h), resample))
+            for frame in frames.permute(0, 2, 3, 1).cpu().numpy()
+        ])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     # ------------------------------------------------------------------ decoding hooks of BaseVideoProcessor
     def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
