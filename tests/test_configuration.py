@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, Mask2FormerConfig
 
 import captionformer_hf  # noqa: F401  (registers the Auto classes)
@@ -97,3 +98,19 @@ def test_cross_field_validation():
         CaptionFormerConfig(vision_config={"image_size": 30, "patch_size": 14})
     with pytest.raises(ValueError, match="`text_config`"):
         CaptionFormerConfig(text_config={"model_type": "t5"})
+
+
+def test_caption_frame_random_draws_a_frame_of_the_clip_at_inference():
+    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+    from captionformer_hf.toy import toy_config
+
+    model = CaptionFormerForDenseVideoObjectCaptioning(toy_config(clip_length=5, caption_frame="random"))
+    torch.manual_seed(0)
+    drawn = [model.caption_frame_index(5) for _ in range(200)]
+    assert set(drawn) == {0, 1, 2, 3, 4}  # every frame of the clip, not always the middle one
+    torch.manual_seed(0)
+    assert [model.caption_frame_index(5) for _ in range(200)] == drawn  # from torch's global generator
+    model.config.caption_frame = "first"
+    assert model.caption_frame_index(5) == 0
+    model.config.caption_frame = "middle"
+    assert model.caption_frame_index(5) == 2

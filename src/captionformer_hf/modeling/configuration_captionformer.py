@@ -147,8 +147,9 @@ class CaptionFormerConfig(PreTrainedConfig):
             below this.
         track_score_threshold (`float`, defaults to 0.0): release mode (``PER_FRAME_SCORE_THRESHOLD``): box models
             drop frames whose score is not above it, mask models drop tracks whose score is not above it; 0: off.
-        caption_frame (`str`, defaults to ``"middle"``): frame of a clip fed to the caption head at inference
-            (training samples one at random, as the released code).
+        caption_frame (`str`, defaults to ``"middle"``): frame of a clip fed to the caption head at inference:
+            ``"middle"``, ``"first"`` or ``"random"`` (drawn from torch's global generator; release mode always
+            draws one, as the released code). Training samples one at random, as the released code.
         caption_mask_threshold (`float`, defaults to 0.5): mask probability above which a vision patch is attended.
         caption_mask_convention (`str`, defaults to ``"object"``): how the object mask restricts the Q-Former's
             cross-attention. ``"object"`` (the paper): the patches inside the mask and the CLS token. ``"release"``:

@@ -629,7 +629,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         return uniform_clip_indices(count, self.config.t_agg, exact=method in ORDER_AWARE_AGGREGATIONS)
 
     def caption_frame_index(self, num_frames: int) -> int:
-        """Frame of a clip of ``num_frames`` frames fed to the caption head at inference (``config.caption_frame``)."""
+        """Frame of a clip of ``num_frames`` frames fed to the caption head at inference (``config.caption_frame``:
+        ``"middle"``, ``"first"``, or ``"random"``: drawn with ``torch.randint`` on the global generator, as the
+        released code does)."""
+        if self.config.caption_frame == "random":
+            return int(torch.randint(num_frames, (1,)))
         return 0 if self.config.caption_frame == "first" else num_frames // 2
 
     # ------------------------------------------------------------------ inference
