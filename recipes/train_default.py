@@ -5,10 +5,13 @@
 1. data: 800 synthetic videos (dataset seed 1: none of them is a `sample-video` seed below 1,000,000, so README
    command 1's video and the quality benchmark's are unseen) at the geometry of ``captionformer sample-video`` (192 x 256, 48 frames,
    8 fps): 640 train / 80 validation / 80 test, written once to ``OUT/data`` (mp4 + parquet).
-2. phase 1, ``recipes/default_synthetic.json``: the whole model end to end on clips of 2 frames (segmentation,
+2. phase 1, ``recipes/default_synthetic.json``: the whole model end to end on single-frame clips (segmentation,
    detection, classification, objectness and clip-level captions).
 3. phase 2, ``recipes/default_synthetic_video.json``: the paper's second stage, segmenter frozen: video-level
-   captions, the clips of each video aggregated in time order by the order-aware aggregation of the config.
+   captions, the clips of each video aggregated in time order by the order-aware aggregation of the config;
+   phase 3, ``recipes/default_synthetic_video_more.json``: the same stage continued from phase 2 at half the
+   learning rate (the caption loss was still falling at the end of phase 2: the motion's axis is learned first, its
+   direction later).
 4. calibration: the per-clip score threshold and the hysteresis of the tracker, chosen on the validation videos
    (never on test videos) by HOTA (DetA x AssA), then the captions on the chosen tracks.
 5. with ``--ship``: the model is written, in fp16 when that loses nothing on the validation videos, to
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "default"))
     parser.add_argument("--ship", action="store_true", help="write the model into the package (checkpoints/default)")
     parser.add_argument("--calibration-videos", type=int, default=40)
-    parser.add_argument("--until", choices=("data", "phase1", "phase2", "all"), default="all",
+    parser.add_argument("--until", choices=("data", "phase1", "phase2", "phase3", "all"), default="all",
                         help="stop after this step (a later run continues from there)")
     parser.add_argument("--ablation", action="store_true", help="also train phase 2 once per caption aggregation")
     parser.add_argument("--ablation-steps", type=int, default=600)
@@ -249,9 +252,13 @@ def main(argv=None) -> int:
                        dataset=data, model=phase1, **dict(smoke, batch_size=1) if args.smoke else {})
     if args.until == "phase2":
         return 0
+    phase3 = run_phase(os.path.join(RECIPES, "default_synthetic_video_more.json"), os.path.join(args.out, "phase3"),
+                       dataset=data, model=phase2, **dict(smoke, batch_size=1) if args.smoke else {})
+    if args.until == "phase3":
+        return 0
     torch.set_grad_enabled(False)
-    model = AutoModel.from_pretrained(phase2).eval()
-    processor = AutoProcessor.from_pretrained(phase2)
+    model = AutoModel.from_pretrained(phase3).eval()
+    processor = AutoProcessor.from_pretrained(phase3)
     validation = list(load_parquet_dataset(data)["validation"])[: args.calibration_videos]
     chosen = calibrate(model, processor, validation)
     with open(os.path.join(args.out, "calibration.json"), "w") as f:
