@@ -103,6 +103,9 @@ class CaptionFormerConfig(PreTrainedConfig):
             prepended to them, as in the released code).
         score_threshold (`float`, defaults to 0.5): per-clip pruning threshold on S = sqrt(max_c p_c * p_obj).
         k_match (`int`, defaults to 7): memory clips used for association (K_match).
+        duplicate_iou_threshold (`float`, *optional*): paper mode: per clip, a kept query whose mask (over the
+            clip) overlaps a higher-scoring kept query's at an IoU above this is dropped before tracking, so that
+            two queries on one object do not become two tracks; `None` (default, the paper): no suppression.
         match_cost_threshold (`float`, defaults to 0.7): largest combined cosine cost (1 - cos) at which a query
             joins an existing track; above it the query opens a new track.
         t_match (`int`, defaults to 100): memory-bank length per trajectory (T_match).
@@ -216,6 +219,7 @@ class CaptionFormerConfig(PreTrainedConfig):
 
     k_match: int = 7
     match_cost_threshold: float = 0.7
+    duplicate_iou_threshold: float | None = None
     t_match: int = 100
     hysteresis_low: float = 0.4
     hysteresis_high: float = 0.85
@@ -326,6 +330,9 @@ class CaptionFormerConfig(PreTrainedConfig):
         for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha",
                      "presence_threshold", "caption_score_threshold", "track_score_threshold"):
             probability(name)
+        dup = self.duplicate_iou_threshold
+        if dup is not None and (isinstance(dup, bool) or not isinstance(dup, (int, float)) or not 0 <= dup <= 1):
+            raise ValueError(f"`duplicate_iou_threshold` must be a number in [0, 1] or None, got {dup!r}")
         eps = self.vision_post_layernorm_eps
         if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
             raise ValueError(f"`vision_post_layernorm_eps` must be a number in (0, 1) or None, got {eps!r}")

@@ -398,6 +398,33 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         return self.caption_head(vision_tokens[frame_indices], object_queries, masks_logits, boxes)
 
 
+def duplicate_queries(masks_logits: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor,
+                      iou_threshold: float) -> torch.Tensor:
+    """Per clip, the kept queries that duplicate a higher-scoring kept query: greedy by score S, a query is a
+    duplicate when the IoU of its clip mask (``logit > 0`` over the clip's frames) with that of a query kept before
+    it exceeds ``iou_threshold`` (Mask2Former's own inference resolves such overlaps when it pastes segments;
+    ``config.duplicate_iou_threshold``). ``masks_logits (B, Q, T, h, w)``, ``scores`` / ``keep`` ``(B, Q)`` ->
+    ``(B, Q)`` bool."""
+    duplicate = torch.zeros_like(keep)
+    binary = (masks_logits > 0).flatten(2).float()  # (B, Q, T*h*w)
+    for b in range(keep.shape[0]):
+        candidates = torch.nonzero(keep[b], as_tuple=True)[0]
+        if len(candidates) < 2:
+            continue
+        order = candidates[torch.argsort(scores[b, candidates].float(), descending=True, stable=True)]
+        m = binary[b, order]
+        inter = m @ m.T
+        area = m.sum(-1)
+        iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
+        chosen: list[int] = []
+        for i in range(len(order)):
+            if any(float(iou[i, j]) > iou_threshold for j in chosen):
+                duplicate[b, order[i]] = True
+            else:
+                chosen.append(i)
+    return duplicate
+
+
 class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, GenerationMixin):
     """CaptionFormer with its causal LM: clip-level losses for training, captions for inference.
 
@@ -825,7 +852,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         batch_size, num_queries = outputs.scores.shape
         device = outputs.scores.device
         real = [len(f) for f in frame_indices]
-        batch_idx, query_idx = torch.nonzero(outputs.scores >= tracker.score_threshold, as_tuple=True)
+        keep = outputs.scores >= tracker.score_threshold
+        if self.config.duplicate_iou_threshold is not None:
+            keep = keep & ~duplicate_queries(outputs.masks_logits, outputs.scores, keep,
+                                             self.config.duplicate_iou_threshold)
+        batch_idx, query_idx = torch.nonzero(keep, as_tuple=True)
         num_kept = len(batch_idx)
         track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
         if num_kept:
