@@ -405,3 +405,30 @@ def test_best_memory_slots_equal_ranking_every_slot_and_solve_fewer(rows, cols, 
             assert tracking.best_memory_slots(costs, k).tolist() == _ranked_by_solving_every_slot(costs, k)
             solved += len(calls)
     assert solved < 0.5 * 40 * 2 * 60
+
+
+def test_duplicate_queries_drop_the_lower_scoring_of_overlapping_masks():
+    from captionformer_hf.modeling.modeling_captionformer import duplicate_queries
+
+    logits = torch.full((1, 4, 1, 4, 4), -1.0)
+    logits[0, 0, 0, :2, :2] = 1  # 4 pixels
+    logits[0, 1, 0, :2, :3] = 1  # 6 pixels: IoU with query 0 = 4 / 6
+    logits[0, 2, 0, 2:, 2:] = 1  # elsewhere
+    logits[0, 3, 0, :2, :2] = 1  # the same as query 0, but not kept
+    scores = torch.tensor([[0.7, 0.9, 0.8, 0.95]])
+    keep = torch.tensor([[True, True, True, False]])
+    # greedy by score: 1 (0.9) is chosen, 2 (0.8) does not overlap, 0 (0.7) overlaps 1 at 0.667
+    assert duplicate_queries(logits, scores, keep, 0.5).tolist() == [[True, False, False, False]]
+    assert duplicate_queries(logits, scores, keep, 0.7).tolist() == [[False, False, False, False]]
+    assert not duplicate_queries(logits, scores, torch.tensor([[True, False, False, False]]), 0.0).any()
+
+
+def test_duplicate_queries_are_found_in_every_clip_of_a_batch():
+    """Two queries on the same object in each of 3 clips: the lower-scoring one is the duplicate in each clip."""
+    from captionformer_hf.modeling.modeling_captionformer import duplicate_queries
+
+    logits = torch.full((3, 2, 1, 8, 8), -5.0)
+    logits[:, :, :, 2:6, 2:6] = 5.0
+    scores = torch.tensor([[0.9, 0.8]] * 3)
+    dup = duplicate_queries(logits, scores, scores > 0.5, 0.5)
+    assert dup.tolist() == [[False, True]] * 3
