@@ -192,6 +192,7 @@ def ship(model, processor, examples, target: str) -> None:
             config = json.load(f)
         config["dtype"] = "float32"  # fp16 storage, fp32 compute (CPU inference of the deformable attention)
         config.pop("auto_map", None)  # the package is installed wherever the embedded model is used
+        config.pop("custom_pipelines", None)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         with open(os.path.join(tmp, "processor_config.json")) as f:
@@ -200,6 +201,13 @@ def ship(model, processor, examples, target: str) -> None:
         processor_config.get("video_processor", {}).pop("auto_map", None)
         with open(os.path.join(tmp, "processor_config.json"), "w") as f:
             json.dump(processor_config, f, indent=2)
+        tokenizer_config = os.path.join(tmp, "tokenizer_config.json")
+        if os.path.exists(tokenizer_config):
+            with open(tokenizer_config) as f:
+                data = json.load(f)
+            data.pop("auto_map", None)
+            with open(tokenizer_config, "w") as f:
+                json.dump(data, f, indent=2)
         for name in os.listdir(tmp):
             if name.endswith(".py"):
                 os.remove(os.path.join(tmp, name))
