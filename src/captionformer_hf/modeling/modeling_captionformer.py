@@ -415,10 +415,10 @@ def duplicate_queries(masks_logits: torch.Tensor, scores: torch.Tensor, keep: to
         m = binary[b, order]
         inter = m @ m.T
         area = m.sum(-1)
-        iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
+        iou = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).cpu()  # one host copy per clip
         chosen: list[int] = []
         for i in range(len(order)):
-            if any(float(iou[i, j]) > iou_threshold for j in chosen):
+            if chosen and bool((iou[i, chosen] > iou_threshold).any()):
                 duplicate[b, order[i]] = True
             else:
                 chosen.append(i)
