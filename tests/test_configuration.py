@@ -77,6 +77,8 @@ def test_any_causal_lm_as_text_config(toy_config):
         ("caption_weight", float("nan")),
         ("aggregation", "median"),
         ("caption_frame", "last"),
+        ("duplicate_iou_threshold", 1.5),
+        ("vision_post_layernorm_eps", 0.0),
         ("vision_image_std", [0.1, 0.0, 0.2]),
         ("segmenter_image_mean", [0.5, 0.5]),
         ("text_classifier_temperature", 0.0),

@@ -330,9 +330,8 @@ class CaptionFormerConfig(PreTrainedConfig):
         for name in ("score_threshold", "hysteresis_low", "hysteresis_high", "caption_mask_threshold", "focal_alpha",
                      "presence_threshold", "caption_score_threshold", "track_score_threshold"):
             probability(name)
-        dup = self.duplicate_iou_threshold
-        if dup is not None and (isinstance(dup, bool) or not isinstance(dup, (int, float)) or not 0 <= dup <= 1):
-            raise ValueError(f"`duplicate_iou_threshold` must be a number in [0, 1] or None, got {dup!r}")
+        if self.duplicate_iou_threshold is not None:
+            probability("duplicate_iou_threshold")
         eps = self.vision_post_layernorm_eps
         if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
             raise ValueError(f"`vision_post_layernorm_eps` must be a number in (0, 1) or None, got {eps!r}")
