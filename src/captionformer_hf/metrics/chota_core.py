@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from array import array
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -45,15 +44,33 @@ _FIELDS_ORDER = (
 
 
 class _Detections:
-    """Detections of one side (GT or predictions) of one video, in input order."""
+    """Detections of one side (GT or predictions) of one video, in input order: collected as one chunk a trajectory
+    (numpy arrays, 8 bytes a number, not lists of Python objects: a million detections stay small), joined by
+    :meth:`finish` into ``frames`` / ``track_index`` ``(N,)`` int64 and ``boxes`` ``(N, 4)`` float64."""
 
     def __init__(self):
-        # compact arrays (8 bytes a number), not lists of Python objects: a million detections stay small
-        self.frames = array("q")
-        self.track_index = array("q")
-        self.boxes = array("d")  # x, y, w, h of every box, flat
+        self._frames, self._tracks, self._boxes = [], [], []
         self.masks: list = []
         self.captions: list[str] = []
+        self.count = 0
+
+    def add(self, frames, track_index: int, boxes=None) -> None:
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+        self._frames.append(frames)
+        self._tracks.append(np.full(len(frames), track_index, dtype=np.int64))
+        if boxes is not None:
+            self._boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+        self.count += len(frames)
+
+    def finish(self) -> "_Detections":
+        def join(chunks, shape):
+            return np.concatenate(chunks) if chunks else np.zeros(shape)
+
+        self.frames = join(self._frames, 0).astype(np.int64, copy=False)
+        self.track_index = join(self._tracks, 0).astype(np.int64, copy=False)
+        self.boxes = join(self._boxes, (0, 4))
+        del self._frames, self._tracks, self._boxes
+        return self
 
 
 def _where(video_id, side, track_id=None, frame=None) -> str:
@@ -106,6 +123,7 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
                                              detections):
             continue  # every entry well-formed: taken in one go (the loop below names the first bad one otherwise)
         seen_frames = set()
+        kept_frames, kept_boxes = [], []
         for entry in frames:
             frame = entry.get("frame_index") if isinstance(entry, Mapping) else None
             if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
@@ -138,18 +156,19 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} is not finite")
                 if box[2] < 0 or box[3] < 0:
                     raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} has a negative width or height")
-                detections.boxes.extend(box)
+                kept_boxes.append(box)
             else:
                 detections.masks.append(_rle(entry.get("mask_rle"), height, width, _where(video_id, side, track_id, frame)))
             frame_caption = entry.get("caption", caption) or ""
             if not isinstance(frame_caption, str):
                 raise TypeError(f"{_where(video_id, side, track_id, frame)}: `caption` must be a string, got "
                                 f"{type(frame_caption).__name__}")
-            detections.frames.append(int(frame))
-            detections.track_index.append(track_index)
+            kept_frames.append(int(frame))
             detections.captions.append(frame_caption)
-    if len(detections.frames) > MAX_DETECTIONS_PER_FRAME:
-        counts = np.bincount(np.frombuffer(detections.frames, dtype=np.int64))
+        detections.add(kept_frames, track_index, kept_boxes if iou_type == "box" else None)
+    detections.finish()
+    if detections.count > MAX_DETECTIONS_PER_FRAME:
+        counts = np.bincount(detections.frames)
         crowded = int(counts.argmax())
         if counts[crowded] > MAX_DETECTIONS_PER_FRAME:
             raise ValueError(f"{_where(video_id, side, frame=crowded)}: {int(counts[crowded])} detections in one frame, "
@@ -189,25 +208,27 @@ def _fast_boxes(frames, num_frames, score_threshold, track_score, caption, track
         return False
     if set(map(type, captions)) != {str}:
         return False
-    index = np.asarray(indices, dtype=np.int64)
-    box = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    index = np.fromiter(indices, dtype=np.int64, count=len(indices))
+    box = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes)).reshape(-1, 4)
     if (index < 0).any() or (index >= num_frames).any():
         return False
     if not (np.diff(index) > 0).all() and len(np.unique(index)) != len(index):  # listed in order: distinct at once
         return False
     if not np.isfinite(box).all() or (box[:, 2:] < 0).any():
         return False
-    keep = np.ones(len(index), dtype=bool)
+    keep = None
     if scores is not None:
         score = np.asarray(scores, dtype=np.float64)
         if np.isnan(score).any():
             return False
         keep = score > score_threshold
-    kept = np.nonzero(keep)[0]
-    detections.boxes.extend(box[kept].reshape(-1).tolist())
-    detections.frames.extend(index[kept].tolist())
-    detections.track_index.extend([track_index] * len(kept))
-    detections.captions.extend(captions[k] for k in kept)
+    if keep is None:
+        detections.add(index, track_index, box)
+        detections.captions.extend(captions)
+    else:
+        kept = np.flatnonzero(keep)
+        detections.add(index[kept], track_index, box[kept])
+        detections.captions.extend(captions[k] for k in kept.tolist())
     return True
 
 

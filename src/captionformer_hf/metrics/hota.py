@@ -37,6 +37,41 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
         return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
 
 
+def _assign_small_components(gt_dets, pred_dets, score, rest, component):
+    """The assignment of every component with at most 2 GT and 2 predicted detections at once (most of them in
+    practice): the better of its two diagonals, which is what ``linear_sum_assignment`` returns on its 2 x 2 matrix
+    (a missing pair scores 0; a 1 x 2 or 2 x 1 component is a 2 x 2 one with a zero row or column). ``rest`` /
+    ``component``: the pairs to assign and their component label, sorted by label. Components whose two diagonals
+    score equal, or so nearly equal that the rounding of the solver could decide, are left to it with the larger
+    ones. Returns ``(chosen pairs, rest, component)`` with the pairs still to assign."""
+    starts = np.flatnonzero(np.r_[True, np.diff(component) != 0])
+    sizes = np.diff(np.r_[starts, len(rest)])
+    rows, cols = gt_dets[rest], pred_dets[rest]
+    first_row = np.minimum.reduceat(rows, starts)
+    first_col = np.minimum.reduceat(cols, starts)
+    segment = np.repeat(np.arange(len(starts)), sizes)
+    row_rank = (rows != first_row[segment]).astype(np.int64)
+    col_rank = (cols != first_col[segment]).astype(np.int64)
+    # at most 2 rows and 2 columns: every row / column is the first or the same second one
+    second_row = np.where(row_rank == 1, rows, -1)
+    second_col = np.where(col_rank == 1, cols, -1)
+    row_max = np.maximum.reduceat(second_row, starts)
+    col_max = np.maximum.reduceat(second_col, starts)
+    row_min = np.minimum.reduceat(np.where(row_rank == 1, rows, np.iinfo(np.int64).max), starts)
+    col_min = np.minimum.reduceat(np.where(col_rank == 1, cols, np.iinfo(np.int64).max), starts)
+    is_small = (sizes <= 4) & ((row_max < 0) | (row_max == row_min)) & ((col_max < 0) | (col_max == col_min))
+    table = np.zeros((len(starts), 2, 2))
+    pair_of = np.full((len(starts), 2, 2), -1, dtype=np.int64)
+    table[segment, row_rank, col_rank] = score[rest]
+    pair_of[segment, row_rank, col_rank] = rest
+    diagonal = table[:, 0, 0] + table[:, 1, 1]
+    anti = table[:, 0, 1] + table[:, 1, 0]
+    decided = is_small & (np.abs(diagonal - anti) > 1e-9 * (np.abs(diagonal) + np.abs(anti)))
+    picked = np.where((diagonal > anti)[:, None], pair_of[:, [0, 1], [0, 1]], pair_of[:, [0, 1], [1, 0]])[decided]
+    undecided = ~decided[segment]
+    return picked[picked >= 0], rest[undecided], component[undecided]
+
+
 def _assign_pairs(gt_dets: np.ndarray, pred_dets: np.ndarray, score: np.ndarray, num_gt_dets: int,
                   num_pred_dets: int) -> np.ndarray:
     """Maximum-score one-to-one assignment of detections over the pairs of positive score: indices of the chosen
@@ -61,8 +96,10 @@ def _assign_pairs(gt_dets: np.ndarray, pred_dets: np.ndarray, score: np.ndarray,
         component = labels[gt_dets[rest]]
         order = np.argsort(component, kind="stable")
         rest, component = rest[order], component[order]
+        small, rest, component = _assign_small_components(gt_dets, pred_dets, score, rest, component)
+        chosen.append(small)
         bounds = np.flatnonzero(np.diff(component)) + 1
-        for group in np.split(rest, bounds):
+        for group in np.split(rest, bounds) if len(rest) else ():
             rows, row_index = np.unique(gt_dets[group], return_inverse=True)
             cols, col_index = np.unique(pred_dets[group], return_inverse=True)
             matrix = np.zeros((len(rows), len(cols)))
