@@ -15,7 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
-from captionformer_hf.modeling.tracking_captionformer import CaptionFormerReleaseTracker, release_hysteresis
+from captionformer_hf.modeling.release_tracking_captionformer import CaptionFormerReleaseTracker, release_hysteresis
 from captionformer_hf.processing.video_processing_captionformer import release_boxes
 
 
@@ -322,7 +322,7 @@ def test_a_release_mode_model_tracks_every_slot_end_to_end(toy_config, box_only)
 
     encoder = ClipMaskEncoder(VideoGeometry((64, 64), (64, 64), (64, 64)))
     session = model.init_video_session(mask_encoder=encoder)
-    assert session.release
+    assert session.mode == "release" and not session.video_level.pads_short_clips
     out = model.track_video(video, session=session, max_new_tokens=2)
     num_queries = config.segmenter_config.num_queries
     assert out.video_inference_mode == "release" and sorted(out.track_ids.tolist()) == list(range(num_queries))
@@ -342,7 +342,7 @@ def test_a_release_mode_model_tracks_every_slot_end_to_end(toy_config, box_only)
 
 def test_release_tracker_runs_in_bfloat16_and_float16():
     """scipy's assignment takes no bfloat16: the costs are cast to float32 for it (a bf16 session used to crash)."""
-    from captionformer_hf.modeling.tracking_captionformer import CaptionFormerReleaseTracker
+    from captionformer_hf.modeling.release_tracking_captionformer import CaptionFormerReleaseTracker
 
     g = torch.Generator().manual_seed(0)
     base = torch.randn(5, 16, generator=g)

@@ -180,7 +180,7 @@ def test_session_validates_its_arguments():
         CaptionFormerTrackingSession(k_match=5, t_match=2)
     with pytest.raises(ValueError, match="`t_agg` must be an integer >= 1, got 0"):
         CaptionFormerTrackingSession(t_agg=0)
-    from captionformer_hf.modeling.tracking_captionformer import CaptionFormerReleaseTracker
+    from captionformer_hf.modeling.release_tracking_captionformer import CaptionFormerReleaseTracker
 
     with pytest.raises(ValueError, match="`max_trajectories` must be an integer >= 1, got True"):
         CaptionFormerReleaseTracker(max_trajectories=True)
@@ -389,7 +389,7 @@ def test_best_memory_slots_equal_ranking_every_slot_and_solve_fewer(rows, cols, 
     repeated memory clips), with far fewer assignments solved."""
     import numpy as np
 
-    from captionformer_hf.modeling import tracking_captionformer as tracking
+    from captionformer_hf.modeling import video_level_captionformer as tracking
 
     calls = []
     solve = tracking.linear_sum_assignment
@@ -408,7 +408,7 @@ def test_best_memory_slots_equal_ranking_every_slot_and_solve_fewer(rows, cols, 
 
 
 def test_duplicate_queries_drop_the_lower_scoring_of_overlapping_masks():
-    from captionformer_hf.modeling.modeling_captionformer import duplicate_queries
+    from captionformer_hf.modeling.tracking_captionformer import duplicate_queries
 
     logits = torch.full((1, 4, 1, 4, 4), -1.0)
     logits[0, 0, 0, :2, :2] = 1  # 4 pixels
@@ -425,7 +425,7 @@ def test_duplicate_queries_drop_the_lower_scoring_of_overlapping_masks():
 
 def test_duplicate_queries_are_found_in_every_clip_of_a_batch():
     """Two queries on the same object in each of 3 clips: the lower-scoring one is the duplicate in each clip."""
-    from captionformer_hf.modeling.modeling_captionformer import duplicate_queries
+    from captionformer_hf.modeling.tracking_captionformer import duplicate_queries
 
     logits = torch.full((3, 2, 1, 8, 8), -5.0)
     logits[:, :, :, 2:6, 2:6] = 5.0

@@ -28,8 +28,10 @@ if _HAS_TORCH:
         CaptionFormerPreTrainedModel,
         CaptionFormerTrackingOutput,
         CaptionFormerTrackingSession,
+        CaptionFormerVideoLevel,
         CaptionFormerVideoOutput,
         CaptionFormerVideoSession,
+        register_video_inference_mode,
     )
 
     from transformers import AutoProcessor, AutoVideoProcessor
@@ -72,6 +74,8 @@ if _HAS_TORCH:
         "CaptionFormerPreTrainedModel",
         "CaptionFormerTrackingOutput",
         "CaptionFormerTrackingSession",
+        "CaptionFormerVideoLevel",
         "CaptionFormerVideoOutput",
         "CaptionFormerVideoSession",
+        "register_video_inference_mode",
     ]

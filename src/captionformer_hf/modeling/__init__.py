@@ -23,7 +23,12 @@ if _HAS_TORCH:
         CaptionFormerTrackingOutput,
         CaptionFormerVideoOutput,
     )
-    from .tracking_captionformer import CaptionFormerTrackingSession, CaptionFormerVideoSession
+    from .tracking_captionformer import CaptionFormerTrackingSession
+    from .video_level_captionformer import (
+        CaptionFormerVideoLevel,
+        CaptionFormerVideoSession,
+        register_video_inference_mode,
+    )
 
     __all__ += [
         "CaptionFormerDenseCaptioningOutput",
@@ -33,6 +38,8 @@ if _HAS_TORCH:
         "CaptionFormerPreTrainedModel",
         "CaptionFormerTrackingOutput",
         "CaptionFormerTrackingSession",
+        "CaptionFormerVideoLevel",
         "CaptionFormerVideoOutput",
         "CaptionFormerVideoSession",
+        "register_video_inference_mode",
     ]

@@ -17,7 +17,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 _AGGREGATIONS = ("weighted", "mean", "best", "concat", "linear", "self-attention")
 _CAPTION_FRAMES = ("middle", "first", "random")
 _CAPTION_MASK_CONVENTIONS = ("object", "release")
-_VIDEO_INFERENCE_MODES = ("paper", "release")
+_VIDEO_INFERENCE_MODES = ["paper", "release"]  # register_video_inference_mode (modeling) adds more
 
 
 # The paper's architecture (and the official checkpoints'): Mask2Former with a Swin-B backbone (embed 128, depths
@@ -353,7 +353,8 @@ class CaptionFormerConfig(PreTrainedConfig):
                 )
         if self.video_inference_mode not in _VIDEO_INFERENCE_MODES:
             raise ValueError(
-                f"`video_inference_mode` must be one of {_VIDEO_INFERENCE_MODES}, got {self.video_inference_mode!r}"
+                f"`video_inference_mode` must be one of {tuple(_VIDEO_INFERENCE_MODES)} (more with "
+                f"register_video_inference_mode), got {self.video_inference_mode!r}"
             )
         for name in (
             "class_weight",

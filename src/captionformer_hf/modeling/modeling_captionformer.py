@@ -15,7 +15,6 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -27,7 +26,6 @@ from .captioning_captionformer import (
     ORDER_AWARE_AGGREGATIONS,
     CaptionFormerCaptionHead,
     CaptionFormerTemporalAggregation,
-    mask_logits_on_grid,
     uniform_clip_indices,
 )
 from .configuration_captionformer import CaptionFormerConfig
@@ -37,7 +35,9 @@ from .segmentation_captionformer import (
     CaptionFormerClipSegmenterMixin,
     clip_scores,
 )
-from .tracking_captionformer import CaptionFormerReleaseTracker, CaptionFormerTrackingSession, CaptionFormerVideoSession
+from .release_tracking_captionformer import ReleaseVideoLevel  # noqa: F401  (registers the "release" mode)
+from .tracking_captionformer import PaperVideoLevel, duplicate_queries  # noqa: F401  (registers "paper")
+from .video_level_captionformer import CaptionFormerVideoOutput, CaptionFormerVideoSession, video_level_from_config
 
 logger = logging.get_logger(__name__)
 
@@ -95,44 +95,6 @@ class CaptionFormerTrackingOutput(CaptionFormerModelOutput):
     """
 
     track_ids: torch.LongTensor | None = None
-
-
-@dataclass
-class CaptionFormerVideoOutput(ModelOutput):
-    r"""
-    Trajectories of a whole video (`finalize_video_session`, `track_video`), on the CPU. N = trajectories, M = their
-    per-frame entries (sorted by trajectory, then frame), L = caption tokens.
-
-    track_ids (`torch.LongTensor` of shape `(N,)`): track id of each trajectory, in order of first appearance.
-    scores (`torch.FloatTensor` of shape `(N,)`): trajectory score (mean per-clip score S of its kept clips).
-    category_ids (`torch.LongTensor` of shape `(N,)`): argmax of the mean class probabilities (`config.id2label`).
-    caption_ids (`torch.LongTensor` of shape `(N, L)`, *optional*): generated caption tokens (new tokens only,
-        padded with the generation config's `pad_token_id`); `None` without captioning.
-    captioned (`torch.BoolTensor` of shape `(N,)`, *optional*): which trajectories have a caption.
-    frame_track_indices (`torch.LongTensor` of shape `(M,)`): the trajectory (0..N-1) of each per-frame entry.
-    frame_indices (`torch.LongTensor` of shape `(M,)`): the frame (source frame index when the clips carried it).
-    frame_boxes (`torch.FloatTensor` of shape `(M, 4)`): boxes, normalised (cx, cy, w, h) of the padded model input.
-    frame_scores (`torch.FloatTensor` of shape `(M,)`): the per-clip score S of the clip holding the frame.
-    frame_mask_rles (`list[str]`, *optional*): COCO RLE strings of the masks, as the session's mask encoder made
-        them (the video processor's encodes them at the original video size); `None` without a mask encoder.
-    num_frames (`int`): frames processed. input_size (`tuple[int, int]`): the padded model input `(H, W)`.
-    video_inference_mode (`str`): `"paper"` or `"release"` (see the config); release outputs are post-processed as
-        the released code does (boxes clamped per coordinate and rounded to whole pixels).
-    """
-
-    track_ids: torch.LongTensor | None = None
-    scores: torch.FloatTensor | None = None
-    category_ids: torch.LongTensor | None = None
-    caption_ids: torch.LongTensor | None = None
-    captioned: torch.BoolTensor | None = None
-    frame_track_indices: torch.LongTensor | None = None
-    frame_indices: torch.LongTensor | None = None
-    frame_boxes: torch.FloatTensor | None = None
-    frame_scores: torch.FloatTensor | None = None
-    frame_mask_rles: list | None = None
-    num_frames: int | None = None
-    input_size: tuple | None = None
-    video_inference_mode: str | None = None
 
 
 class _LibraryInitialization:
@@ -396,33 +358,6 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             return object_queries.new_zeros(0, 1 + self.config.num_query_tokens, hidden)
         vision_tokens = self.caption_head.encode_frames(frames)
         return self.caption_head(vision_tokens[frame_indices], object_queries, masks_logits, boxes)
-
-
-def duplicate_queries(masks_logits: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor,
-                      iou_threshold: float) -> torch.Tensor:
-    """Per clip, the kept queries that duplicate a higher-scoring kept query: greedy by score S, a query is a
-    duplicate when the IoU of its clip mask (``logit > 0`` over the clip's frames) with that of a query kept before
-    it exceeds ``iou_threshold`` (Mask2Former's own inference resolves such overlaps when it pastes segments;
-    ``config.duplicate_iou_threshold``). ``masks_logits (B, Q, T, h, w)``, ``scores`` / ``keep`` ``(B, Q)`` ->
-    ``(B, Q)`` bool."""
-    duplicate = torch.zeros_like(keep)
-    binary = (masks_logits > 0).flatten(2).float()  # (B, Q, T*h*w)
-    for b in range(keep.shape[0]):
-        candidates = torch.nonzero(keep[b], as_tuple=True)[0]
-        if len(candidates) < 2:
-            continue
-        order = candidates[torch.argsort(scores[b, candidates].float(), descending=True, stable=True)]
-        m = binary[b, order]
-        inter = m @ m.T
-        area = m.sum(-1)
-        iou = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).cpu()  # one host copy per clip
-        chosen: list[int] = []
-        for i in range(len(order)):
-            if chosen and bool((iou[i, chosen] > iou_threshold).any()):
-                duplicate[b, order[i]] = True
-            else:
-                chosen.append(i)
-    return duplicate
 
 
 class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, GenerationMixin):
@@ -750,19 +685,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             tracker_overrides: tracker settings other than the config's (``k_match``, ``t_match``, ``t_agg``,
                 ``match_cost_threshold``, ``hysteresis_low`` / ``hysteresis_high`` / ``hysteresis_min_length``).
         """
-        if self.config.video_inference_mode == "release":
-            if threshold is not None:  # the release's clip threshold is the presence threshold of box models
-                if not self.config.box_only:
-                    raise ValueError(
-                        "`threshold`: a release-mode mask model has no per-clip threshold (it keeps the "
-                        "`max_trajectories` best tracks by video score)"
-                    )
-                tracker_overrides = {"presence_threshold": threshold, **tracker_overrides}
-            tracker = CaptionFormerReleaseTracker.from_config(self.config, **tracker_overrides)
-        else:
-            tracker = CaptionFormerTrackingSession.from_config(self.config, score_threshold=threshold,
-                                                               **tracker_overrides)
-        return CaptionFormerVideoSession(tracker, mask_encoder=mask_encoder, caption=caption)
+        video_level = video_level_from_config(self.config, threshold=threshold, **tracker_overrides)
+        return CaptionFormerVideoSession(video_level, mask_encoder=mask_encoder, caption=caption)
 
     def pad_clips(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """Clips ``(B, T', 3, H, W)`` with ``T' <= config.clip_length`` frames (the end of a video) padded to
@@ -808,120 +732,21 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 f"frames (at most {real_frames}), got {frame_indices!r}"
             )
         session.check_input_size(tuple(pixel_values_videos.shape[-2:]))
-        if session.release:  # the release runs a short last clip as it is
-            self._check_pixel_values(pixel_values_videos[:, :1].expand(-1, self.config.clip_length, -1, -1, -1),
-                                     self.config.clip_length)
-            if real_frames > self.config.clip_length:
-                raise ValueError(f"a clip has {real_frames} frames, more than config.clip_length={self.config.clip_length}")
-            outputs = self.model.segment_clips(pixel_values_videos, class_embeddings, None, clip_image_embeds,
-                                               content_size)
-            track_ids = self._track_clip_batch_release(session, pixel_values_videos, outputs, frame_indices)
-        else:
+        if session.video_level.pads_short_clips:
             clips = self.pad_clips(pixel_values_videos)
             outputs = self.model(
                 clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, content_size=content_size
             )
-            track_ids = self._track_clip_batch(session, clips, outputs, frame_indices)
-        return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids)
-
-    def _track_clip_batch_release(self, session, clips, outputs, frame_indices) -> torch.LongTensor:
-        """Release mode: every query slot of every clip goes to the :class:`CaptionFormerReleaseTracker`."""
-        tracker = session.tracker
-        head = self.model.caption_head
-        batch_size, num_queries = outputs.scores.shape
-        track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
-        objectness = outputs.objectness_logits.float().sigmoid()  # softmax([obj, no-obj])[0] of the release
-        for b in range(batch_size):
-            real = len(frame_indices[b])
-            caption_frames = head.prepare_frames(clips[b, :real]).clone() if session.caption else None
-            perm = tracker.update(
-                outputs.object_queries[b], outputs.scores[b], outputs.class_logits[b], objectness[b],
-                outputs.pred_boxes[b, :, :real], masks=None if self.config.box_only else outputs.masks_logits[b, :, :real],
-                frame_indices=[int(f) for f in frame_indices[b]], caption_frames=caption_frames,
-            )
-            track_ids[b, perm] = torch.arange(num_queries)
+        else:  # a short last clip runs as it is
+            self._check_pixel_values(pixel_values_videos[:, :1].expand(-1, self.config.clip_length, -1, -1, -1),
+                                     self.config.clip_length)
+            if real_frames > self.config.clip_length:
+                raise ValueError(f"a clip has {real_frames} frames, more than config.clip_length={self.config.clip_length}")
+            clips = pixel_values_videos
+            outputs = self.model.segment_clips(clips, class_embeddings, None, clip_image_embeds, content_size)
+        track_ids = session.video_level.step(self, session, clips, outputs, frame_indices)
         session.num_frames += sum(len(f) for f in frame_indices)
-        return track_ids
-
-    def _track_clip_batch(self, session, clips, outputs, frame_indices) -> torch.LongTensor:
-        """Link the clips' kept queries to tracks; returns the track id of every query ``(B, Q)`` (-1: pruned).
-
-        Device work is batched over the clip batch: one nonzero, one gather per output and one host copy of each,
-        the masks of the visible (query, frame) pairs handed to the mask encoder at once."""
-        tracker = session.tracker
-        batch_size, num_queries = outputs.scores.shape
-        device = outputs.scores.device
-        real = [len(f) for f in frame_indices]
-        keep = outputs.scores >= tracker.score_threshold
-        if self.config.duplicate_iou_threshold is not None:
-            keep = keep & ~duplicate_queries(outputs.masks_logits, outputs.scores, keep,
-                                             self.config.duplicate_iou_threshold)
-        batch_idx, query_idx = torch.nonzero(keep, as_tuple=True)
-        num_kept = len(batch_idx)
-        track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
-        if num_kept:
-            max_real = max(real)
-            masks = outputs.masks_logits[batch_idx, query_idx, :max_real]  # (K, T', h, w)
-            real_of_kept = torch.tensor(real, device=device)[batch_idx]
-            visible = (masks > 0).flatten(2).any(-1) & (torch.arange(max_real, device=device) < real_of_kept[:, None])
-            host = {
-                "scores": outputs.scores[batch_idx, query_idx].float().cpu(),
-                "queries": outputs.object_queries[batch_idx, query_idx].float().cpu(),
-                "probs": outputs.class_logits[batch_idx, query_idx].float().sigmoid().cpu(),
-            }
-            boxes = outputs.pred_boxes[batch_idx, query_idx, :max_real].float().cpu().numpy()
-            visible_host = visible.cpu().numpy()
-            batch_host, query_host = batch_idx.cpu().numpy(), query_idx.cpu().numpy()
-            rles = None
-            if session.mask_encoder is not None:
-                kept_vis, frame_vis = torch.nonzero(visible, as_tuple=True)
-                strings = session.mask_encoder(masks[kept_vis, frame_vis]) if len(kept_vis) else []
-                bounds = np.concatenate([[0], np.cumsum(visible_host.sum(1))])
-                rles = [strings[bounds[k] : bounds[k + 1]] for k in range(num_kept)]
-        wanting = []  # (kept position, track id): observations that entered a caption pool
-        for b in range(batch_size):
-            if num_kept == 0:
-                tracker.update(torch.zeros(0, 1), torch.zeros(0))
-                continue
-            rows = np.nonzero(batch_host == b)[0]
-            payloads = []
-            for k in rows:
-                shown = np.nonzero(visible_host[k])[0]
-                payload = {"frames": [int(frame_indices[b][t]) for t in shown], "boxes": boxes[k, shown]}
-                if rles is not None:
-                    payload["mask_rles"] = rles[k]
-                payloads.append(payload)
-            rows_t = torch.as_tensor(rows)
-            results = tracker.update(host["queries"][rows_t], host["scores"][rows_t], host["probs"][rows_t], payloads)
-            for position, track_id, wants in results:
-                k = int(rows[position])
-                track_ids[b, int(query_host[k])] = track_id
-                if wants and session.caption:
-                    wanting.append((k, track_id))
-        if wanting:
-            self._store_caption_inputs(session, clips, outputs, batch_idx, query_idx, batch_host, wanting)
-        session.num_frames += sum(real)
-        return track_ids
-
-    def _store_caption_inputs(self, session, clips, outputs, batch_idx, query_idx, batch_host, wanting) -> None:
-        """What the caption head needs for observations that entered a caption pool: the caption frame at the vision
-        encoder's input size (one copy per clip, shared), the object query and its mask on the patch grid (or its box
-        for box-only models)."""
-        head = self.model.caption_head
-        frame = self.caption_frame_index(self.config.clip_length)
-        positions = torch.tensor([k for k, _ in wanting], device=batch_idx.device)
-        rows, queries = batch_idx[positions], query_idx[positions]
-        clips_needed = sorted({int(batch_host[k]) for k, _ in wanting})
-        prepared = head.prepare_frames(clips[clips_needed, frame])
-        frame_of_clip = {b: prepared[i].clone() for i, b in enumerate(clips_needed)}
-        object_queries = outputs.object_queries[rows, queries]
-        grid = mask_logits_on_grid(outputs.masks_logits[rows, queries, frame], head.grid_size)
-        boxes = outputs.pred_boxes[rows, queries, frame] if self.config.box_only else None
-        for w, (k, track_id) in enumerate(wanting):
-            inputs = {"frame": frame_of_clip[int(batch_host[k])], "query": object_queries[w].clone(), "mask": grid[w].clone()}
-            if boxes is not None:
-                inputs["box"] = boxes[w].clone()
-            session.tracker.set_caption_inputs(track_id, inputs)
+        return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids)
 
     @torch.no_grad()
     def finalize_video_session(
@@ -932,10 +757,11 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         caption_batch_size: int = 64,
         **generate_kwargs,
     ) -> CaptionFormerVideoOutput:
-        """End of the video: hysteresis filter, then one caption per trajectory from ``t_agg`` clips sampled uniformly
-        over its life (vision encoder and Q-Former run here, batched over every sampled clip of every trajectory, then
-        aggregated by ``aggregation`` (default ``config.aggregation``)); ``generate_kwargs`` go to the LM's
-        ``generate``."""
+        """End of the video: the session's video-level algorithm returns the trajectories (paper mode: hysteresis
+        filter, then one caption per trajectory from ``t_agg`` clips sampled uniformly over its life; release mode:
+        the release's selection and caption plans). The vision encoder and Q-Former run here, ``caption_batch_size``
+        pairs at a time, aggregated by ``aggregation`` (default ``config.aggregation``); ``generate_kwargs`` go to
+        the LM's ``generate``."""
         if not isinstance(session, CaptionFormerVideoSession):
             raise TypeError(f"`session` must be a CaptionFormerVideoSession, got {type(session).__name__}")
         if session.finalized:
@@ -943,187 +769,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if session.num_frames == 0:
             raise ValueError("`video` has no frames: the session saw no clip")
         session.finalized = True
-        if session.release:
-            if aggregation is not None and aggregation != session.tracker.aggregation:
-                raise ValueError("release mode: set the aggregation when the session is created (tracker_overrides)")
-            return self._finalize_release(session, caption, caption_batch_size, generate_kwargs)
-        tracks = session.tracker.finalize()
-        aggregation = aggregation or self.config.aggregation
-        id_list, scores, categories = [], [], []
-        frame_track, frame_index, frame_boxes, frame_scores, frame_rles = [], [], [], [], []
-        with_masks = session.mask_encoder is not None
-        for position, track in enumerate(tracks):
-            id_list.append(track.track_id)
-            scores.append(float(np.mean([o.score for o in track.observations])))
-            categories.append(int(track.class_prob_sum.argmax()) if track.class_prob_sum is not None else -1)
-            for observation in track.observations:
-                payload = observation.payload
-                count = len(payload.get("frames", ()))
-                frame_track.extend([position] * count)
-                frame_index.extend(payload.get("frames", ()))
-                frame_scores.extend([observation.score] * count)
-                if count:
-                    frame_boxes.append(np.asarray(payload["boxes"], dtype=np.float32).reshape(count, 4))
-                if with_masks:
-                    frame_rles.extend(payload.get("mask_rles", ()))
-        caption_ids = captioned = None
-        if caption and session.caption and tracks:
-            queries, weights, valid, captioned = self._paper_caption_queries(session, tracks, aggregation,
-                                                                             caption_batch_size)
-            pad_id = self.generation_config.pad_token_id
-            pad_id = 0 if pad_id is None else int(pad_id)
-            caption_ids = torch.full((len(tracks), 1), pad_id, dtype=torch.long)
-            if captioned.any():
-                rows = captioned.to(queries.device)
-                sequences = self.generate_captions(queries[rows], weights[rows], valid[rows], aggregation,
-                                                   **generate_kwargs).cpu()
-                caption_ids = torch.full((len(tracks), max(sequences.shape[1], 1)), pad_id, dtype=torch.long)
-                caption_ids[captioned, : sequences.shape[1]] = sequences
-        return CaptionFormerVideoOutput(
-            video_inference_mode="paper",
-            track_ids=torch.tensor(id_list, dtype=torch.long),
-            scores=torch.tensor(scores, dtype=torch.float32),
-            category_ids=torch.tensor(categories, dtype=torch.long),
-            caption_ids=caption_ids,
-            captioned=captioned,
-            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
-            frame_indices=torch.tensor(frame_index, dtype=torch.long),
-            frame_boxes=torch.from_numpy(np.concatenate(frame_boxes)) if frame_boxes else torch.zeros(0, 4),
-            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
-            frame_mask_rles=frame_rles if with_masks else None,
-            num_frames=session.num_frames,
-            input_size=session.input_size,
-        )
-
-    def _finalize_release(self, session, caption: bool, batch_size: int, generate_kwargs: dict) -> CaptionFormerVideoOutput:
-        """Release mode: the :class:`CaptionFormerReleaseTracker`'s tracks, masks of the kept tracks on every listed
-        frame (encoded here, once), and captions from each track's caption plan."""
-        tracker = session.tracker
-        tracks = tracker.finalize()
-        clips = tracker.clips
-        frame_track, frame_index, frame_boxes, frame_scores, mask_logits = [], [], [], [], []
-        for position, track in enumerate(tracks):
-            for c, t, index, score in track.frames:
-                frame_track.append(position)
-                frame_index.append(index)
-                frame_scores.append(score)
-                frame_boxes.append(clips[c]["boxes"][track.slot, t])
-                if session.mask_encoder is not None and clips[c]["masks"] is not None:
-                    mask_logits.append(clips[c]["masks"][track.slot, t])
-        rles = None
-        if session.mask_encoder is not None and not self.config.box_only:
-            rles = []
-            for start in range(0, len(mask_logits), 256):  # bounded device memory for long videos
-                rles.extend(session.mask_encoder(torch.stack(mask_logits[start : start + 256])))
-        caption_ids = captioned = None
-        if caption and session.caption and tracks:
-            captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
-            pad_id = self.generation_config.pad_token_id
-            pad_id = 0 if pad_id is None else int(pad_id)
-            caption_ids = torch.full((len(tracks), 1), pad_id, dtype=torch.long)
-            if captioned.any():
-                queries = self._release_caption_queries(tracks, clips, batch_size)
-                sequences = self.generate_captions(queries, **generate_kwargs).cpu()
-                caption_ids = torch.full((len(tracks), max(sequences.shape[1], 1)), pad_id, dtype=torch.long)
-                caption_ids[captioned, : sequences.shape[1]] = sequences
-        return CaptionFormerVideoOutput(
-            video_inference_mode="release",
-            track_ids=torch.tensor([t.slot for t in tracks], dtype=torch.long),
-            scores=torch.tensor([t.score for t in tracks], dtype=torch.float32),
-            category_ids=torch.tensor([t.label for t in tracks], dtype=torch.long),
-            caption_ids=caption_ids,
-            captioned=captioned,
-            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
-            frame_indices=torch.tensor(frame_index, dtype=torch.long),
-            frame_boxes=torch.stack(frame_boxes).float() if frame_boxes else torch.zeros(0, 4),
-            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
-            frame_mask_rles=rles,
-            num_frames=session.num_frames,
-            input_size=session.input_size,
-        )
-
-    def _release_caption_queries(self, tracks, clips, batch_size: int) -> torch.Tensor:
-        """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
-        planned (clip, frame) pairs summed with the plan's weights, or, for an order-aware aggregation,
-        ``(N_captioned, t_agg, L, D)``, the planned clips' outputs in time order."""
-        head = self.model.caption_head
-        pairs = [(track, c, t) for track in tracks if track.caption_clips for c, t in track.caption_clips]
-        unique = list(dict.fromkeys((c, t) for _, c, t in pairs))
-        position = {key: i for i, key in enumerate(unique)}
-        frames = torch.stack([clips[c]["caption_frames"][t] for c, t in unique])
-        tokens = torch.cat([head.vision_model(pixel_values=frames[i : i + batch_size]).last_hidden_state
-                            for i in range(0, len(unique), batch_size)])
-        which = torch.tensor([position[(c, t)] for _, c, t in pairs], device=tokens.device)
-        object_queries = torch.stack([clips[c]["embeddings"][track.slot] for track, c, t in pairs])
-        if self.config.box_only:
-            boxes = torch.stack([clips[c]["boxes"][track.slot, t] for track, c, t in pairs]).to(tokens.device)
-            grids = boxes.new_zeros(len(pairs), head.grid_size, head.grid_size)
-        else:
-            boxes = None
-            grids = mask_logits_on_grid(torch.stack([clips[c]["masks"][track.slot, t] for track, c, t in pairs]),
-                                        head.grid_size)
-        outputs = torch.cat([
-            head(tokens[which[i : i + batch_size]], object_queries[i : i + batch_size], grids[i : i + batch_size],
-                 None if boxes is None else boxes[i : i + batch_size])
-            for i in range(0, len(pairs), batch_size)
-        ])
-        if self.config.aggregation in ORDER_AWARE_AGGREGATIONS:  # the plan's t_agg clips in time order
-            count = len(next(t for t in tracks if t.caption_clips).caption_clips)
-            return outputs.view(-1, count, *outputs.shape[1:])
-        aggregated, start = [], 0
-        for track in tracks:
-            if not track.caption_clips:
-                continue
-            count = len(track.caption_clips)
-            weights = torch.tensor(track.caption_weights, dtype=outputs.dtype, device=outputs.device)
-            aggregated.append(torch.einsum("k,kld->ld", weights, outputs[start : start + count]))
-            start += count
-        return torch.stack(aggregated)
-
-    def _paper_caption_queries(self, session, tracks, aggregation: str, batch_size: int):
-        """Per-clip Q-Former outputs ``(N, K, L, D)`` of the tracks' sampled clips in time order, their scores
-        ``(N, K)``, which are real ``(N, K)`` and which tracks have any ``(N,)``."""
-        head = self.model.caption_head
-        exact = aggregation in ORDER_AWARE_AGGREGATIONS
-        samples = [session.tracker.caption_samples(track, exact=exact) for track in tracks]
-        flat = [(i, o) for i, observations in enumerate(samples) for o in observations]
-        hidden = self.config.qformer_config.hidden_size
-        length = 1 + self.config.num_query_tokens
-        captioned = torch.tensor([len(s) > 0 for s in samples])
-        width = max([len(s) for s in samples] + [1])
-        padded = torch.zeros(len(tracks), width, length, hidden, device=self.device)
-        valid = torch.zeros(len(tracks), width, dtype=torch.bool, device=self.device)
-        weights = torch.zeros(len(tracks), width, device=self.device)
-        if not flat:
-            return padded, weights, valid, captioned
-        frames, frame_of = [], {}
-        for _, observation in flat:
-            tensor = observation.caption_inputs["frame"]
-            if id(tensor) not in frame_of:
-                frame_of[id(tensor)] = len(frames)
-                frames.append(tensor)
-        tokens = torch.cat([
-            head.vision_model(pixel_values=torch.stack(frames[i : i + batch_size])).last_hidden_state
-            for i in range(0, len(frames), batch_size)
-        ])
-        which = torch.tensor([frame_of[id(o.caption_inputs["frame"])] for _, o in flat], device=tokens.device)
-        object_queries = torch.stack([o.caption_inputs["query"] for _, o in flat])
-        grids = torch.stack([o.caption_inputs["mask"] for _, o in flat])
-        boxes = torch.stack([o.caption_inputs["box"] for _, o in flat]) if self.config.box_only else None
-        outputs = torch.cat([
-            head(tokens[which[i : i + batch_size]], object_queries[i : i + batch_size], grids[i : i + batch_size],
-                 None if boxes is None else boxes[i : i + batch_size])
-            for i in range(0, len(flat), batch_size)
-        ])
-        padded = padded.to(outputs.dtype)
-        start = 0
-        for i, observations in enumerate(samples):
-            count = len(observations)
-            padded[i, :count] = outputs[start : start + count]
-            valid[i, :count] = True
-            weights[i, :count] = torch.tensor([o.score for o in observations])
-            start += count
-        return padded, weights, valid, captioned
+        return session.video_level.finalize(self, session, caption, aggregation, caption_batch_size, generate_kwargs)
 
     def _clip_batches(self, video, batch_size: int):
         """``(pixel_values (B, T', 3, H, W), frame_indices or None, content_size or None)`` batches of a normalised

@@ -27,38 +27,21 @@ of them uniformly over the track's life. Memory stays bounded however long the v
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-
-def _check_positive_ints(**values) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
-
-
-def best_memory_slots(costs: np.ndarray, k: int, slack: float = 1e-5) -> np.ndarray:
-    """The ``k`` memory slots whose Hungarian assignment of ``costs`` ``(M, N, tracks)`` has the lowest mean cost,
-    ordered by that cost (ties: the lower slot first), as ranking all M assignments would give.
-
-    The mean cost of a slot's assignment is at least the mean of its row minima (every row is assigned once when
-    N <= tracks) or of its column minima (every column, when N > tracks). Slots are solved in the order of that bound,
-    and solving stops once the next bound exceeds the k-th best cost found (``slack`` covers float rounding between
-    the two means): usually about k assignments instead of M (up to T_match = 100)."""
-    num_slots, rows, cols = costs.shape
-    bounds = (costs.min(axis=2).mean(axis=1) if rows <= cols else costs.min(axis=1).mean(axis=1)).astype(np.float64)
-    solved: dict[int, float] = {}
-    for slot in np.argsort(bounds, kind="stable"):
-        if len(solved) >= k and bounds[slot] > sorted(solved.values())[k - 1] + slack:
-            break
-        assigned_rows, assigned_cols = linear_sum_assignment(costs[slot])
-        solved[int(slot)] = float(costs[slot][assigned_rows, assigned_cols].mean())
-    ranked = sorted(solved, key=lambda slot: (solved[slot], slot))
-    return np.array(ranked[:k], dtype=np.int64)
+from .video_level_captionformer import (
+    CaptionFormerVideoLevel,
+    CaptionFormerVideoOutput,
+    caption_head_outputs,
+    check_positive_ints,
+    generate_track_captions,
+    register_video_inference_mode,
+    top_k_vote_cost,
+)
 
 
 @dataclass(eq=False)
@@ -115,7 +98,7 @@ class CaptionFormerTrackingSession:
         frames_per_clip: int = 1,
         keep_observations: bool = True,
     ):
-        _check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg,
+        check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg,
                              hysteresis_min_length=hysteresis_min_length, frames_per_clip=frames_per_clip)
         if k_match > t_match:
             raise ValueError(f"`k_match` ({k_match}) must not exceed `t_match` ({t_match})")
@@ -191,12 +174,8 @@ class CaptionFormerTrackingSession:
         m = np.arange(num_slots)[:, None]
         ring = (write[None, :] - 1 - np.minimum(m, lengths[None, :] - 1)) % self.t_match  # (M, tracks)
         bank = self._bank[torch.as_tensor(slots)[None, :], torch.as_tensor(ring)]  # (M, tracks, D)
-        costs = 1.0 - torch.einsum("nd,mtd->mnt", embeddings, bank)  # (M, N, tracks)
-        if num_slots < self.k_match:
-            return costs[int(best_memory_slots(costs.numpy(), 1)[0])]
-        chosen = best_memory_slots(costs.numpy(), self.k_match)
-        weights = torch.tensor([num_slots - s for s in chosen], dtype=costs.dtype)  # recency: newer weighs more
-        return torch.einsum("k,knt->nt", weights / weights.sum(), costs[torch.as_tensor(chosen)])
+        costs = 1.0 - torch.einsum("nd,mtd->mnt", embeddings, bank)  # (M, N, tracks), the newest slot first
+        return top_k_vote_cost(costs, self.k_match, ranking="bounded", normalise=True)
 
     def update(
         self,
@@ -349,326 +328,227 @@ class CaptionFormerTrackingSession:
         return total
 
 
-# ------------------------------------------------------------------------------------------------- release mode
-def release_hysteresis(scores, low: float, high: float, min_duration: int) -> list[bool]:
-    """The released code's hysteresis on one track's per-frame scores: a forward and a backward pass switch on at a
-    score ``>= high`` and off below ``low`` (scores in between keep the state); a frame is active if either pass is
-    on; runs of active frames shorter than ``min_duration`` are switched off, except a run that reaches the end of
-    the video (the release checks a run only when an inactive frame follows it).
 
-    Compared in float32 as the release does (``torch.tensor`` of the scores against Python-float thresholds, which
-    torch casts to the tensor's float32): a score of exactly ``float32(0.9)`` reaches a 0.9 threshold here too."""
-    import numpy as np
 
-    scores = np.asarray(scores, dtype=np.float32).tolist()
-    low, high = float(np.float32(low)), float(np.float32(high))
-    count = len(scores)
-    forward, backward = [False] * count, [False] * count
-    on = False
-    for t in range(count):
-        if scores[t] >= high:
-            on = True
-        elif scores[t] < low:
-            on = False
-        forward[t] = on
-    on = False
-    for t in range(count - 1, -1, -1):
-        if scores[t] >= high:
-            on = True
-        elif scores[t] < low:
-            on = False
-        backward[t] = on
-    active = [f or b for f, b in zip(forward, backward)]
-    run = 0
-    for t in range(count):
-        if active[t]:
-            run += 1
+def duplicate_queries(masks_logits: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor,
+                      iou_threshold: float) -> torch.Tensor:
+    """Per clip, the kept queries that duplicate a higher-scoring kept query: greedy by score S, a query is a
+    duplicate when the IoU of its clip mask (``logit > 0`` over the clip's frames) with that of a query kept before
+    it exceeds ``iou_threshold`` (Mask2Former's own inference resolves such overlaps when it pastes segments;
+    ``config.duplicate_iou_threshold``). ``masks_logits (B, Q, T, h, w)``, ``scores`` / ``keep`` ``(B, Q)`` ->
+    ``(B, Q)`` bool."""
+    duplicate = torch.zeros_like(keep)
+    binary = (masks_logits > 0).flatten(2).float()  # (B, Q, T*h*w)
+    for b in range(keep.shape[0]):
+        candidates = torch.nonzero(keep[b], as_tuple=True)[0]
+        if len(candidates) < 2:
             continue
-        if run < min_duration:
-            for u in range(t - run, t):
-                active[u] = False
-        run = 0
-    return active
+        order = candidates[torch.argsort(scores[b, candidates].float(), descending=True, stable=True)]
+        m = binary[b, order]
+        inter = m @ m.T
+        area = m.sum(-1)
+        iou = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).cpu()  # one host copy per clip
+        chosen: list[int] = []
+        for i in range(len(order)):
+            if chosen and bool((iou[i, chosen] > iou_threshold).any()):
+                duplicate[b, order[i]] = True
+            else:
+                chosen.append(i)
+    return duplicate
 
 
-@dataclass(eq=False)
-class ReleaseTrack:
-    """One query slot kept by the release's video level: ``slot`` (its track id), ``score`` (video score),
-    ``label``, per-frame ``(clip index, frame in clip, frame index, score)`` entries, and the caption plan:
-    ``caption_clips`` (clip, frame in clip) with ``caption_weights`` (empty: no caption)."""
+class PaperVideoLevel(CaptionFormerVideoLevel):
+    """The paper's video level (``video_inference_mode="paper"``, models trained here): queries with S below the
+    threshold are pruned (and, with ``config.duplicate_iou_threshold``, those whose clip mask duplicates a better
+    query's), kept queries are linked by :class:`CaptionFormerTrackingSession`; per-frame boxes and RLE masks are
+    collected for the kept queries as clips arrive; at the end the hysteresis filter runs and each trajectory gets
+    one caption from ``t_agg`` clips of its caption pool. Streaming, bounded memory. Trajectories come in order of
+    first appearance; a trajectory's score is the mean S of its kept clips, its category the argmax of its mean class
+    probabilities."""
 
-    slot: int
-    score: float
-    label: int
-    frames: list = field(default_factory=list)
-    caption_clips: list = field(default_factory=list)
-    caption_weights: list = field(default_factory=list)
-
-
-class CaptionFormerReleaseTracker:
-    """The released code's video level (``video_inference_mode="release"``), for converted official checkpoints.
-
-    Every query slot of every clip is tracked: the first clip's queries define the slots; each new clip's queries
-    are permuted onto the slots by the release's top-K vote matching (one Hungarian assignment per memory clip on
-    ``1 - cos``, the ``k_match`` cheapest memory clips' cost matrices weighted by recency ``i + 1`` and averaged, a
-    final Hungarian assignment; fewer memory clips than ``k_match``: the cheapest one's assignment), with no cost
-    gate; the memory keeps the last ``t_match`` permuted clips. :meth:`finalize` applies the release's video-level
-    selection (``box_mode``: clips with S > ``presence_threshold``, class-only video score; else the
-    ``max_trajectories`` best slots by ``sqrt(class * objectness)`` video score, every frame), its hysteresis, its
-    per-frame score threshold, and plans the captions (``aggregation``: ``"weighted"`` / ``"mean"`` over the
-    ``linspace`` clips of the video, ``"best"``: the highest-S clip). All per-clip outputs are kept (offline, as the
-    release)."""
-
-    def __init__(
-        self,
-        k_match: int = 7,
-        t_match: int = 100,
-        box_mode: bool = True,
-        presence_threshold: float = 0.2,
-        max_trajectories: int = 50,
-        hysteresis_low: float = 0.4,
-        hysteresis_high: float = 0.85,
-        hysteresis_min_length: int = 3,
-        track_score_threshold: float = 0.0,
-        caption_score_threshold: float = 0.3,
-        t_agg: int = 32,
-        aggregation: str = "weighted",
-        clip_length: int = 1,
-    ):
-        _check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
-                             clip_length=clip_length)
-        from .captioning_captionformer import ORDER_AWARE_AGGREGATIONS, ORDER_FREE_AGGREGATIONS
-
-        if aggregation not in ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS:
-            raise ValueError(f"`aggregation` must be one of {ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS}, "
-                             f"got {aggregation!r}")
-        self.k_match, self.t_match = k_match, t_match
-        self.box_mode = box_mode
-        self.presence_threshold = presence_threshold
-        self.max_trajectories = max_trajectories
-        self.hysteresis_low, self.hysteresis_high = hysteresis_low, hysteresis_high
-        self.hysteresis_min_length = hysteresis_min_length
-        self.track_score_threshold = track_score_threshold
-        self.caption_score_threshold = caption_score_threshold
-        self.t_agg = t_agg
-        self.aggregation = aggregation
-        self.clip_length = clip_length
-        self.memory: deque = deque(maxlen=t_match)
-        self.clips: list[dict] = []
+    name = "paper"
+    pads_short_clips = True
 
     @classmethod
-    def from_config(cls, config, **overrides) -> CaptionFormerReleaseTracker:
-        kwargs = {
-            "k_match": config.k_match, "t_match": config.t_match, "box_mode": config.box_only,
-            "presence_threshold": config.presence_threshold, "max_trajectories": config.max_trajectories,
-            "hysteresis_low": config.hysteresis_low, "hysteresis_high": config.hysteresis_high,
-            "hysteresis_min_length": config.hysteresis_min_length,
-            "track_score_threshold": config.track_score_threshold,
-            "caption_score_threshold": config.caption_score_threshold, "t_agg": config.t_agg,
-            "aggregation": config.aggregation, "clip_length": config.clip_length,
-        }
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kwargs)
-
-    @property
-    def num_clips(self) -> int:
-        return len(self.clips)
-
-    def match(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Permutation ``(Q,)`` of the clip's queries onto the slots (slot ``j`` takes query ``perm[j]``)."""
-        current = embeddings / embeddings.norm(dim=1)[:, None]
-        cost_matrices, assignments, assignment_costs = [], [], []
-        for age, remembered in enumerate(self.memory):  # oldest first
-            target = remembered / remembered.norm(dim=1)[:, None]
-            # float32 for scipy (bf16 / fp16 sessions), as the release's autocast casts the cost for its assignment
-            cost = (1 - torch.mm(current, target.transpose(0, 1))).float().cpu()  # (current, slot)
-            slot_rows, query_cols = linear_sum_assignment(cost.transpose(0, 1))
-            assignments.append(query_cols)
-            assignment_costs.append(cost[query_cols, slot_rows].sum())
-            cost_matrices.append(cost * (age + 1))
-        totals = torch.stack(assignment_costs, dim=0).float()
-        if totals.shape[0] < self.k_match:
-            best = torch.topk(totals, k=1, largest=False)
-            return torch.as_tensor(assignments[int(best[1])])
-        chosen = torch.topk(totals, k=self.k_match, largest=False)
-        combined = torch.stack(cost_matrices, dim=0)[chosen[1]].mean(0)
-        return torch.as_tensor(linear_sum_assignment(combined.transpose(0, 1))[1])
-
-    def update(
-        self,
-        embeddings: torch.Tensor,
-        scores: torch.Tensor,
-        class_logits: torch.Tensor,
-        objectness: torch.Tensor,
-        boxes: torch.Tensor,
-        masks: torch.Tensor | None = None,
-        frame_indices: list[int] | None = None,
-        caption_frames: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Add one clip: ``embeddings (Q, D)``, its per-clip ``scores (Q,)`` S, ``class_logits (Q, C)``,
-        ``objectness (Q,)`` probabilities, ``boxes (Q, T', 4)`` (normalised cx, cy, w, h of its T' real frames),
-        ``masks (Q, T', h, w)`` logits (mask models), the source ``frame_indices`` of its frames, and
-        ``caption_frames (T', 3, S, S)`` (the vision encoder's input). Returns the permutation onto the slots."""
-        if embeddings.ndim != 2 or scores.shape != embeddings.shape[:1]:
-            raise ValueError(
-                f"`embeddings` must be (Q, D) and `scores` (Q,), got {tuple(embeddings.shape)} and {tuple(scores.shape)}"
-            )
-        if self.memory and embeddings.shape[0] != self.memory[0].shape[0]:
-            raise ValueError(f"every clip must have the same {self.memory[0].shape[0]} queries")
-        perm = torch.arange(embeddings.shape[0]) if not self.memory else self.match(embeddings)
-        index = perm.to(embeddings.device)
-        self.memory.append(embeddings[index])
-        real = boxes.shape[1]
-        self.clips.append({
-            "embeddings": embeddings[index],
-            "scores": scores[perm.to(scores.device)].float().cpu(),
-            "class_logits": class_logits[perm.to(class_logits.device)].float().cpu(),
-            "objectness": objectness[perm.to(objectness.device)].float().cpu(),
-            "boxes": boxes[perm.to(boxes.device)].float().cpu(),
-            "masks": None if masks is None else masks[perm.to(masks.device)],
-            "frame_indices": list(frame_indices) if frame_indices is not None else None,
-            "num_frames": real,
-            "caption_frames": caption_frames,
-        })
-        return perm
-
-    def finalize(self) -> list[ReleaseTrack]:
-        """The release's video-level selection, hysteresis, per-frame threshold and caption plan."""
-        if not self.clips:
-            return []
-        scores = torch.stack([c["scores"] for c in self.clips], dim=0)  # (clips, Q)
-        class_logits = torch.stack([c["class_logits"] for c in self.clips], dim=0)  # (clips, Q, C)
-        video_class, labels = class_logits.mean(dim=0).sigmoid().max(dim=-1)
-        frames_of_clip = []
-        start = 0
-        for clip in self.clips:
-            indices = clip["frame_indices"] or list(range(start, start + clip["num_frames"]))
-            frames_of_clip.append(indices)
-            start += clip["num_frames"]
-        if self.box_mode:
-            present = scores > self.presence_threshold  # (clips, Q)
-            slots = torch.nonzero(present.any(dim=0)).flatten().tolist()
-            video_scores = video_class
-        else:
-            objectness = torch.stack([c["objectness"] for c in self.clips], dim=0)
-            video_scores = (video_class * objectness.mean(dim=0)) ** 0.5
-            count = min(self.max_trajectories, video_scores.shape[0])
-            slots = torch.topk(video_scores, count, sorted=False)[1].tolist()
-            present = torch.ones_like(scores, dtype=torch.bool)
-        plans = self._caption_plans(scores)
-        tracks = []
-        for slot in slots:
-            entries = [
-                (c, t, frames_of_clip[c][t], float(scores[c, slot]), bool(present[c, slot]))
-                for c in range(len(self.clips)) for t in range(self.clips[c]["num_frames"])
-            ]
-            active = release_hysteresis([e[3] for e in entries], self.hysteresis_low, self.hysteresis_high,
-                                        self.hysteresis_min_length)
-            if not any(active):
-                continue
-            score = float(video_scores[slot])
-            if self.box_mode:
-                kept = [e[:4] for e, on in zip(entries, active) if on and e[4]
-                        and not (self.track_score_threshold > 0 and e[3] <= self.track_score_threshold)]
-            else:
-                if self.track_score_threshold > 0 and not score > self.track_score_threshold:
-                    continue
-                kept = [e[:4] for e in entries]
-            clips, weights = plans.get(slot, ([], []))
-            tracks.append(ReleaseTrack(slot=slot, score=score, label=int(labels[slot]), frames=kept,
-                                       caption_clips=clips, caption_weights=weights))
-        return tracks
-
-    def _caption_plans(self, scores: torch.Tensor) -> dict[int, tuple[list, list]]:
-        """Per slot with a best S of at least ``caption_score_threshold``: the (clip, frame in clip) pairs and
-        weights of its caption, drawn in slot order as the release does (the frame of a clip of T > 1 frames is
-        random: ``torch.randint`` on the global generator). The weights are those of an order-free aggregation
-        (uniform for the order-aware ones, which read the clips in time order instead)."""
-        best_score, best_clip = scores.max(dim=0)
-        if self.aggregation == "best":
-            sampled = None
-        else:
-            from .captioning_captionformer import uniform_clip_indices
-
-            sampled = uniform_clip_indices(len(self.clips), self.t_agg, exact=True)
-        plans = {}
-        for slot in range(scores.shape[1]):
-            if best_score[slot] < self.caption_score_threshold:
-                continue
-            clips = [int(best_clip[slot])] if sampled is None else sampled
-            pairs = []
-            for c in clips:
-                real = self.clips[c]["num_frames"]
-                frame = int(torch.randint(0, real, (1,))) if real > 1 else 0
-                pairs.append((c, frame))
-            if self.aggregation == "weighted":
-                clip_scores = torch.stack([scores[c, slot] for c in clips]).unsqueeze(-1)
-                weights = (clip_scores / (torch.sum(clip_scores, dim=0, keepdim=True) + 1e-6)).flatten().tolist()
-            else:
-                weights = [1.0 / len(clips)] * len(clips)
-            plans[slot] = (pairs, weights)
-        return plans
-
-    def memory_nbytes(self) -> int:
-        """Bytes of the kept per-clip outputs (they grow with the video, as in the release)."""
-        total = 0
-        for clip in self.clips:
-            for value in clip.values():
-                if isinstance(value, torch.Tensor):
-                    total += value.numel() * value.element_size()
-        return total
-
-
-class CaptionFormerVideoSession:
-    """All the state of one video's inference: the tracker (:class:`CaptionFormerTrackingSession`), the frames
-    processed so far, the per-frame outputs of every observation (boxes, RLE masks) and the caption pools.
-
-    Create it with ``model.init_video_session(...)``; feed clip batches with ``model(pixel_values_videos,
-    video_session=session, frame_indices=...)``; get the trajectories with ``model.finalize_video_session(session)``.
-
-    Args:
-        tracker: the association / hysteresis / caption-pool state: a :class:`CaptionFormerTrackingSession` (the
-            paper's video level) or a :class:`CaptionFormerReleaseTracker` (the released code's).
-        mask_encoder: callable ``(masks_logits (K, T, h, w), num_frames (K,)) -> K lists of RLE strings`` that turns
-            the masks of the kept queries into per-frame RLE strings at the output size (the video processor's
-            ``clip_mask_encoder(...)``); ``None``: no masks in the output.
-        caption: keep what the caption head needs for the sampled clips (``False``: no captions).
-    """
-
-    def __init__(self, tracker, mask_encoder=None, caption: bool = True):
-        self.tracker = tracker
-        self.mask_encoder = mask_encoder
-        self.caption = caption
-        self.num_frames = 0  # frames processed (padding excluded)
-        self.input_size: tuple[int, int] | None = None
-        self.finalized = False
-
-    @property
-    def release(self) -> bool:
-        return isinstance(self.tracker, CaptionFormerReleaseTracker)
+    def from_config(cls, config, threshold: float | None = None, **overrides) -> PaperVideoLevel:
+        return cls(CaptionFormerTrackingSession.from_config(config, score_threshold=threshold, **overrides), config)
 
     @property
     def score_threshold(self) -> float:
         return self.tracker.score_threshold
 
-    def check_input_size(self, size: tuple[int, int]) -> None:
-        if self.finalized:
-            raise ValueError("this video session is finalized: create a new one with `model.init_video_session()`")
-        if self.input_size is None:
-            self.input_size = tuple(size)
-        elif tuple(size) != self.input_size:
-            raise ValueError(f"all clips of a video must have the same size {self.input_size}, got {tuple(size)}")
+    def step(self, model, session, clips, outputs, frame_indices) -> torch.LongTensor:
+        """Link the clips' kept queries to tracks. Device work is batched over the clip batch: one nonzero, one gather
+        per output and one host copy of each, the masks of the visible (query, frame) pairs handed to the mask
+        encoder at once."""
+        tracker = self.tracker
+        batch_size, num_queries = outputs.scores.shape
+        device = outputs.scores.device
+        real = [len(f) for f in frame_indices]
+        keep = outputs.scores >= tracker.score_threshold
+        if self.config.duplicate_iou_threshold is not None:
+            keep = keep & ~duplicate_queries(outputs.masks_logits, outputs.scores, keep,
+                                             self.config.duplicate_iou_threshold)
+        batch_idx, query_idx = torch.nonzero(keep, as_tuple=True)
+        num_kept = len(batch_idx)
+        track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
+        if num_kept:
+            max_real = max(real)
+            masks = outputs.masks_logits[batch_idx, query_idx, :max_real]  # (K, T', h, w)
+            real_of_kept = torch.tensor(real, device=device)[batch_idx]
+            visible = (masks > 0).flatten(2).any(-1) & (torch.arange(max_real, device=device) < real_of_kept[:, None])
+            host = {
+                "scores": outputs.scores[batch_idx, query_idx].float().cpu(),
+                "queries": outputs.object_queries[batch_idx, query_idx].float().cpu(),
+                "probs": outputs.class_logits[batch_idx, query_idx].float().sigmoid().cpu(),
+            }
+            boxes = outputs.pred_boxes[batch_idx, query_idx, :max_real].float().cpu().numpy()
+            visible_host = visible.cpu().numpy()
+            batch_host, query_host = batch_idx.cpu().numpy(), query_idx.cpu().numpy()
+            rles = None
+            if session.mask_encoder is not None:
+                kept_vis, frame_vis = torch.nonzero(visible, as_tuple=True)
+                strings = session.mask_encoder(masks[kept_vis, frame_vis]) if len(kept_vis) else []
+                bounds = np.concatenate([[0], np.cumsum(visible_host.sum(1))])
+                rles = [strings[bounds[k] : bounds[k + 1]] for k in range(num_kept)]
+        wanting = []  # (kept position, track id): observations that entered a caption pool
+        for b in range(batch_size):
+            if num_kept == 0:
+                tracker.update(torch.zeros(0, 1), torch.zeros(0))
+                continue
+            rows = np.nonzero(batch_host == b)[0]
+            payloads = []
+            for k in rows:
+                shown = np.nonzero(visible_host[k])[0]
+                payload = {"frames": [int(frame_indices[b][t]) for t in shown], "boxes": boxes[k, shown]}
+                if rles is not None:
+                    payload["mask_rles"] = rles[k]
+                payloads.append(payload)
+            rows_t = torch.as_tensor(rows)
+            results = tracker.update(host["queries"][rows_t], host["scores"][rows_t], host["probs"][rows_t], payloads)
+            for position, track_id, wants in results:
+                k = int(rows[position])
+                track_ids[b, int(query_host[k])] = track_id
+                if wants and session.caption:
+                    wanting.append((k, track_id))
+        if wanting:
+            self._store_caption_inputs(model, clips, outputs, batch_idx, query_idx, batch_host, wanting)
+        return track_ids
 
-    def memory_nbytes(self) -> int:
-        return self.tracker.memory_nbytes()
+    def _store_caption_inputs(self, model, clips, outputs, batch_idx, query_idx, batch_host, wanting) -> None:
+        """What the caption head needs for observations that entered a caption pool: the caption frame at the vision
+        encoder's input size (one copy per clip, shared), the object query and its mask on the patch grid (or its box
+        for box-only models)."""
+        from .captioning_captionformer import mask_logits_on_grid
+
+        head = model.model.caption_head
+        frame = model.caption_frame_index(self.config.clip_length)
+        positions = torch.tensor([k for k, _ in wanting], device=batch_idx.device)
+        rows, queries = batch_idx[positions], query_idx[positions]
+        clips_needed = sorted({int(batch_host[k]) for k, _ in wanting})
+        prepared = head.prepare_frames(clips[clips_needed, frame])
+        frame_of_clip = {b: prepared[i].clone() for i, b in enumerate(clips_needed)}
+        object_queries = outputs.object_queries[rows, queries]
+        grid = mask_logits_on_grid(outputs.masks_logits[rows, queries, frame], head.grid_size)
+        boxes = outputs.pred_boxes[rows, queries, frame] if self.config.box_only else None
+        for w, (k, track_id) in enumerate(wanting):
+            inputs = {"frame": frame_of_clip[int(batch_host[k])], "query": object_queries[w].clone(), "mask": grid[w].clone()}
+            if boxes is not None:
+                inputs["box"] = boxes[w].clone()
+            self.tracker.set_caption_inputs(track_id, inputs)
+
+    def finalize(self, model, session, caption, aggregation, batch_size, generate_kwargs) -> CaptionFormerVideoOutput:
+        tracks = self.tracker.finalize()
+        aggregation = aggregation or self.config.aggregation
+        id_list, scores, categories = [], [], []
+        frame_track, frame_index, frame_boxes, frame_scores, frame_rles = [], [], [], [], []
+        with_masks = session.mask_encoder is not None
+        for position, track in enumerate(tracks):
+            id_list.append(track.track_id)
+            scores.append(float(np.mean([o.score for o in track.observations])))
+            categories.append(int(track.class_prob_sum.argmax()) if track.class_prob_sum is not None else -1)
+            for observation in track.observations:
+                payload = observation.payload
+                count = len(payload.get("frames", ()))
+                frame_track.extend([position] * count)
+                frame_index.extend(payload.get("frames", ()))
+                frame_scores.extend([observation.score] * count)
+                if count:
+                    frame_boxes.append(np.asarray(payload["boxes"], dtype=np.float32).reshape(count, 4))
+                if with_masks:
+                    frame_rles.extend(payload.get("mask_rles", ()))
+        caption_ids = captioned = None
+        if caption and session.caption and tracks:
+            queries, weights, valid, captioned = self._caption_queries(model, tracks, aggregation, batch_size)
+            rows = captioned.to(queries.device)
+            caption_ids = generate_track_captions(model, queries[rows], captioned, aggregation, weights[rows],
+                                                  valid[rows], **generate_kwargs)
+        return CaptionFormerVideoOutput(
+            video_inference_mode=self.name,
+            track_ids=torch.tensor(id_list, dtype=torch.long),
+            scores=torch.tensor(scores, dtype=torch.float32),
+            category_ids=torch.tensor(categories, dtype=torch.long),
+            caption_ids=caption_ids,
+            captioned=captioned,
+            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
+            frame_indices=torch.tensor(frame_index, dtype=torch.long),
+            frame_boxes=torch.from_numpy(np.concatenate(frame_boxes)) if frame_boxes else torch.zeros(0, 4),
+            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
+            frame_mask_rles=frame_rles if with_masks else None,
+            num_frames=session.num_frames,
+            input_size=session.input_size,
+        )
+
+    def _caption_queries(self, model, tracks, aggregation: str, batch_size: int):
+        """Per-clip Q-Former outputs ``(N, K, L, D)`` of the tracks' sampled clips in time order, their scores
+        ``(N, K)``, which are real ``(N, K)`` and which tracks have any ``(N,)``."""
+        from .captioning_captionformer import ORDER_AWARE_AGGREGATIONS
+
+        exact = aggregation in ORDER_AWARE_AGGREGATIONS
+        samples = [self.tracker.caption_samples(track, exact=exact) for track in tracks]
+        flat = [o for observations in samples for o in observations]
+        hidden = self.config.qformer_config.hidden_size
+        length = 1 + self.config.num_query_tokens
+        captioned = torch.tensor([len(s) > 0 for s in samples])
+        width = max([len(s) for s in samples] + [1])
+        padded = torch.zeros(len(tracks), width, length, hidden, device=model.device)
+        valid = torch.zeros(len(tracks), width, dtype=torch.bool, device=model.device)
+        weights = torch.zeros(len(tracks), width, device=model.device)
+        if not flat:
+            return padded, weights, valid, captioned
+        frames, frame_of = [], {}
+        for observation in flat:
+            tensor = observation.caption_inputs["frame"]
+            if id(tensor) not in frame_of:
+                frame_of[id(tensor)] = len(frames)
+                frames.append(tensor)
+        outputs = caption_head_outputs(
+            model.model.caption_head,
+            frames,
+            torch.tensor([frame_of[id(o.caption_inputs["frame"])] for o in flat]),
+            torch.stack([o.caption_inputs["query"] for o in flat]),
+            torch.stack([o.caption_inputs["mask"] for o in flat]),
+            torch.stack([o.caption_inputs["box"] for o in flat]) if self.config.box_only else None,
+            batch_size,
+        )
+        padded = padded.to(outputs.dtype)
+        start = 0
+        for i, observations in enumerate(samples):
+            count = len(observations)
+            padded[i, :count] = outputs[start : start + count]
+            valid[i, :count] = True
+            weights[i, :count] = torch.tensor([o.score for o in observations])
+            start += count
+        return padded, weights, valid, captioned
+
+
+register_video_inference_mode("paper", PaperVideoLevel)
 
 
 __all__ = [
-    "CaptionFormerReleaseTracker",
     "CaptionFormerTrackingSession",
-    "CaptionFormerVideoSession",
-    "ReleaseTrack",
+    "PaperVideoLevel",
     "Track",
     "TrackObservation",
-    "release_hysteresis",
+    "duplicate_queries",
 ]

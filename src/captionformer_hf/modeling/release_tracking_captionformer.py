@@ -1,0 +1,403 @@
+"""The released code's video level (``video_inference_mode="release"``), for converted official checkpoints: the
+tracker (:class:`CaptionFormerReleaseTracker`), its hysteresis, and the algorithm behind the model's video API
+(:class:`ReleaseVideoLevel`). Offline as the release: every clip's outputs are kept until the end of the video."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .captioning_captionformer import (
+    ORDER_AWARE_AGGREGATIONS,
+    ORDER_FREE_AGGREGATIONS,
+    aggregation_weights,
+    mask_logits_on_grid,
+    uniform_clip_indices,
+)
+from .video_level_captionformer import (
+    CaptionFormerVideoLevel,
+    CaptionFormerVideoOutput,
+    caption_head_outputs,
+    check_positive_ints,
+    generate_track_captions,
+    register_video_inference_mode,
+    top_k_vote_cost,
+)
+
+
+def release_hysteresis(scores, low: float, high: float, min_duration: int) -> list[bool]:
+    """The released code's hysteresis on one track's per-frame scores: a forward and a backward pass switch on at a
+    score ``>= high`` and off below ``low`` (scores in between keep the state); a frame is active if either pass is
+    on; runs of active frames shorter than ``min_duration`` are switched off, except a run that reaches the end of
+    the video (the release checks a run only when an inactive frame follows it).
+
+    Compared in float32 as the release does (``torch.tensor`` of the scores against Python-float thresholds, which
+    torch casts to the tensor's float32): a score of exactly ``float32(0.9)`` reaches a 0.9 threshold here too."""
+    scores = np.asarray(scores, dtype=np.float32).tolist()
+    low, high = float(np.float32(low)), float(np.float32(high))
+    count = len(scores)
+    forward, backward = [False] * count, [False] * count
+    on = False
+    for t in range(count):
+        if scores[t] >= high:
+            on = True
+        elif scores[t] < low:
+            on = False
+        forward[t] = on
+    on = False
+    for t in range(count - 1, -1, -1):
+        if scores[t] >= high:
+            on = True
+        elif scores[t] < low:
+            on = False
+        backward[t] = on
+    active = [f or b for f, b in zip(forward, backward)]
+    run = 0
+    for t in range(count):
+        if active[t]:
+            run += 1
+            continue
+        if run < min_duration:
+            for u in range(t - run, t):
+                active[u] = False
+        run = 0
+    return active
+
+
+@dataclass(eq=False)
+class ReleaseTrack:
+    """One query slot kept by the release's video level: ``slot`` (its track id), ``score`` (video score),
+    ``label``, per-frame ``(clip index, frame in clip, frame index, score)`` entries, and the caption plan:
+    ``caption_clips`` (clip, frame in clip) with ``caption_weights`` (empty: no caption)."""
+
+    slot: int
+    score: float
+    label: int
+    frames: list = field(default_factory=list)
+    caption_clips: list = field(default_factory=list)
+    caption_weights: list = field(default_factory=list)
+
+
+class CaptionFormerReleaseTracker:
+    """The released code's video level (``video_inference_mode="release"``), for converted official checkpoints.
+
+    Every query slot of every clip is tracked: the first clip's queries define the slots; each new clip's queries
+    are permuted onto the slots by the release's top-K vote matching (one Hungarian assignment per memory clip on
+    ``1 - cos``, the ``k_match`` cheapest memory clips' cost matrices weighted by recency ``i + 1`` and averaged, a
+    final Hungarian assignment; fewer memory clips than ``k_match``: the cheapest one's assignment), with no cost
+    gate; the memory keeps the last ``t_match`` permuted clips. :meth:`finalize` applies the release's video-level
+    selection (``box_mode``: clips with S > ``presence_threshold``, class-only video score; else the
+    ``max_trajectories`` best slots by ``sqrt(class * objectness)`` video score, every frame), its hysteresis, its
+    per-frame score threshold, and plans the captions (``aggregation``: ``"weighted"`` / ``"mean"`` over the
+    ``linspace`` clips of the video, ``"best"``: the highest-S clip). All per-clip outputs are kept (offline, as the
+    release)."""
+
+    def __init__(
+        self,
+        k_match: int = 7,
+        t_match: int = 100,
+        box_mode: bool = True,
+        presence_threshold: float = 0.2,
+        max_trajectories: int = 50,
+        hysteresis_low: float = 0.4,
+        hysteresis_high: float = 0.85,
+        hysteresis_min_length: int = 3,
+        track_score_threshold: float = 0.0,
+        caption_score_threshold: float = 0.3,
+        t_agg: int = 32,
+        aggregation: str = "weighted",
+        clip_length: int = 1,
+    ):
+        check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
+                             clip_length=clip_length)
+        if aggregation not in ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS:
+            raise ValueError(f"`aggregation` must be one of {ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS}, "
+                             f"got {aggregation!r}")
+        self.k_match, self.t_match = k_match, t_match
+        self.box_mode = box_mode
+        self.presence_threshold = presence_threshold
+        self.max_trajectories = max_trajectories
+        self.hysteresis_low, self.hysteresis_high = hysteresis_low, hysteresis_high
+        self.hysteresis_min_length = hysteresis_min_length
+        self.track_score_threshold = track_score_threshold
+        self.caption_score_threshold = caption_score_threshold
+        self.t_agg = t_agg
+        self.aggregation = aggregation
+        self.clip_length = clip_length
+        self.memory: deque = deque(maxlen=t_match)
+        self.clips: list[dict] = []
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> CaptionFormerReleaseTracker:
+        kwargs = {
+            "k_match": config.k_match, "t_match": config.t_match, "box_mode": config.box_only,
+            "presence_threshold": config.presence_threshold, "max_trajectories": config.max_trajectories,
+            "hysteresis_low": config.hysteresis_low, "hysteresis_high": config.hysteresis_high,
+            "hysteresis_min_length": config.hysteresis_min_length,
+            "track_score_threshold": config.track_score_threshold,
+            "caption_score_threshold": config.caption_score_threshold, "t_agg": config.t_agg,
+            "aggregation": config.aggregation, "clip_length": config.clip_length,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.clips)
+
+    def match(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Permutation ``(Q,)`` of the clip's queries onto the slots (slot ``j`` takes query ``perm[j]``)."""
+        current = embeddings / embeddings.norm(dim=1)[:, None]
+        # float32 for scipy (bf16 / fp16 sessions), as the release's autocast casts the cost for its assignment
+        costs = torch.stack([
+            (1 - torch.mm(current, (remembered / remembered.norm(dim=1)[:, None]).transpose(0, 1))).float().cpu()
+            for remembered in reversed(self.memory)  # the newest first
+        ])  # (memory clips, current, slot)
+        combined = top_k_vote_cost(costs, self.k_match, ranking="release", normalise=False)
+        return torch.as_tensor(linear_sum_assignment(combined.transpose(0, 1))[1])
+
+    def update(
+        self,
+        embeddings: torch.Tensor,
+        scores: torch.Tensor,
+        class_logits: torch.Tensor,
+        objectness: torch.Tensor,
+        boxes: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        frame_indices: list[int] | None = None,
+        caption_frames: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Add one clip: ``embeddings (Q, D)``, its per-clip ``scores (Q,)`` S, ``class_logits (Q, C)``,
+        ``objectness (Q,)`` probabilities, ``boxes (Q, T', 4)`` (normalised cx, cy, w, h of its T' real frames),
+        ``masks (Q, T', h, w)`` logits (mask models), the source ``frame_indices`` of its frames, and
+        ``caption_frames (T', 3, S, S)`` (the vision encoder's input). Returns the permutation onto the slots."""
+        if embeddings.ndim != 2 or scores.shape != embeddings.shape[:1]:
+            raise ValueError(
+                f"`embeddings` must be (Q, D) and `scores` (Q,), got {tuple(embeddings.shape)} and {tuple(scores.shape)}"
+            )
+        if self.memory and embeddings.shape[0] != self.memory[0].shape[0]:
+            raise ValueError(f"every clip must have the same {self.memory[0].shape[0]} queries")
+        perm = torch.arange(embeddings.shape[0]) if not self.memory else self.match(embeddings)
+        index = perm.to(embeddings.device)
+        self.memory.append(embeddings[index])
+        real = boxes.shape[1]
+        self.clips.append({
+            "embeddings": embeddings[index],
+            "scores": scores[perm.to(scores.device)].float().cpu(),
+            "class_logits": class_logits[perm.to(class_logits.device)].float().cpu(),
+            "objectness": objectness[perm.to(objectness.device)].float().cpu(),
+            "boxes": boxes[perm.to(boxes.device)].float().cpu(),
+            "masks": None if masks is None else masks[perm.to(masks.device)],
+            "frame_indices": list(frame_indices) if frame_indices is not None else None,
+            "num_frames": real,
+            "caption_frames": caption_frames,
+        })
+        return perm
+
+    def finalize(self) -> list[ReleaseTrack]:
+        """The release's video-level selection, hysteresis, per-frame threshold and caption plan."""
+        if not self.clips:
+            return []
+        scores = torch.stack([c["scores"] for c in self.clips], dim=0)  # (clips, Q)
+        class_logits = torch.stack([c["class_logits"] for c in self.clips], dim=0)  # (clips, Q, C)
+        video_class, labels = class_logits.mean(dim=0).sigmoid().max(dim=-1)
+        frames_of_clip = []
+        start = 0
+        for clip in self.clips:
+            indices = clip["frame_indices"] or list(range(start, start + clip["num_frames"]))
+            frames_of_clip.append(indices)
+            start += clip["num_frames"]
+        if self.box_mode:
+            present = scores > self.presence_threshold  # (clips, Q)
+            slots = torch.nonzero(present.any(dim=0)).flatten().tolist()
+            video_scores = video_class
+        else:
+            objectness = torch.stack([c["objectness"] for c in self.clips], dim=0)
+            video_scores = (video_class * objectness.mean(dim=0)) ** 0.5
+            count = min(self.max_trajectories, video_scores.shape[0])
+            slots = torch.topk(video_scores, count, sorted=False)[1].tolist()
+            present = torch.ones_like(scores, dtype=torch.bool)
+        plans = self._caption_plans(scores)
+        tracks = []
+        for slot in slots:
+            entries = [
+                (c, t, frames_of_clip[c][t], float(scores[c, slot]), bool(present[c, slot]))
+                for c in range(len(self.clips)) for t in range(self.clips[c]["num_frames"])
+            ]
+            active = release_hysteresis([e[3] for e in entries], self.hysteresis_low, self.hysteresis_high,
+                                        self.hysteresis_min_length)
+            if not any(active):
+                continue
+            score = float(video_scores[slot])
+            if self.box_mode:
+                kept = [e[:4] for e, on in zip(entries, active) if on and e[4]
+                        and not (self.track_score_threshold > 0 and e[3] <= self.track_score_threshold)]
+            else:
+                if self.track_score_threshold > 0 and not score > self.track_score_threshold:
+                    continue
+                kept = [e[:4] for e in entries]
+            clips, weights = plans.get(slot, ([], []))
+            tracks.append(ReleaseTrack(slot=slot, score=score, label=int(labels[slot]), frames=kept,
+                                       caption_clips=clips, caption_weights=weights))
+        return tracks
+
+    def _caption_plans(self, scores: torch.Tensor) -> dict[int, tuple[list, list]]:
+        """Per slot with a best S of at least ``caption_score_threshold``: the (clip, frame in clip) pairs and
+        weights of its caption, drawn in slot order as the release does (the frame of a clip of T > 1 frames is
+        random: ``torch.randint`` on the global generator). The weights are those of an order-free aggregation
+        (uniform for the order-aware ones, which read the clips in time order instead)."""
+        best_score, best_clip = scores.max(dim=0)
+        if self.aggregation == "best":
+            sampled = None
+        else:
+            sampled = uniform_clip_indices(len(self.clips), self.t_agg, exact=True)
+        plans = {}
+        for slot in range(scores.shape[1]):
+            if best_score[slot] < self.caption_score_threshold:
+                continue
+            clips = [int(best_clip[slot])] if sampled is None else sampled
+            pairs = []
+            for c in clips:
+                real = self.clips[c]["num_frames"]
+                frame = int(torch.randint(0, real, (1,))) if real > 1 else 0
+                pairs.append((c, frame))
+            if self.aggregation == "weighted":  # the release's clip_scores / (sum + 1e-6)
+                clip_scores = torch.stack([scores[c, slot] for c in clips])[None]
+                weights = aggregation_weights(clip_scores, method="weighted", epsilon=1e-6)[0].tolist()
+            else:
+                weights = [1.0 / len(clips)] * len(clips)
+            plans[slot] = (pairs, weights)
+        return plans
+
+    def memory_nbytes(self) -> int:
+        """Bytes of the kept per-clip outputs (they grow with the video, as in the release)."""
+        total = 0
+        for clip in self.clips:
+            for value in clip.values():
+                if isinstance(value, torch.Tensor):
+                    total += value.numel() * value.element_size()
+        return total
+
+
+class ReleaseVideoLevel(CaptionFormerVideoLevel):
+    """The released code's video level behind the model's video API: every query slot of every clip goes to the
+    :class:`CaptionFormerReleaseTracker` (a short last clip runs as it is, unpadded); at the end, the tracker's
+    selection, the masks of the kept tracks on every listed frame (encoded once) and captions from each track's
+    caption plan. Trajectories come in slot order; a trajectory's score is its slot's video score."""
+
+    name = "release"
+    pads_short_clips = False
+
+    @classmethod
+    def from_config(cls, config, threshold: float | None = None, **overrides) -> ReleaseVideoLevel:
+        if threshold is not None:  # the release's clip threshold is the presence threshold of box models
+            if not config.box_only:
+                raise ValueError(
+                    "`threshold`: a release-mode mask model has no per-clip threshold (it keeps the "
+                    "`max_trajectories` best tracks by video score)"
+                )
+            overrides = {"presence_threshold": threshold, **overrides}
+        return cls(CaptionFormerReleaseTracker.from_config(config, **overrides), config)
+
+    def step(self, model, session, clips, outputs, frame_indices) -> torch.LongTensor:
+        head = model.model.caption_head
+        batch_size, num_queries = outputs.scores.shape
+        track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
+        objectness = outputs.objectness_logits.float().sigmoid()  # softmax([obj, no-obj])[0] of the release
+        for b in range(batch_size):
+            real = len(frame_indices[b])
+            caption_frames = head.prepare_frames(clips[b, :real]).clone() if session.caption else None
+            perm = self.tracker.update(
+                outputs.object_queries[b], outputs.scores[b], outputs.class_logits[b], objectness[b],
+                outputs.pred_boxes[b, :, :real], masks=None if self.config.box_only else outputs.masks_logits[b, :, :real],
+                frame_indices=[int(f) for f in frame_indices[b]], caption_frames=caption_frames,
+            )
+            track_ids[b, perm] = torch.arange(num_queries)
+        return track_ids
+
+    def finalize(self, model, session, caption, aggregation, batch_size, generate_kwargs) -> CaptionFormerVideoOutput:
+        if aggregation is not None and aggregation != self.tracker.aggregation:
+            raise ValueError("release mode: set the aggregation when the session is created (tracker_overrides)")
+        tracks = self.tracker.finalize()
+        clips = self.tracker.clips
+        frame_track, frame_index, frame_boxes, frame_scores, mask_logits = [], [], [], [], []
+        for position, track in enumerate(tracks):
+            for c, t, index, score in track.frames:
+                frame_track.append(position)
+                frame_index.append(index)
+                frame_scores.append(score)
+                frame_boxes.append(clips[c]["boxes"][track.slot, t])
+                if session.mask_encoder is not None and clips[c]["masks"] is not None:
+                    mask_logits.append(clips[c]["masks"][track.slot, t])
+        rles = None
+        if session.mask_encoder is not None and not self.config.box_only:
+            rles = []
+            for start in range(0, len(mask_logits), 256):  # bounded device memory for long videos
+                rles.extend(session.mask_encoder(torch.stack(mask_logits[start : start + 256])))
+        caption_ids = captioned = None
+        if caption and session.caption and tracks:
+            captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
+            queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
+            caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
+        return CaptionFormerVideoOutput(
+            video_inference_mode=self.name,
+            track_ids=torch.tensor([t.slot for t in tracks], dtype=torch.long),
+            scores=torch.tensor([t.score for t in tracks], dtype=torch.float32),
+            category_ids=torch.tensor([t.label for t in tracks], dtype=torch.long),
+            caption_ids=caption_ids,
+            captioned=captioned,
+            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
+            frame_indices=torch.tensor(frame_index, dtype=torch.long),
+            frame_boxes=torch.stack(frame_boxes).float() if frame_boxes else torch.zeros(0, 4),
+            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
+            frame_mask_rles=rles,
+            num_frames=session.num_frames,
+            input_size=session.input_size,
+        )
+
+    def _caption_queries(self, model, tracks, clips, batch_size: int) -> torch.Tensor:
+        """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
+        planned (clip, frame) pairs summed with the plan's weights, or, for an order-aware aggregation,
+        ``(N_captioned, t_agg, L, D)``, the planned clips' outputs in time order."""
+        head = model.model.caption_head
+        pairs = [(track, c, t) for track in tracks if track.caption_clips for c, t in track.caption_clips]
+        unique = list(dict.fromkeys((c, t) for _, c, t in pairs))
+        position = {key: i for i, key in enumerate(unique)}
+        if self.config.box_only:
+            boxes = torch.stack([clips[c]["boxes"][track.slot, t] for track, c, t in pairs]).to(model.device)
+            grids = boxes.new_zeros(len(pairs), head.grid_size, head.grid_size)
+        else:
+            boxes = None
+            grids = mask_logits_on_grid(torch.stack([clips[c]["masks"][track.slot, t] for track, c, t in pairs]),
+                                        head.grid_size)
+        outputs = caption_head_outputs(
+            head,
+            [clips[c]["caption_frames"][t] for c, t in unique],
+            torch.tensor([position[(c, t)] for _, c, t in pairs]),
+            torch.stack([clips[c]["embeddings"][track.slot] for track, c, t in pairs]),
+            grids,
+            boxes,
+            batch_size,
+        )
+        count = len(next(t for t in tracks if t.caption_clips).caption_clips)
+        per_track = outputs.view(-1, count, *outputs.shape[1:])  # every plan has as many clips
+        if self.config.aggregation in ORDER_AWARE_AGGREGATIONS:  # the plan's t_agg clips in time order
+            return per_track
+        weights = torch.tensor([t.caption_weights for t in tracks if t.caption_clips], dtype=outputs.dtype,
+                               device=outputs.device)
+        return torch.einsum("nk,nkld->nld", weights, per_track)
+
+
+register_video_inference_mode("release", ReleaseVideoLevel)
+
+
+__all__ = [
+    "CaptionFormerReleaseTracker",
+    "ReleaseTrack",
+    "ReleaseVideoLevel",
+    "release_hysteresis",
+]
