@@ -709,8 +709,14 @@ def test_converted_captions_end_at_a_newline_as_the_release(tmp_path):
     assert encoded["caption_ids"][0, length - 1] == newline[0]  # the training target ends with the newline
     generated = tokenizer("a cat\na dog", add_special_tokens=False).input_ids
     assert processor.decode_caption(generated) == "a cat"  # generation's text is cut at the newline
+    # the release stops at the newline only: an EOS is generated past and dropped from the text as a special token
+    generated = tokenizer("a", add_special_tokens=False).input_ids + [tokenizer.eos_token_id] + tokenizer(
+        " cat\n", add_special_tokens=False).input_ids
+    assert processor.decode_caption(generated) == "a cat"
     generation = json.loads((folder / "generation_config.json").read_text())
-    assert newline[0] in generation["eos_token_id"] and tokenizer.eos_token_id in generation["eos_token_id"]
+    assert generation["eos_token_id"] == [newline[0]]
+    assert generation["min_new_tokens"] == 1  # the release's min_length=1 (4.28 counts generated ids only)
+    assert generation["beam_length_normalisation"] == "release" and generation["num_beams"] == 5
 
 
 @pytest.mark.parametrize("method", ["linear", "self-attention"])

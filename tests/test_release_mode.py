@@ -369,3 +369,39 @@ def test_release_hysteresis_compares_in_float32_on_the_thresholds():
     assert release_hysteresis([on_high, on_low, on_low, on_high, on_high], 0.3, 0.9, 5) == [True] * 5
     below = float(torch.tensor(0.3, dtype=torch.float32).nextafter(torch.tensor(0.0)))
     assert release_hysteresis([on_high, below, on_high], 0.3, 0.9, 1) == [True, False, True]
+
+
+def test_release_beam_search_normalises_finished_beams_without_their_end_token(toy_config):
+    """transformers 4.28 (the release's) divides a finished beam's log-probability by its length without the end
+    token, transformers 5 with it: with ``beam_length_normalisation="release"`` the returned scores are the former, and
+    on this LM (an end token made likely by a bias) the release keeps longer captions where transformers 5 keeps
+    two-token ones."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
+
+    class EndBias(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[:, 0] += 2.0
+            return scores
+
+    torch.manual_seed(0)
+    model = CaptionFormerForDenseVideoObjectCaptioning(toy_config()).eval()
+    queries = torch.randn(8, 5, model.config.qformer_config.hidden_size)
+    results = {}
+    for convention in ("transformers", "release"):
+        model.generation_config.beam_length_normalisation = convention
+        out = model.generate_captions(queries, num_beams=4, max_new_tokens=6, min_new_tokens=1, eos_token_id=[0],
+                                      pad_token_id=1, output_scores=True, return_dict_in_generate=True,
+                                      length_penalty=1.0, logits_processor=LogitsProcessorList([EndBias()]))
+        steps = model.language_model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                                               normalize_logits=False)
+        lengths = []
+        for i, sequence in enumerate(out.sequences.tolist()):
+            length = sequence.index(0) + 1  # every beam here ends with the end token
+            lengths.append(length)
+            denominator = length - 1 if convention == "release" else length
+            assert float(out.sequences_scores[i]) == pytest.approx(float(steps[i, :length].sum()) / denominator, abs=1e-4)
+        results[convention] = lengths
+    assert results["transformers"] == [2] * 8 and min(results["release"]) > 2

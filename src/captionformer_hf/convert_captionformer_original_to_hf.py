@@ -937,6 +937,8 @@ def convert_original_checkpoint(
         model = model.to(dtype)
     model.generation_config.num_beams = 5
     model.generation_config.max_new_tokens = config.max_caption_length
+    # the release's transformers (4.28) normalises a finished beam by its length without the end token
+    model.generation_config.beam_length_normalisation = "release"
     model.eval()
     logger.info(report.summary())
     return model, report
@@ -979,14 +981,15 @@ def write_converted(model, output_dir: str | Path, tokenizer=None, push_to_hub: 
     output_dir = Path(output_dir)
     processor = None
     if tokenizer is not None:
-        # the release trains captions ending with a newline (OPT's "\n" token) and stops generating there, as BLIP-2
-        # does; generation keeps the EOS token as a stop too
+        # the release trains captions ending with a newline (OPT's "\n" token) and generates as BLIP-2 does: it stops
+        # at the newline only (an EOS token is generated past, and dropped from the text as a special token) and
+        # passes min_length=1, which in its transformers (4.28: generated ids only, with an inputs_embeds prompt)
+        # forbids an empty caption: min_new_tokens=1 here
         newline = tokenizer("\n", add_special_tokens=False).input_ids
         end_token = None
         if len(newline) == 1:
-            model.generation_config.eos_token_id = [newline[0]] + (
-                [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-            )
+            model.generation_config.eos_token_id = [newline[0]]
+            model.generation_config.min_new_tokens = 1
             end_token = tokenizer.convert_ids_to_tokens(newline[0])
         processor = CaptionFormerProcessor(
             video_processor=release_video_processor(model.config, shortest_edge),

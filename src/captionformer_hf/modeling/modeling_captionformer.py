@@ -360,6 +360,44 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         return self.caption_head(vision_tokens[frame_indices], object_queries, masks_logits, boxes)
 
 
+class _ReleaseBeamNormalisation:
+    """A view of a causal LM whose beam search scores a hypothesis that ends with an end token as transformers 4.28
+    did (the release's version): its summed log-probabilities over its length *without* the end token (a hypothesis
+    cut at the maximum length counts every token in both). transformers 5 counts the end token (``(cur_len + 1 -
+    prompt_len) ** length_penalty`` in ``_update_finished_beams``), so short and long finished beams can swap rank.
+    Everything else is the LM itself: the view only rescales, in ``_update_finished_beams``, the log-probabilities of
+    candidates that end with an end token by ``(L / (L - 1)) ** length_penalty`` (L: generated length with it)."""
+
+    def __init__(self, model, eos_token_ids: torch.Tensor):
+        self.__dict__.update(_model=model, _eos=eos_token_ids)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def _update_finished_beams(self, **kwargs):
+        length = kwargs["cur_len"] + 1 - kwargs["decoder_prompt_len"]  # generated tokens with the one just chosen
+        last = kwargs["topk_running_sequences"][:, :, kwargs["cur_len"]]
+        ended = torch.isin(last, self._eos.to(last.device))
+        scale = (length / (length - 1)) ** kwargs["length_penalty"] if length > 1 else float("inf")
+        log_probs = kwargs["topk_log_probs"]
+        kwargs["topk_log_probs"] = torch.where(ended, log_probs * scale, log_probs)
+        return type(self._model)._update_finished_beams(self._model, **kwargs)
+
+
+def release_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                        **model_kwargs):
+    """transformers' beam search (``GenerationMixin._beam_search``) with the release's length normalisation of finished
+    hypotheses (see :class:`_ReleaseBeamNormalisation`); a ``custom_generate`` of ``generate``. Used when the
+    generation config has ``beam_length_normalisation="release"`` (converted official checkpoints)."""
+    eos = generation_config._eos_token_tensor
+    eos = torch.zeros(0, dtype=torch.long) if eos is None else eos.reshape(-1)
+    return GenerationMixin._beam_search(_ReleaseBeamNormalisation(model, eos), input_ids, logits_processor,
+                                        stopping_criteria, generation_config, synced_gpus, **model_kwargs)
+
+
 class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, GenerationMixin):
     """CaptionFormer with its causal LM: clip-level losses for training, captions for inference.
 
@@ -629,6 +667,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         # the call's arguments
         generation_config = generate_kwargs.pop("generation_config", None) or copy.deepcopy(self.generation_config)
         model_kwargs = generation_config.update(**generate_kwargs)
+        if getattr(generation_config, "beam_length_normalisation", "transformers") == "release" and (
+                generation_config.num_beams or 1) > 1 and not generation_config.do_sample:
+            model_kwargs.setdefault("custom_generate", release_beam_search)
         return self.language_model.generate(
             inputs_embeds=prefix, attention_mask=attention_mask, generation_config=generation_config, **model_kwargs
         )

@@ -80,11 +80,11 @@ class CaptionFormerProcessor(ProcessorMixin):
         return BatchFeature(data=data)
 
     def decode_caption(self, token_ids) -> str:
-        """Caption text of generated ids: cut at the first end token (or EOS), special tokens dropped, whitespace
-        collapsed."""
+        """Caption text of generated ids: cut at the first end token (``caption_end_token``: the tokenizer's EOS by
+        default; a converted official checkpoint's is the newline, and an EOS before it is dropped as a special token,
+        as the release decodes), special tokens dropped, whitespace collapsed."""
         ids = [int(t) for t in token_ids]
-        stops = {self.end_token_id, self.tokenizer.eos_token_id} - {None}
-        end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        end = next((i for i, t in enumerate(ids) if t == self.end_token_id), len(ids))
         text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
         return " ".join(text.split())
 
