@@ -139,8 +139,8 @@ def test_resume_after_an_interrupted_run(tmp_path):
 def test_annotate_refuses_bad_limits_and_another_backends_cache(tmp_path):
     dataset = build_synthetic_dataset(2, seed=9, splits={"train": 1.0})["train"]
     cache_path = str(tmp_path / "cache.jsonl")
-    for kwargs, message in (({"limit": 0}, "`limit` must be an integer >= 1"),
-                            ({"num_frames": 0}, "`num_frames` must be an integer >= 1")):
+    for kwargs, message in (({"limit": 0}, "`limit` must be a positive integer"),
+                            ({"num_frames": 0}, "`num_frames` must be a positive integer")):
         with pytest.raises(ValueError, match=message):
             annotate_dataset(dataset, TemplateBackend(), cache_path, progress=False, **kwargs)
     annotate_dataset(dataset, TemplateBackend(), cache_path, progress=False)

@@ -178,11 +178,11 @@ def test_memory_bank_equals_a_deque_per_track():
 def test_session_validates_its_arguments():
     with pytest.raises(ValueError, match="`k_match`"):
         CaptionFormerTrackingSession(k_match=5, t_match=2)
-    with pytest.raises(ValueError, match="`t_agg` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="`t_agg` must be a positive integer, got 0"):
         CaptionFormerTrackingSession(t_agg=0)
     from captionformer_hf.modeling.release_tracking_captionformer import CaptionFormerReleaseTracker
 
-    with pytest.raises(ValueError, match="`max_trajectories` must be an integer >= 1, got True"):
+    with pytest.raises(ValueError, match="`max_trajectories` must be a positive integer, got True"):
         CaptionFormerReleaseTracker(max_trajectories=True)
     with pytest.raises(ValueError, match="`embeddings`"):
         CaptionFormerTrackingSession().update(torch.zeros(3, 4), torch.zeros(2))

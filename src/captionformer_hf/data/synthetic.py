@@ -53,10 +53,10 @@ class SyntheticVideoConfig:
     max_size: int = 26
 
     def __post_init__(self):
-        for name in ("height", "width", "num_frames", "fps", "min_objects", "max_objects", "min_size", "max_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        from ..processing.trajectory_captionformer import check_positive_ints
+
+        check_positive_ints(**{name: getattr(self, name) for name in (
+            "height", "width", "num_frames", "fps", "min_objects", "max_objects", "min_size", "max_size")})
         if self.min_objects > self.max_objects:
             raise ValueError("`min_objects` must not exceed `max_objects`")
         if self.min_size > self.max_size or 2 * self.max_size > min(self.height, self.width):
@@ -367,8 +367,9 @@ def build_synthetic_dataset(num_videos: int, seed: int = 0, config: SyntheticVid
             os.makedirs(os.path.join(video_dir, split), exist_ok=True)
             path = os.path.join(video_dir, split, f"{video_id}.mp4")
         jobs.append((split, (seed * 1_000_003 + i, video_id, config, path)))
-    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
-        raise ValueError(f"`num_proc` must be an integer >= 1, got {num_proc!r}")
+    from ..processing.trajectory_captionformer import check_positive_ints
+
+    check_positive_ints(num_proc=num_proc)
     if num_proc == 1:
         results = (synthetic_example(*arguments) for _, arguments in jobs)
     else:  # each video depends only on its seed: the same dataset, made by several processes (spawned: no fork of

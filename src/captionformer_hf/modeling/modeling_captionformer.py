@@ -37,7 +37,12 @@ from .segmentation_captionformer import (
 )
 from .release_tracking_captionformer import ReleaseVideoLevel  # noqa: F401  (registers the "release" mode)
 from .tracking_captionformer import PaperVideoLevel, duplicate_queries  # noqa: F401  (registers "paper")
-from .video_level_captionformer import CaptionFormerVideoOutput, CaptionFormerVideoSession, video_level_from_config
+from .video_level_captionformer import (
+    CaptionFormerVideoOutput,
+    CaptionFormerVideoSession,
+    check_positive_ints,
+    video_level_from_config,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -436,8 +441,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         """Change the frames per clip (e.g. continue a model trained on clips of 2 frames with clips of 5). The box
         head's last layer predicts one box per frame: its per-frame weights are averaged and repeated for the new
         length (the released code uses one box head for every frame)."""
-        if isinstance(clip_length, bool) or not isinstance(clip_length, int) or clip_length < 1:
-            raise ValueError(f"`clip_length` must be an integer >= 1, got {clip_length!r}")
+        check_positive_ints(clip_length=clip_length)
         old = self.config.clip_length
         if clip_length == old:
             return
@@ -909,8 +913,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             :class:`CaptionFormerVideoOutput` (boxes in the model's input space; the video processor's
             ``post_process_dense_video_captions`` maps them to the original video, the processor decodes captions).
         """
-        if isinstance(clip_batch_size, bool) or not isinstance(clip_batch_size, int) or clip_batch_size < 1:
-            raise ValueError(f"`clip_batch_size` must be an integer >= 1, got {clip_batch_size!r}")
+        check_positive_ints(clip_batch_size=clip_batch_size)
         if session is None:
             session = self.init_video_session(threshold=threshold, mask_encoder=mask_encoder, caption=caption)
         bar = logging.tqdm(desc="clips", unit="clip") if progress else None

@@ -182,10 +182,11 @@ class CaptionFormerVideoSession:
 
 # ---------------------------------------------------------------------------------------------- shared pieces
 def check_positive_ints(**values) -> None:
-    """ValueError naming the first setting that is not an integer >= 1."""
+    """ValueError naming the first setting that is not an integer >= 1 (the same check as the processing folder's
+    ``trajectory_captionformer.check_positive_ints``: each remote-code folder stands alone)."""
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
 def top_k_vote_cost(costs: torch.Tensor, k: int, ranking: str = "bounded", normalise: bool = True) -> torch.Tensor:

@@ -12,7 +12,6 @@ Remote-code safe: single-dot imports only.
 
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -13,6 +13,7 @@ from transformers import Pipeline
 from transformers.utils import logging
 
 from .inference_captionformer import predict_video
+from .trajectory_captionformer import check_positive_ints
 
 logger = logging.get_logger(__name__)
 
@@ -152,10 +153,8 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             if name in generation and generation[name] != value:
                 raise ValueError(f"`{name}` is given twice, directly and in `generate_kwargs`, with different values")
             generation[name] = value
-        for name in ("num_beams", "max_new_tokens"):
-            value = generation.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        check_positive_ints(True, num_beams=generation.get("num_beams"), max_new_tokens=generation.get("max_new_tokens"),
+                            clip_batch_size=clip_batch_size)
         preprocess = {
             k: v for k, v in dict(fps=fps, num_frames=num_frames, max_frames=max_frames, video_fps=video_fps,
                                   max_side=max_side, allow_truncated=allow_truncated,
@@ -168,8 +167,6 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
                 raise ValueError(f"`threshold` must be a number in [0, 1], got {threshold!r}")
             forward["threshold"] = float(threshold)
         if clip_batch_size is not None:
-            if isinstance(clip_batch_size, bool) or not isinstance(clip_batch_size, int) or clip_batch_size < 1:
-                raise ValueError(f"`clip_batch_size` must be a positive integer, got {clip_batch_size!r}")
             forward["clip_batch_size"] = clip_batch_size
         if aggregation is not None:
             if aggregation not in ("weighted", "mean", "best"):

@@ -31,6 +31,19 @@ from typing import TypedDict
 import numpy as np
 
 
+
+def check_positive_ints(_optional: bool = False, **values) -> None:
+    """``ValueError`` naming the first of ``values`` (name=value) that is not an integer >= 1 (a bool is not one);
+    ``None`` passes when ``_optional``. The package's one check of positive-integer arguments, here because this
+    module is remote-code safe and torch-free (the processing files and the rest of the package import it); the
+    ``modeling/`` folder, which must stand alone, has the same check in ``video_level_captionformer``."""
+    for name, value in values.items():
+        if value is None and _optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
 class FrameEntry(TypedDict, total=False):
     """One frame of a trajectory."""
 

@@ -27,7 +27,7 @@ from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-from .trajectory_captionformer import encode_runs, runs_from_changes
+from .trajectory_captionformer import check_positive_ints, encode_runs, runs_from_changes
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +239,7 @@ class VideoFrames:
                  deadline: float | None = None):
         if num_frames is not None and fps is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive")
-        for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        check_positive_ints(True, num_frames=num_frames, max_frames=max_frames, max_decoded_frames=max_decoded_frames)
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
                                 or fps <= 0):
             raise ValueError(f"`fps` must be a positive finite number, got {fps!r}")
@@ -252,9 +250,6 @@ class VideoFrames:
         if video_fps is not None and (isinstance(video_fps, bool) or not isinstance(video_fps, (int, float))
                                       or not math.isfinite(video_fps) or video_fps <= 0):
             raise ValueError(f"`video_fps` must be a positive finite number, got {video_fps!r}")
-        if max_decoded_frames is not None and (isinstance(max_decoded_frames, bool)
-                                               or not isinstance(max_decoded_frames, int) or max_decoded_frames < 1):
-            raise ValueError(f"`max_decoded_frames` must be a positive integer, got {max_decoded_frames!r}")
         self.max_decoded_frames = max_decoded_frames
         self.deadline = deadline
         self.num_frames, self.fps, self.max_frames = num_frames, fps, max_frames
@@ -581,10 +576,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(self.clip_length, int) or self.clip_length < 1:
-            raise ValueError(f"`clip_length` must be a positive integer, got {self.clip_length!r}")
-        if not isinstance(self.size_divisor, int) or self.size_divisor < 1:
-            raise ValueError(f"`size_divisor` must be a positive integer, got {self.size_divisor!r}")
+        check_positive_ints(clip_length=self.clip_length, size_divisor=self.size_divisor)
         if self.resize_convention not in RESIZE_CONVENTIONS:
             raise ValueError(f"`resize_convention` must be one of {RESIZE_CONVENTIONS}, got {self.resize_convention!r}")
         if self.resize_convention == "detectron2":
@@ -739,8 +731,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         and comes in a batch of its own), resized and normalised on ``device``. Memory holds one batch at a time
         (plus the decoder's look-ahead)."""
         clip_length = clip_length or self.clip_length
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+        check_positive_ints(batch_size=batch_size)
         geometry = self.geometry(frames)
         pin = device is not None and torch.device(device).type == "cuda"
         buffer, indices = [], []

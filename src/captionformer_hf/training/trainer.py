@@ -105,16 +105,14 @@ class TrainingConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"`stage` must be one of {STAGES}, got {self.stage!r}")
-        for name in ("max_steps", "batch_size", "clips_per_video", "log_every", "save_every", "keep_checkpoints",
-                     "eval_videos", "input_size", "synthetic_videos", "prefetch_factor", "synthetic_height",
-                     "synthetic_width", "synthetic_frames"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-        for name in ("gradient_accumulation_steps", "epoch_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        from ..processing.trajectory_captionformer import check_positive_ints
+
+        check_positive_ints(**{name: getattr(self, name) for name in (
+            "max_steps", "batch_size", "clips_per_video", "log_every", "save_every", "keep_checkpoints", "eval_videos",
+            "input_size", "synthetic_videos", "prefetch_factor", "synthetic_height", "synthetic_width",
+            "synthetic_frames")})
+        check_positive_ints(True, gradient_accumulation_steps=self.gradient_accumulation_steps,
+                            epoch_size=self.epoch_size)
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ValueError(f"`num_workers` must be an integer >= 0, got {self.num_workers!r}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):

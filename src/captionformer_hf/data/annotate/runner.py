@@ -108,11 +108,10 @@ def annotate_dataset(dataset, backend: Backend, cache_path: str, num_frames: int
     another backend is refused (its captions would pass for this backend's)."""
     from ..loader import decode_example_frames
 
-    for name, value in (("num_frames", num_frames), ("concurrency", concurrency), ("max_attempts", max_attempts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"`limit` must be an integer >= 1 (or None: no limit), got {limit!r}")
+    from ...processing.trajectory_captionformer import check_positive_ints
+
+    check_positive_ints(num_frames=num_frames, concurrency=concurrency, max_attempts=max_attempts)
+    check_positive_ints(True, limit=limit)  # None: no limit
     cache = CaptionCache(cache_path)
     others = sorted({str(e.get("backend")) for e in cache.entries.values() if e.get("backend") != backend.name})
     if others:
