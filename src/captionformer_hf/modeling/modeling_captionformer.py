@@ -893,8 +893,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
     ) -> CaptionFormerVideoOutput:
         """Streaming dense video object captioning, a thin loop over :meth:`init_video_session`, ``forward`` with
         the session and :meth:`finalize_video_session`: clips are segmented a batch at a time and linked into
-        trajectories; each final trajectory gets one caption from its temporally aggregated Q-Former queries. Only the
-        session state (bounded) and the output grow, so memory does not grow with the video beyond the output.
+        trajectories; each final trajectory gets one caption from its temporally aggregated Q-Former queries. In paper
+        mode only the session state (bounded) and the output grow, so memory does not grow with the video beyond the
+        output; release mode keeps every clip's outputs until the end, as the released code.
 
         Args:
             video: segmenter-normalised frames ``(frames, 3, H, W)`` or ``(1, frames, 3, H, W)``, an iterable of clips
@@ -904,7 +905,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             threshold: per-clip score pruning threshold (default ``config.score_threshold``).
             clip_batch_size: clips per segmenter forward pass (for tensors and clip iterables).
             caption: generate one caption per trajectory (``caption_ids``).
-            aggregation: ``"weighted"`` / ``"mean"`` / ``"best"`` (default ``config.aggregation``).
+            aggregation: ``"weighted"`` / ``"mean"`` / ``"best"`` / ``"concat"`` / ``"linear"`` /
+                ``"self-attention"`` (default ``config.aggregation``; release mode: only the session's).
             session: a session to use (default: :meth:`init_video_session` with ``threshold`` and ``mask_encoder``).
             mask_encoder: see :meth:`init_video_session` (without one, the output has no masks).
             generate_kwargs: passed to the LM's ``generate`` (``num_beams``, ``max_new_tokens``, ``do_sample``...).
