@@ -69,8 +69,8 @@ def assert_same_result(a, b, box_tolerance):
 @pytest.mark.parametrize("dtype", [
     "bfloat16",
     pytest.param("float16", marks=pytest.mark.xfail(strict=True, reason=(
-        "measured: in float16 the tracker splits frames 23-28 of the sample object (partly occluded) into a second "
-        "6-frame track ('a purple circle bouncing up and down'); the main track and its caption are as in float32"))),
+        "measured: in float16 the tracker splits 6 frames between 23 and 29 of the sample object (partly occluded) "
+        "into a second track ('a purple circle standing still'); the main track and its caption are as in float32"))),
 ])
 def test_half_precision_on_cpu_gives_the_float32_result(pipe, tmp_path, dtype):
     import torch
