@@ -343,21 +343,9 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
             captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
             queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
             caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
-        return CaptionFormerVideoOutput(
-            video_inference_mode=self.name,
-            track_ids=torch.tensor([t.slot for t in tracks], dtype=torch.long),
-            scores=torch.tensor([t.score for t in tracks], dtype=torch.float32),
-            category_ids=torch.tensor([t.label for t in tracks], dtype=torch.long),
-            caption_ids=caption_ids,
-            captioned=captioned,
-            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
-            frame_indices=torch.tensor(frame_index, dtype=torch.long),
-            frame_boxes=torch.stack(frame_boxes).float() if frame_boxes else torch.zeros(0, 4),
-            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
-            frame_mask_rles=rles,
-            num_frames=session.num_frames,
-            input_size=session.input_size,
-        )
+        return self.video_output(session, [t.slot for t in tracks], [t.score for t in tracks],
+                                 [t.label for t in tracks], caption_ids, captioned, frame_track, frame_index,
+                                 torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores, rles)
 
     def _caption_queries(self, model, tracks, clips, batch_size: int) -> torch.Tensor:
         """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's

@@ -483,21 +483,9 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
             rows = captioned.to(queries.device)
             caption_ids = generate_track_captions(model, queries[rows], captioned, aggregation, weights[rows],
                                                   valid[rows], **generate_kwargs)
-        return CaptionFormerVideoOutput(
-            video_inference_mode=self.name,
-            track_ids=torch.tensor(id_list, dtype=torch.long),
-            scores=torch.tensor(scores, dtype=torch.float32),
-            category_ids=torch.tensor(categories, dtype=torch.long),
-            caption_ids=caption_ids,
-            captioned=captioned,
-            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
-            frame_indices=torch.tensor(frame_index, dtype=torch.long),
-            frame_boxes=torch.from_numpy(np.concatenate(frame_boxes)) if frame_boxes else torch.zeros(0, 4),
-            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
-            frame_mask_rles=frame_rles if with_masks else None,
-            num_frames=session.num_frames,
-            input_size=session.input_size,
-        )
+        boxes = torch.from_numpy(np.concatenate(frame_boxes)) if frame_boxes else torch.zeros(0, 4)
+        return self.video_output(session, id_list, scores, categories, caption_ids, captioned, frame_track, frame_index,
+                                 boxes, frame_scores, frame_rles if with_masks else None)
 
     def _caption_queries(self, model, tracks, aggregation: str, batch_size: int):
         """Per-clip Q-Former outputs ``(N, K, L, D)`` of the tracks' sampled clips in time order, their scores

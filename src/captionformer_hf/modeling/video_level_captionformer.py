@@ -104,6 +104,27 @@ class CaptionFormerVideoLevel:
         """The video's trajectories (captions generated with ``model`` when ``caption``)."""
         raise NotImplementedError
 
+    def video_output(self, session, track_ids, scores, category_ids, caption_ids, captioned, frame_track,
+                     frame_index, frame_boxes: torch.Tensor, frame_scores, frame_mask_rles) -> CaptionFormerVideoOutput:
+        """The :class:`CaptionFormerVideoOutput` of per-trajectory lists (``track_ids``, ``scores``,
+        ``category_ids``) and per-frame lists (``frame_track``, ``frame_index``, ``frame_scores``; ``frame_boxes``
+        ``(M, 4)``), tagged with this mode's name and the session's frame count and input size."""
+        return CaptionFormerVideoOutput(
+            video_inference_mode=self.name,
+            track_ids=torch.tensor(track_ids, dtype=torch.long),
+            scores=torch.tensor(scores, dtype=torch.float32),
+            category_ids=torch.tensor(category_ids, dtype=torch.long),
+            caption_ids=caption_ids,
+            captioned=captioned,
+            frame_track_indices=torch.tensor(frame_track, dtype=torch.long),
+            frame_indices=torch.tensor(frame_index, dtype=torch.long),
+            frame_boxes=frame_boxes.float().reshape(-1, 4),
+            frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
+            frame_mask_rles=frame_mask_rles,
+            num_frames=session.num_frames,
+            input_size=session.input_size,
+        )
+
     def memory_nbytes(self) -> int:
         """Bytes of tensors the algorithm holds (its tracker's ``memory_nbytes()`` when it has one)."""
         return self.tracker.memory_nbytes() if hasattr(self.tracker, "memory_nbytes") else 0
