@@ -262,28 +262,24 @@ def main(argv=None) -> int:
         ablation(args, data, phase1)
     if args.until == "phase1":
         return 0
-    phase2 = run_phase(os.path.join(RECIPES, "default_synthetic_video.json"), os.path.join(args.out, "phase2"),
-                       dataset=data, model=phase1, **dict(smoke, batch_size=1) if args.smoke else {})
-    if args.until == "phase2":
-        return 0
-    phase3 = run_phase(os.path.join(RECIPES, "default_synthetic_video_more.json"), os.path.join(args.out, "phase3"),
-                       dataset=data, model=phase2, **dict(smoke, batch_size=1) if args.smoke else {})
-    if args.until == "phase3":
-        return 0
-    phase4 = run_phase(os.path.join(RECIPES, "default_synthetic_video_longer.json"), os.path.join(args.out, "phase4"),
-                       dataset=data, model=phase3, **dict(smoke, batch_size=1) if args.smoke else {})
-    if args.until == "phase4":
-        return 0
+    # the video-level phases, each from the one before it; phase 5 on a second data set (dataset seed 2)
     more = os.path.join(args.out, "data-more")
-    build_data(more, num_videos=10 if args.smoke else 800, seed=2, frames=8 if args.smoke else 48)
-    phase5 = run_phase(os.path.join(RECIPES, "default_synthetic_video_new_data.json"), os.path.join(args.out, "phase5"),
-                       dataset=more, model=phase4, **dict(smoke, batch_size=1) if args.smoke else {})
-    if args.until == "phase5":
-        return 0
+    video_phases = (("phase2", "default_synthetic_video.json", data),
+                    ("phase3", "default_synthetic_video_more.json", data),
+                    ("phase4", "default_synthetic_video_longer.json", data),
+                    ("phase5", "default_synthetic_video_new_data.json", more))
+    final = phase1
+    for name, recipe, dataset in video_phases:
+        if dataset == more:
+            build_data(more, num_videos=10 if args.smoke else 800, seed=2, frames=8 if args.smoke else 48)
+        final = run_phase(os.path.join(RECIPES, recipe), os.path.join(args.out, name), dataset=dataset, model=final,
+                          **dict(smoke, batch_size=1) if args.smoke else {})
+        if args.until == name:
+            return 0
     torch.set_grad_enabled(False)
-    model = AutoModel.from_pretrained(phase5).eval()
+    model = AutoModel.from_pretrained(final).eval()
     model.config.duplicate_iou_threshold = DUPLICATE_IOU
-    processor = AutoProcessor.from_pretrained(phase5)
+    processor = AutoProcessor.from_pretrained(final)
     validation = list(load_parquet_dataset(data)["validation"])[: args.calibration_videos]
     chosen = calibrate(model, processor, validation)
     with open(os.path.join(args.out, "calibration.json"), "w") as f:

@@ -52,7 +52,6 @@ class _Detections:
         self._frames, self._tracks, self._boxes = [], [], []
         self.masks: list = []
         self.captions: list[str] = []
-        self.count = 0
 
     def add(self, frames, track_index: int, boxes=None) -> None:
         frames = np.asarray(frames, dtype=np.int64).reshape(-1)
@@ -60,7 +59,6 @@ class _Detections:
         self._tracks.append(np.full(len(frames), track_index, dtype=np.int64))
         if boxes is not None:
             self._boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
-        self.count += len(frames)
 
     def finish(self) -> "_Detections":
         def join(chunks, shape):
@@ -167,7 +165,7 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
             detections.captions.append(frame_caption)
         detections.add(kept_frames, track_index, kept_boxes if iou_type == "box" else None)
     detections.finish()
-    if detections.count > MAX_DETECTIONS_PER_FRAME:
+    if len(detections.frames) > MAX_DETECTIONS_PER_FRAME:
         counts = np.bincount(detections.frames)
         crowded = int(counts.argmax())
         if counts[crowded] > MAX_DETECTIONS_PER_FRAME:

@@ -373,10 +373,6 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
     def from_config(cls, config, threshold: float | None = None, **overrides) -> PaperVideoLevel:
         return cls(CaptionFormerTrackingSession.from_config(config, score_threshold=threshold, **overrides), config)
 
-    @property
-    def score_threshold(self) -> float:
-        return self.tracker.score_threshold
-
     def step(self, model, session, clips, outputs, frame_indices) -> torch.LongTensor:
         """Link the clips' kept queries to tracks. Device work is batched over the clip batch: one nonzero, one gather
         per output and one host copy of each, the masks of the visible (query, frame) pairs handed to the mask
