@@ -49,12 +49,14 @@ def main():
     video_processor = processor.video_processor
     reader = video_processor.open_video(path)
     batches = list(video_processor.iter_clip_batches(reader, clip_length=4))
-    encoder = video_processor.clip_mask_encoder(video_processor.geometry(reader))
+    geometry = video_processor.geometry(reader)
     print(f"{args.frames} frames 192x256 -> input {tuple(batches[0].pixel_values_videos.shape[-2:])}, "
           f"{len(batches)} clips of 4")
 
     def bare():  # the same tracking, captioning and mask encoding on clips already decoded and normalised
-        return model.track_video(iter(batches), mask_encoder=encoder, max_new_tokens=6)
+        masks = {}
+        return model.track_video(iter(batches), max_new_tokens=6, on_clip_batch=lambda o: masks.update(
+            video_processor.post_process_clip_masks(o, geometry)))
 
     def full():
         return pipe(path, max_new_tokens=6)

@@ -26,9 +26,10 @@ base = torch.randn(1, 3, 64, 64)
 def clips():
     for c in range(frames // 5):
         yield base.expand(5, -1, -1, -1) + 0.05 * torch.randn(5, 3, 64, 64)
-from captionformer_hf.processing import ClipMaskEncoder, VideoGeometry
-encoder = ClipMaskEncoder(VideoGeometry((64, 64), (64, 64), (64, 64)))
-result = model.track_video(clips(), mask_encoder=encoder, max_new_tokens=4)
+from captionformer_hf.processing import CaptionFormerVideoProcessor, VideoGeometry
+geometry, processor, masks = VideoGeometry((64, 64), (64, 64), (64, 64)), CaptionFormerVideoProcessor(), {}
+result = model.track_video(clips(), max_new_tokens=4,
+                           on_clip_batch=lambda o: masks.update(processor.post_process_clip_masks(o, geometry)))
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "tracks": len(result.track_ids), "frames": result.num_frames}))
 """

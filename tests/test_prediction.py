@@ -182,13 +182,16 @@ def test_post_processing_returns_the_whole_trajectory_format(toy_model_dir):
     vp = processor.video_processor
     frames = vp.open_video(np.zeros((6, 48, 64, 3), np.uint8), video_fps=6.0)
     geometry = vp.geometry(frames)
-    session = model.init_video_session(mask_encoder=vp.clip_mask_encoder(geometry))
+    session = model.init_video_session()
+    masks = {}
     with torch.no_grad():
         for batch in vp.iter_clip_batches(frames, model.config.clip_length):
-            model(**batch.model_inputs(), video_session=session)
+            outputs = model(**batch.model_inputs(), video_session=session)
+            masks.update(processor.post_process_clip_masks(outputs, geometry))
         video = model.finalize_video_session(session, max_new_tokens=2)
     result = processor.post_process_dense_captions(video, geometry.original_size, geometry.content_size,
-                                                   id2label=model.config.id2label, num_frames=6, fps=6.0,
+                                                   id2label=model.config.id2label, mask_rles=masks, num_frames=6,
+                                                   fps=6.0,
                                                    video_id="v")
     assert (result["video_id"], result["num_frames"], result["height"], result["width"], result["fps"]) == (
         "v", 6, 48, 64, 6.0)

@@ -182,9 +182,11 @@ def test_post_process_maps_boxes_to_the_original_video_and_names_labels():
         track_ids=torch.tensor([3]), scores=torch.tensor([0.9]), category_ids=torch.tensor([1]),
         frame_track_indices=torch.tensor([0, 0]), frame_indices=torch.tensor([7, 9]),
         frame_boxes=torch.tensor([[30 / 128, 24 / 64, 20 / 128, 16 / 64], [1.0, 1.0, 0.5, 0.5]]),
-        frame_scores=torch.tensor([0.9, 0.8]), frame_mask_rles=["m7", "m9"], num_frames=10, input_size=(64, 128),
+        frame_scores=torch.tensor([0.9, 0.8]), num_frames=10, input_size=(64, 128),
     )
-    result = processor.post_process_dense_captions(outputs, original_size=(48, 80), id2label={1: "dog"})
+    masks = {(3, 7): "m7", (3, 9): "m9", (4, 7): "other track"}
+    result = processor.post_process_dense_captions(outputs, original_size=(48, 80), id2label={1: "dog"},
+                                                   mask_rles=masks)
     (trajectory,) = result["trajectories"]
     assert (trajectory["track_id"], trajectory["category"], trajectory["category_id"]) == (3, "dog", 1)
     first, second = trajectory["frames"]
@@ -193,12 +195,16 @@ def test_post_process_maps_boxes_to_the_original_video_and_names_labels():
     assert first["box"] == pytest.approx([20 * sx, 16 * sy, 20 * sx, 16 * sy], abs=0.01)
     # a box partly outside the content is clipped to the frame: x from (128 - 32) * sx to 80
     assert second["box"] == pytest.approx([96 * sx, 48 * sy, 80 - 96 * sx, 48 - 48 * sy], abs=0.01)
-    no_masks = processor.post_process_dense_captions(outputs, original_size=(48, 80), return_masks=False)
+    no_masks = processor.post_process_dense_captions(outputs, original_size=(48, 80))
     assert "mask_rle" not in no_masks["trajectories"][0]["frames"][0]
+    with pytest.raises(ValueError, match="no mask for track 3 in frame 9"):
+        processor.post_process_dense_captions(outputs, original_size=(48, 80), mask_rles={(3, 7): "m7"})
 
 
-def test_mask_encoder_equals_pycocotools_on_the_resized_masks():
-    """The device path (resize, threshold, run boundaries with torch) gives pycocotools' RLE of the same masks."""
+@pytest.mark.parametrize("method", ["runs", "pycocotools", "auto"])
+def test_mask_encoder_equals_pycocotools_on_the_resized_masks(method):
+    """The device path (resize, threshold, run boundaries with torch; what CUDA runs) and the CPU path (pycocotools
+    on the binary masks) give pycocotools' RLE of the same masks, one mask at a time."""
     from captionformer_hf.processing import VideoGeometry
     from captionformer_hf.processing.video_processing_captionformer import ClipMaskEncoder
 
@@ -207,7 +213,7 @@ def test_mask_encoder_equals_pycocotools_on_the_resized_masks():
     logits = torch.randn(7, 16, 16) * 3
     logits[0] = -5  # empty mask
     logits[1] = 5  # full mask
-    encoder = ClipMaskEncoder(geometry, max_chunk_bytes=40_000)  # several chunks
+    encoder = ClipMaskEncoder(geometry, max_chunk_bytes=40_000, method=method)  # several chunks
     strings = encoder(logits)
     binary = encoder.binary_masks(logits).numpy().astype(np.uint8)
     expected = [mask_utils.encode(np.asfortranarray(m))["counts"].decode() for m in binary]

@@ -318,25 +318,35 @@ def test_a_release_mode_model_tracks_every_slot_end_to_end(toy_config, box_only)
                          hysteresis_min_length=1, t_agg=3, **extra)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
     video = torch.randn(5, 3, 64, 64)  # clips of 2, 2 and 1 frame (the last one is not padded)
-    from captionformer_hf.processing import ClipMaskEncoder, VideoGeometry
+    from captionformer_hf.processing import CaptionFormerVideoProcessor, VideoGeometry
 
-    encoder = ClipMaskEncoder(VideoGeometry((64, 64), (64, 64), (64, 64)))
-    session = model.init_video_session(mask_encoder=encoder)
+    geometry = VideoGeometry((64, 64), (64, 64), (64, 64))
+    processor = CaptionFormerVideoProcessor()
+    rles = {}
+    session = model.init_video_session()
     assert session.mode == "release" and not session.video_level.pads_short_clips
-    out = model.track_video(video, session=session, max_new_tokens=2)
+    out = model.track_video(video, session=session, max_new_tokens=2,
+                            on_clip_batch=lambda o: rles.update(processor.post_process_clip_masks(o, geometry)))
     num_queries = config.segmenter_config.num_queries
     assert out.video_inference_mode == "release" and sorted(out.track_ids.tolist()) == list(range(num_queries))
     assert [c["num_frames"] for c in session.tracker.clips] == [2, 2, 1]
     if box_only:
-        assert out.frame_mask_rles is None
-    else:  # masks on every frame of every kept track
-        assert len(out.frame_mask_rles) == num_queries * 5
+        assert rles == {}
+    else:  # masks on every frame of every kept track, each slot's own
+        assert len(rles) == num_queries * 5 == len(out.frame_indices)
+        assert {(int(out.track_ids[t]), int(f)) for t, f in zip(out.frame_track_indices, out.frame_indices)} == set(rles)
+        # the session keeps masks only on the caption head's patch grid
+        grid = model.model.caption_head.grid_size
+        assert session.tracker.clips[0]["masks"].shape == (num_queries, 2, grid, grid)
     assert bool(out.captioned.all()) and out.caption_ids.shape[0] == num_queries
-    if box_only:  # the threshold of a release-mode box model is its presence threshold
-        assert model.init_video_session(threshold=0.35).tracker.presence_threshold == 0.35
+    # `threshold` is the paper mode's pruning threshold only; a release box model's is `presence_threshold`
+    with pytest.raises(ValueError, match="`threshold` is the paper mode's per-clip pruning threshold"):
+        model.init_video_session(threshold=0.3)
+    if box_only:
+        assert model.init_video_session(presence_threshold=0.35).tracker.presence_threshold == 0.35
     else:
-        with pytest.raises(ValueError, match="mask model has no per-clip threshold"):
-            model.init_video_session(threshold=0.3)
+        with pytest.raises(ValueError, match="mask model has no presence threshold"):
+            model.init_video_session(presence_threshold=0.3)
     assert not math.isnan(float(out.scores.sum()))
 
 
@@ -405,3 +415,39 @@ def test_release_beam_search_normalises_finished_beams_without_their_end_token(t
             assert float(out.sequences_scores[i]) == pytest.approx(float(steps[i, :length].sum()) / denominator, abs=1e-4)
         results[convention] = lengths
     assert results["transformers"] == [2] * 8 and min(results["release"]) > 2
+
+
+@pytest.mark.parametrize("box_only", [False, True])
+def test_each_threshold_means_one_thing_through_predict_video_and_the_demo(toy_config, box_only):
+    """`threshold` prunes paper-mode queries only; `presence_threshold` is a release box model's; the demo's slider
+    becomes whichever the model has (none for a release mask model)."""
+    import numpy as np
+
+    from captionformer_hf import CaptionFormerProcessor, predict_video
+    from captionformer_hf.processing import CaptionFormerVideoProcessor, DenseVideoObjectCaptioningPipeline
+    from captionformer_hf.spaces.demo import DemoHandler
+    from captionformer_hf.toy import toy_tokenizer
+
+    torch.manual_seed(0)
+    extra = {"box_head_layers": 2, "box_only": True} if box_only else {}
+    release = CaptionFormerForDenseVideoObjectCaptioning(toy_config(video_inference_mode="release", **extra)).eval()
+    paper = CaptionFormerForDenseVideoObjectCaptioning(toy_config()).eval()
+    processor = CaptionFormerProcessor(CaptionFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 64}),
+                                       toy_tokenizer())
+    video = np.zeros((2, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="`presence_threshold` is the release mode's"):
+        predict_video(paper, processor, video, presence_threshold=0.5, caption=False)
+    with pytest.raises(ValueError, match="`threshold` is the paper mode's per-clip pruning threshold"):
+        predict_video(release, processor, video, threshold=0.5, caption=False)
+    if box_only:  # presence 1.0: nothing is present in any clip, so no trajectory; 0.0: every slot is
+        assert predict_video(release, processor, video, presence_threshold=1.0, caption=False)["trajectories"] == []
+        assert len(predict_video(release, processor, video, presence_threshold=0.0, caption=False,
+                                 tracker_overrides={"hysteresis_low": 0.0, "hysteresis_high": 0.0,
+                                                    "hysteresis_min_length": 1})["trajectories"]) > 0
+    else:
+        with pytest.raises(ValueError, match="mask model has no presence threshold"):
+            predict_video(release, processor, video, presence_threshold=0.5, caption=False)
+    for model, expected in ((paper, {"threshold": 0.4}),
+                            (release, {"presence_threshold": 0.4} if box_only else {})):
+        pipe = DenseVideoObjectCaptioningPipeline(model=model, processor=processor)
+        assert DemoHandler(pipe).threshold_arguments(0.4) == expected

@@ -10,7 +10,7 @@ from captionformer_hf import (
     CaptionFormerTrackingSession,
     CaptionFormerVideoOutput,
 )
-from captionformer_hf.processing import ClipMaskEncoder, VideoGeometry
+from captionformer_hf.processing import CaptionFormerVideoProcessor, VideoGeometry
 
 D = 16
 
@@ -193,31 +193,39 @@ def loose(toy_config, **kwargs):
     return toy_config(score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1, **kwargs)
 
 
-def encoder_for(height, width, content=None, original=None):
+def track_with_masks(model, video, height, width, content=None, original=None, **kwargs):
+    """``track_video`` with the processor encoding each batch's masks; returns the output and the mask of each of
+    its per-frame entries (joined by (track id, frame) as ``post_process_dense_captions`` does)."""
     content = content or (height, width)
-    return ClipMaskEncoder(VideoGeometry(tuple(original or content), tuple(content), (height, width)))
+    geometry = VideoGeometry(tuple(original or content), tuple(content), (height, width))
+    processor = CaptionFormerVideoProcessor()
+    rles = {}
+    out = model.track_video(video, on_clip_batch=lambda o: rles.update(processor.post_process_clip_masks(o, geometry)),
+                            **kwargs)
+    listed = [rles[(int(out.track_ids[t]), int(f))] for t, f in zip(out.frame_track_indices, out.frame_indices)]
+    return out, listed, rles
 
 
 def test_track_video_output(toy_config):
     torch.manual_seed(0)
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(toy_config, clip_length=3)).eval()
     video = torch.randn(7, 3, 64, 64)  # 3 clips, the last one padded
-    out = model.track_video(video, mask_encoder=encoder_for(64, 64), max_new_tokens=3)
+    out, rles, encoded = track_with_masks(model, video, 64, 64, max_new_tokens=3)
     assert isinstance(out, CaptionFormerVideoOutput)
     assert (out.num_frames, out.input_size) == (7, (64, 64))
     num_tracks, num_entries = len(out.track_ids), len(out.frame_indices)
     assert num_tracks > 0 and num_entries > 0
     assert out.scores.shape == out.category_ids.shape == out.captioned.shape == (num_tracks,)
     assert out.frame_boxes.shape == (num_entries, 4) and out.frame_scores.shape == (num_entries,)
-    assert len(out.frame_mask_rles) == num_entries and out.frame_track_indices.shape == (num_entries,)
+    assert out.frame_track_indices.shape == (num_entries,)
     assert out.caption_ids.shape[0] == num_tracks and out.caption_ids.shape[1] <= 3 and bool(out.captioned.all())
     assert bool((out.frame_boxes >= 0).all() and (out.frame_boxes <= 1).all())
     assert 0 <= int(out.frame_indices.min()) and int(out.frame_indices.max()) == 6  # padded frames 7, 8 not reported
     assert bool((out.frame_track_indices.diff() >= 0).all())  # sorted by trajectory
-    for rle in out.frame_mask_rles:
+    for rle in rles:  # every listed entry has its mask, none empty (entries are the frames where it is visible)
         assert mask_utils.decode({"size": [64, 64], "counts": rle.encode()}).any()
-    # without a mask encoder, no masks
-    assert model.track_video(video, caption=False).frame_mask_rles is None
+    # the processor encoded the tracked queries' visible frames: the listed entries and those of pruned tracks only
+    assert len(encoded) >= num_entries
 
 
 def test_forward_with_a_session_reports_track_ids(toy_config):
@@ -233,7 +241,10 @@ def test_forward_with_a_session_reports_track_ids(toy_config):
     assert torch.equal(out.track_ids == -1, plain.scores < 0.5)
     assert session.num_frames == 4
     as_tuple = CaptionFormerForDenseVideoObjectCaptioning.forward(model, clips, video_session=model.init_video_session(), return_dict=False)
-    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[-1], out.track_ids)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[-3], out.track_ids)
+    assert as_tuple[-1] == out.frame_indices == [[0, 1], [2, 3]]
+    assert out.mask_entries.shape == out.masks_logits.shape[:3]
+    assert not bool(out.mask_entries[out.track_ids == -1].any())
     with pytest.raises(ValueError, match="`labels`"):
         model(clips, video_session=session, labels=[{}, {}])
     with pytest.raises(TypeError, match="CaptionFormerVideoSession"):
@@ -362,10 +373,10 @@ def test_track_video_masks_at_the_requested_size(toy_config):
     torch.manual_seed(0)
     model = CaptionFormerForDenseVideoObjectCaptioning(loose(toy_config, clip_length=1)).eval()
     video = torch.randn(2, 3, 64, 96)
-    full = model.track_video(video, caption=False, mask_encoder=encoder_for(64, 96))
-    resized = model.track_video(video, caption=False, mask_encoder=encoder_for(64, 96, content=(64, 80), original=(32, 40)))
-    assert len(full.frame_mask_rles) == len(resized.frame_mask_rles) > 0
-    for a, b in zip(full.frame_mask_rles, resized.frame_mask_rles):
+    _, full, _ = track_with_masks(model, video, 64, 96, caption=False)
+    _, resized, _ = track_with_masks(model, video, 64, 96, content=(64, 80), original=(32, 40), caption=False)
+    assert len(full) == len(resized) > 0
+    for a, b in zip(full, resized):
         big = mask_utils.decode({"size": [64, 96], "counts": a.encode()})[:, :80]
         small = mask_utils.decode({"size": [32, 40], "counts": b.encode()})
         # the content region downsampled 2x: nearly the same mask

@@ -96,10 +96,16 @@ class CaptionFormerTrackingOutput(CaptionFormerModelOutput):
     were linked.
 
     track_ids (`torch.LongTensor` of shape `(B, Q)`, on the CPU): the track each query joined, `-1` for queries
-        pruned by the score threshold.
+        in no track.
+    mask_entries (`torch.BoolTensor` of shape `(B, Q, T)`, on the outputs' device): the (query, frame) pairs whose
+        masks the video output may list, under the key (`track_ids[b, q]`, `frame_indices[b][t]`): the video
+        processor's `post_process_clip_masks` encodes these.
+    frame_indices (`list[list[int]]`): the source frame index of each real frame of each clip.
     """
 
     track_ids: torch.LongTensor | None = None
+    mask_entries: torch.BoolTensor | None = None
+    frame_indices: list | None = None
 
 
 class _LibraryInitialization:
@@ -715,23 +721,21 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
     def init_video_session(
         self,
         threshold: float | None = None,
-        mask_encoder=None,
         caption: bool = True,
         **tracker_overrides,
     ) -> CaptionFormerVideoSession:
         """A new :class:`CaptionFormerVideoSession` holding one video's tracking and caption state.
 
         Args:
-            threshold: per-clip score pruning threshold (default ``config.score_threshold``; release mode, box
-                models: the presence threshold).
-            mask_encoder: turns mask logits into RLE strings at the output size (the video processor's
-                ``clip_mask_encoder(...)``); ``None``: trajectories without masks.
+            threshold: the paper mode's per-clip score pruning threshold (default ``config.score_threshold``;
+                release mode has none: a ``ValueError``).
             caption: keep what the caption head needs for the clips aggregation can sample (``False``: no captions).
             tracker_overrides: tracker settings other than the config's (``k_match``, ``t_match``, ``t_agg``,
-                ``match_cost_threshold``, ``hysteresis_low`` / ``hysteresis_high`` / ``hysteresis_min_length``).
+                ``match_cost_threshold``, ``hysteresis_low`` / ``hysteresis_high`` / ``hysteresis_min_length``;
+                release mode, box models: ``presence_threshold``).
         """
         video_level = video_level_from_config(self.config, threshold=threshold, **tracker_overrides)
-        return CaptionFormerVideoSession(video_level, mask_encoder=mask_encoder, caption=caption)
+        return CaptionFormerVideoSession(video_level, caption=caption)
 
     def pad_clips(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """Clips ``(B, T', 3, H, W)`` with ``T' <= config.clip_length`` frames (the end of a video) padded to
@@ -791,7 +795,9 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             outputs = self.model.segment_clips(clips, class_embeddings, None, clip_image_embeds, content_size)
         track_ids = session.video_level.step(self, session, clips, outputs, frame_indices)
         session.num_frames += sum(len(f) for f in frame_indices)
-        return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids)
+        entries = session.video_level.mask_entries(outputs, track_ids, frame_indices)
+        return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids, mask_entries=entries,
+                                           frame_indices=[list(f) for f in frame_indices])
 
     @torch.no_grad()
     def finalize_video_session(
@@ -886,47 +892,52 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         caption: bool = True,
         aggregation: str | None = None,
         session: CaptionFormerVideoSession | None = None,
-        mask_encoder=None,
         class_embeddings: torch.Tensor | None = None,
         progress: bool = False,
+        on_clip_batch=None,
         **generate_kwargs,
     ) -> CaptionFormerVideoOutput:
         """Streaming dense video object captioning, a thin loop over :meth:`init_video_session`, ``forward`` with
         the session and :meth:`finalize_video_session`: clips are segmented a batch at a time and linked into
         trajectories; each final trajectory gets one caption from its temporally aggregated Q-Former queries. In paper
         mode only the session state (bounded) and the output grow, so memory does not grow with the video beyond the
-        output; release mode keeps every clip's outputs until the end, as the released code.
+        output; release mode keeps every clip's scores, boxes and caption inputs (masks only on the caption head's patch
+        grid) until the end, as the released code keeps its outputs.
 
         Args:
             video: segmenter-normalised frames ``(frames, 3, H, W)`` or ``(1, frames, 3, H, W)``, an iterable of clips
                 ``(T', 3, H, W)`` (``T' <= config.clip_length``; short clips are padded with their last frame and the
                 padding is not reported), of clip batches ``(B, T', 3, H, W)``, or of the video processor's
                 ``iter_clip_batches`` batches (which carry the source frame indices).
-            threshold: per-clip score pruning threshold (default ``config.score_threshold``).
+            threshold: the paper mode's per-clip score pruning threshold (default ``config.score_threshold``).
             clip_batch_size: clips per segmenter forward pass (for tensors and clip iterables).
             caption: generate one caption per trajectory (``caption_ids``).
             aggregation: ``"weighted"`` / ``"mean"`` / ``"best"`` / ``"concat"`` / ``"linear"`` /
                 ``"self-attention"`` (default ``config.aggregation``; release mode: only the session's).
-            session: a session to use (default: :meth:`init_video_session` with ``threshold`` and ``mask_encoder``).
-            mask_encoder: see :meth:`init_video_session` (without one, the output has no masks).
+            session: a session to use (default: :meth:`init_video_session` with ``threshold``).
+            on_clip_batch: called with each forward's :class:`CaptionFormerTrackingOutput` before the next batch
+                (``predict_video`` hands the masks to the processor's ``post_process_clip_masks`` this way).
             generate_kwargs: passed to the LM's ``generate`` (``num_beams``, ``max_new_tokens``, ``do_sample``...).
 
         Returns:
-            :class:`CaptionFormerVideoOutput` (boxes in the model's input space; the video processor's
-            ``post_process_dense_video_captions`` maps them to the original video, the processor decodes captions).
+            :class:`CaptionFormerVideoOutput` (boxes in the model's input space, no masks; the video processor's
+            ``post_process_dense_captions`` maps them to the original video and joins the masks that
+            ``post_process_clip_masks`` encoded from each batch, the processor decodes captions).
         """
         check_positive_ints(clip_batch_size=clip_batch_size)
         if session is None:
-            session = self.init_video_session(threshold=threshold, mask_encoder=mask_encoder, caption=caption)
+            session = self.init_video_session(threshold=threshold, caption=caption)
         bar = logging.tqdm(desc="clips", unit="clip") if progress else None
         for pixel_values, frame_indices, content_size in self._clip_batches(video, clip_batch_size):
-            self(
+            outputs = self(
                 pixel_values.to(device=self.device, dtype=self.dtype),
                 video_session=session,
                 frame_indices=frame_indices,
                 class_embeddings=class_embeddings,
                 content_size=content_size,
             )
+            if on_clip_batch is not None:
+                on_clip_batch(outputs)
             if bar is not None:
                 bar.update(pixel_values.shape[0])
         if bar is not None:

@@ -173,7 +173,8 @@ class CaptionFormerReleaseTracker:
     ) -> torch.Tensor:
         """Add one clip: ``embeddings (Q, D)``, its per-clip ``scores (Q,)`` S, ``class_logits (Q, C)``,
         ``objectness (Q,)`` probabilities, ``boxes (Q, T', 4)`` (normalised cx, cy, w, h of its T' real frames),
-        ``masks (Q, T', h, w)`` logits (mask models), the source ``frame_indices`` of its frames, and
+        ``masks (Q, T', g, g)`` mask logits on the caption head's patch grid (mask models with captions; the
+        release keeps the full masks, of which its caption head reads only this), the source ``frame_indices`` of its frames, and
         ``caption_frames (T', 3, S, S)`` (the vision encoder's input). Returns the permutation onto the slots."""
         if embeddings.ndim != 2 or scores.shape != embeddings.shape[:1]:
             raise ValueError(
@@ -286,21 +287,25 @@ class CaptionFormerReleaseTracker:
 class ReleaseVideoLevel(CaptionFormerVideoLevel):
     """The released code's video level behind the model's video API: every query slot of every clip goes to the
     :class:`CaptionFormerReleaseTracker` (a short last clip runs as it is, unpadded); at the end, the tracker's
-    selection, the masks of the kept tracks on every listed frame (encoded once) and captions from each track's
-    caption plan. Trajectories come in slot order; a trajectory's score is its slot's video score."""
+    selection and captions from each track's caption plan. The processor encodes every slot's mask on every frame as
+    the clips arrive (:meth:`mask_entries`: which slots survive is known only at the end), so the session keeps no
+    full-size masks, only what the caption head reads (patch-grid masks, caption frames): its memory still grows with
+    the video, as the release's. Trajectories come in slot order; a trajectory's score is its slot's video score."""
 
     name = "release"
     pads_short_clips = False
 
     @classmethod
     def from_config(cls, config, threshold: float | None = None, **overrides) -> ReleaseVideoLevel:
-        if threshold is not None:  # the release's clip threshold is the presence threshold of box models
-            if not config.box_only:
-                raise ValueError(
-                    "`threshold`: a release-mode mask model has no per-clip threshold (it keeps the "
-                    "`max_trajectories` best tracks by video score)"
-                )
-            overrides = {"presence_threshold": threshold, **overrides}
+        if threshold is not None:
+            raise ValueError(
+                "`threshold` is the paper mode's per-clip pruning threshold; release mode has none (a mask model keeps "
+                "the `max_trajectories` best tracks by video score; a box model's per-clip presence threshold is "
+                "`presence_threshold`)"
+            )
+        if overrides.get("presence_threshold") is not None and not config.box_only:
+            raise ValueError("`presence_threshold`: a release-mode mask model has no presence threshold (it keeps the "
+                             "`max_trajectories` best tracks by video score)")
         return cls(CaptionFormerReleaseTracker.from_config(config, **overrides), config)
 
     def step(self, model, session, clips, outputs, frame_indices) -> torch.LongTensor:
@@ -311,33 +316,37 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
         for b in range(batch_size):
             real = len(frame_indices[b])
             caption_frames = head.prepare_frames(clips[b, :real]).clone() if session.caption else None
+            # the caption head reads a mask on its patch grid only: that is all the session keeps of a mask
+            grids = None
+            if session.caption and not self.config.box_only:
+                masks = outputs.masks_logits[b, :, :real]
+                grids = mask_logits_on_grid(masks.flatten(0, 1), head.grid_size).view(*masks.shape[:2], head.grid_size,
+                                                                                      head.grid_size)
             perm = self.tracker.update(
                 outputs.object_queries[b], outputs.scores[b], outputs.class_logits[b], objectness[b],
-                outputs.pred_boxes[b, :, :real], masks=None if self.config.box_only else outputs.masks_logits[b, :, :real],
+                outputs.pred_boxes[b, :, :real], masks=grids,
                 frame_indices=[int(f) for f in frame_indices[b]], caption_frames=caption_frames,
             )
             track_ids[b, perm] = torch.arange(num_queries)
         return track_ids
+
+    def mask_entries(self, outputs, track_ids, frame_indices) -> torch.BoolTensor:
+        """Every real frame of every slot (which slots are kept is known only at the end), none for box models."""
+        entries = super().mask_entries(outputs, track_ids, frame_indices)
+        return entries & False if self.config.box_only else entries
 
     def finalize(self, model, session, caption, aggregation, batch_size, generate_kwargs) -> CaptionFormerVideoOutput:
         if aggregation is not None and aggregation != self.tracker.aggregation:
             raise ValueError("release mode: set the aggregation when the session is created (tracker_overrides)")
         tracks = self.tracker.finalize()
         clips = self.tracker.clips
-        frame_track, frame_index, frame_boxes, frame_scores, mask_logits = [], [], [], [], []
+        frame_track, frame_index, frame_boxes, frame_scores = [], [], [], []
         for position, track in enumerate(tracks):
             for c, t, index, score in track.frames:
                 frame_track.append(position)
                 frame_index.append(index)
                 frame_scores.append(score)
                 frame_boxes.append(clips[c]["boxes"][track.slot, t])
-                if session.mask_encoder is not None and clips[c]["masks"] is not None:
-                    mask_logits.append(clips[c]["masks"][track.slot, t])
-        rles = None
-        if session.mask_encoder is not None and not self.config.box_only:
-            rles = []
-            for start in range(0, len(mask_logits), 256):  # bounded device memory for long videos
-                rles.extend(session.mask_encoder(torch.stack(mask_logits[start : start + 256])))
         caption_ids = captioned = None
         if caption and session.caption and tracks:
             captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
@@ -345,7 +354,7 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
             caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
         return self.video_output(session, [t.slot for t in tracks], [t.score for t in tracks],
                                  [t.label for t in tracks], caption_ids, captioned, frame_track, frame_index,
-                                 torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores, rles)
+                                 torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores)
 
     def _caption_queries(self, model, tracks, clips, batch_size: int) -> torch.Tensor:
         """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
@@ -360,8 +369,7 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
             grids = boxes.new_zeros(len(pairs), head.grid_size, head.grid_size)
         else:
             boxes = None
-            grids = mask_logits_on_grid(torch.stack([clips[c]["masks"][track.slot, t] for track, c, t in pairs]),
-                                        head.grid_size)
+            grids = torch.stack([clips[c]["masks"][track.slot, t] for track, c, t in pairs])  # on the patch grid
         outputs = caption_head_outputs(
             head,
             [clips[c]["caption_frames"][t] for c, t in unique],

@@ -360,8 +360,8 @@ def duplicate_queries(masks_logits: torch.Tensor, scores: torch.Tensor, keep: to
 class PaperVideoLevel(CaptionFormerVideoLevel):
     """The paper's video level (``video_inference_mode="paper"``, models trained here): queries with S below the
     threshold are pruned (and, with ``config.duplicate_iou_threshold``, those whose clip mask duplicates a better
-    query's), kept queries are linked by :class:`CaptionFormerTrackingSession`; per-frame boxes and RLE masks are
-    collected for the kept queries as clips arrive; at the end the hysteresis filter runs and each trajectory gets
+    query's), kept queries are linked by :class:`CaptionFormerTrackingSession`; per-frame boxes are collected for the
+    kept queries as clips arrive (their masks: :meth:`mask_entries`, encoded by the processor); at the end the hysteresis filter runs and each trajectory gets
     one caption from ``t_agg`` clips of its caption pool. Streaming, bounded memory. Trajectories come in order of
     first appearance; a trajectory's score is the mean S of its kept clips, its category the argmax of its mean class
     probabilities."""
@@ -371,16 +371,17 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
 
     @classmethod
     def from_config(cls, config, threshold: float | None = None, **overrides) -> PaperVideoLevel:
+        if overrides.get("presence_threshold") is not None:
+            raise ValueError("`presence_threshold` is the release mode's (box models); the paper mode prunes by the "
+                             "per-clip score threshold `threshold`")
+        overrides.pop("presence_threshold", None)
         return cls(CaptionFormerTrackingSession.from_config(config, score_threshold=threshold, **overrides), config)
 
     def step(self, model, session, clips, outputs, frame_indices) -> torch.LongTensor:
         """Link the clips' kept queries to tracks. Device work is batched over the clip batch: one nonzero, one gather
-        per output and one host copy of each, the masks of the visible (query, frame) pairs handed to the mask
-        encoder at once."""
+        per output and one host copy of each."""
         tracker = self.tracker
         batch_size, num_queries = outputs.scores.shape
-        device = outputs.scores.device
-        real = [len(f) for f in frame_indices]
         keep = outputs.scores >= tracker.score_threshold
         if self.config.duplicate_iou_threshold is not None:
             keep = keep & ~duplicate_queries(outputs.masks_logits, outputs.scores, keep,
@@ -389,10 +390,9 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
         num_kept = len(batch_idx)
         track_ids = torch.full((batch_size, num_queries), -1, dtype=torch.long)
         if num_kept:
-            max_real = max(real)
-            masks = outputs.masks_logits[batch_idx, query_idx, :max_real]  # (K, T', h, w)
-            real_of_kept = torch.tensor(real, device=device)[batch_idx]
-            visible = (masks > 0).flatten(2).any(-1) & (torch.arange(max_real, device=device) < real_of_kept[:, None])
+            max_real = max(len(f) for f in frame_indices)
+            visible = self._visible(outputs.masks_logits[batch_idx, query_idx, :max_real],
+                                    [len(frame_indices[b]) for b in batch_idx.tolist()])
             host = {
                 "scores": outputs.scores[batch_idx, query_idx].float().cpu(),
                 "queries": outputs.object_queries[batch_idx, query_idx].float().cpu(),
@@ -401,12 +401,6 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
             boxes = outputs.pred_boxes[batch_idx, query_idx, :max_real].float().cpu().numpy()
             visible_host = visible.cpu().numpy()
             batch_host, query_host = batch_idx.cpu().numpy(), query_idx.cpu().numpy()
-            rles = None
-            if session.mask_encoder is not None:
-                kept_vis, frame_vis = torch.nonzero(visible, as_tuple=True)
-                strings = session.mask_encoder(masks[kept_vis, frame_vis]) if len(kept_vis) else []
-                bounds = np.concatenate([[0], np.cumsum(visible_host.sum(1))])
-                rles = [strings[bounds[k] : bounds[k + 1]] for k in range(num_kept)]
         wanting = []  # (kept position, track id): observations that entered a caption pool
         for b in range(batch_size):
             if num_kept == 0:
@@ -416,10 +410,7 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
             payloads = []
             for k in rows:
                 shown = np.nonzero(visible_host[k])[0]
-                payload = {"frames": [int(frame_indices[b][t]) for t in shown], "boxes": boxes[k, shown]}
-                if rles is not None:
-                    payload["mask_rles"] = rles[k]
-                payloads.append(payload)
+                payloads.append({"frames": [int(frame_indices[b][t]) for t in shown], "boxes": boxes[k, shown]})
             rows_t = torch.as_tensor(rows)
             results = tracker.update(host["queries"][rows_t], host["scores"][rows_t], host["probs"][rows_t], payloads)
             for position, track_id, wants in results:
@@ -430,6 +421,28 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
         if wanting:
             self._store_caption_inputs(model, clips, outputs, batch_idx, query_idx, batch_host, wanting)
         return track_ids
+
+    @staticmethod
+    def _visible(masks_logits: torch.Tensor, real: list[int]) -> torch.BoolTensor:
+        """``(K, T, h, w)`` mask logits of K kept queries, ``real`` frames of each one's clip -> ``(K, T)``: the real
+        frames where the mask is not empty (the frames a trajectory lists)."""
+        num_frames = masks_logits.shape[1]
+        real_t = torch.tensor(real, device=masks_logits.device)
+        return (masks_logits > 0).flatten(2).any(-1) & (torch.arange(num_frames, device=masks_logits.device) < real_t[:, None])
+
+    def mask_entries(self, outputs, track_ids, frame_indices) -> torch.BoolTensor:
+        """The frames each tracked query lists: its real frames where its mask is not empty (none for box-only
+        models)."""
+        batch_size, num_queries, num_frames = outputs.masks_logits.shape[:3]
+        entries = torch.zeros(batch_size, num_queries, num_frames, dtype=torch.bool, device=outputs.masks_logits.device)
+        if self.config.box_only:
+            return entries
+        batch_idx, query_idx = torch.nonzero(track_ids >= 0, as_tuple=True)
+        if len(batch_idx):
+            batch_idx, query_idx = batch_idx.to(entries.device), query_idx.to(entries.device)
+            entries[batch_idx, query_idx] = self._visible(outputs.masks_logits[batch_idx, query_idx],
+                                                          [len(frame_indices[b]) for b in batch_idx.tolist()])
+        return entries
 
     def _store_caption_inputs(self, model, clips, outputs, batch_idx, query_idx, batch_host, wanting) -> None:
         """What the caption head needs for observations that entered a caption pool: the caption frame at the vision
@@ -457,8 +470,7 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
         tracks = self.tracker.finalize()
         aggregation = aggregation or self.config.aggregation
         id_list, scores, categories = [], [], []
-        frame_track, frame_index, frame_boxes, frame_scores, frame_rles = [], [], [], [], []
-        with_masks = session.mask_encoder is not None
+        frame_track, frame_index, frame_boxes, frame_scores = [], [], [], []
         for position, track in enumerate(tracks):
             id_list.append(track.track_id)
             scores.append(float(np.mean([o.score for o in track.observations])))
@@ -471,8 +483,6 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
                 frame_scores.extend([observation.score] * count)
                 if count:
                     frame_boxes.append(np.asarray(payload["boxes"], dtype=np.float32).reshape(count, 4))
-                if with_masks:
-                    frame_rles.extend(payload.get("mask_rles", ()))
         caption_ids = captioned = None
         if caption and session.caption and tracks:
             queries, weights, valid, captioned = self._caption_queries(model, tracks, aggregation, batch_size)
@@ -481,7 +491,7 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
                                                   valid[rows], **generate_kwargs)
         boxes = torch.from_numpy(np.concatenate(frame_boxes)) if frame_boxes else torch.zeros(0, 4)
         return self.video_output(session, id_list, scores, categories, caption_ids, captioned, frame_track, frame_index,
-                                 boxes, frame_scores, frame_rles if with_masks else None)
+                                 boxes, frame_scores)
 
     def _caption_queries(self, model, tracks, aggregation: str, batch_size: int):
         """Per-clip Q-Former outputs ``(N, K, L, D)`` of the tracks' sampled clips in time order, their scores

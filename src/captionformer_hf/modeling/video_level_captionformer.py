@@ -36,8 +36,10 @@ from .configuration_captionformer import _VIDEO_INFERENCE_MODES
 @dataclass
 class CaptionFormerVideoOutput(ModelOutput):
     r"""
-    Trajectories of a whole video (`finalize_video_session`, `track_video`), on the CPU. N = trajectories, M = their
-    per-frame entries (sorted by trajectory, then frame), L = caption tokens.
+    Trajectories of a whole video (`finalize_video_session`, `track_video`), on the CPU, in the model's input space
+    (no masks: the processor encodes them from each clip batch's `CaptionFormerTrackingOutput`, keyed by (track id,
+    frame index), and joins them in `post_process_dense_captions`). N = trajectories, M = their per-frame entries
+    (sorted by trajectory, then frame), L = caption tokens.
 
     track_ids (`torch.LongTensor` of shape `(N,)`): track id of each trajectory.
     scores (`torch.FloatTensor` of shape `(N,)`): trajectory score (the mode's: paper, the mean per-clip score S of
@@ -50,8 +52,6 @@ class CaptionFormerVideoOutput(ModelOutput):
     frame_indices (`torch.LongTensor` of shape `(M,)`): the frame (source frame index when the clips carried it).
     frame_boxes (`torch.FloatTensor` of shape `(M, 4)`): boxes, normalised (cx, cy, w, h) of the padded model input.
     frame_scores (`torch.FloatTensor` of shape `(M,)`): the per-clip score S of the clip holding the frame.
-    frame_mask_rles (`list[str]`, *optional*): COCO RLE strings of the masks, as the session's mask encoder made
-        them (the video processor's encodes them at the original video size); `None` without a mask encoder.
     num_frames (`int`): frames processed. input_size (`tuple[int, int]`): the padded model input `(H, W)`.
     video_inference_mode (`str`): the algorithm that made it (see the config); `"release"` outputs are
         post-processed as the released code does (boxes clamped per coordinate and rounded to whole pixels).
@@ -66,7 +66,6 @@ class CaptionFormerVideoOutput(ModelOutput):
     frame_indices: torch.LongTensor | None = None
     frame_boxes: torch.FloatTensor | None = None
     frame_scores: torch.FloatTensor | None = None
-    frame_mask_rles: list | None = None
     num_frames: int | None = None
     input_size: tuple | None = None
     video_inference_mode: str | None = None
@@ -77,7 +76,8 @@ class CaptionFormerVideoLevel:
 
     Subclasses set ``name`` and ``pads_short_clips`` (``True``: a last clip shorter than ``config.clip_length`` is
     padded with its last frame before the segmenter, the padding not reported; ``False``: it runs as it is) and
-    implement :meth:`from_config`, :meth:`step` and :meth:`finalize`."""
+    implement :meth:`from_config`, :meth:`step` and :meth:`finalize`; :meth:`mask_entries` says which (query, frame)
+    masks of a clip batch the video output can refer to (the processor encodes those)."""
 
     name: str = ""
     pads_short_clips: bool = True
@@ -99,13 +99,23 @@ class CaptionFormerVideoLevel:
         every query ``(B, Q)`` (-1: in no track)."""
         raise NotImplementedError
 
+    def mask_entries(self, outputs, track_ids: torch.LongTensor, frame_indices: list[list[int]]) -> torch.BoolTensor:
+        """``(B, Q, T)`` on the outputs' device: the (query, frame) pairs of this clip batch whose masks a per-frame
+        entry of the video output may use, keyed by (``track_ids[b, q]``, ``frame_indices[b][t]``). Default: every
+        real frame of every tracked query."""
+        batch_size, num_queries, num_frames = outputs.pred_boxes.shape[:3]
+        device = outputs.pred_boxes.device
+        real = torch.tensor([len(f) for f in frame_indices], device=device)
+        in_clip = torch.arange(num_frames, device=device)[None, :] < real[:, None]  # (B, T)
+        return (track_ids.to(device) >= 0)[:, :, None] & in_clip[:, None, :]
+
     def finalize(self, model, session: CaptionFormerVideoSession, caption: bool, aggregation: str | None,
                  batch_size: int, generate_kwargs: dict) -> CaptionFormerVideoOutput:
         """The video's trajectories (captions generated with ``model`` when ``caption``)."""
         raise NotImplementedError
 
     def video_output(self, session, track_ids, scores, category_ids, caption_ids, captioned, frame_track,
-                     frame_index, frame_boxes: torch.Tensor, frame_scores, frame_mask_rles) -> CaptionFormerVideoOutput:
+                     frame_index, frame_boxes: torch.Tensor, frame_scores) -> CaptionFormerVideoOutput:
         """The :class:`CaptionFormerVideoOutput` of per-trajectory lists (``track_ids``, ``scores``,
         ``category_ids``) and per-frame lists (``frame_track``, ``frame_index``, ``frame_scores``; ``frame_boxes``
         ``(M, 4)``), tagged with this mode's name and the session's frame count and input size."""
@@ -120,7 +130,6 @@ class CaptionFormerVideoLevel:
             frame_indices=torch.tensor(frame_index, dtype=torch.long),
             frame_boxes=frame_boxes.float().reshape(-1, 4),
             frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
-            frame_mask_rles=frame_mask_rles,
             num_frames=session.num_frames,
             input_size=session.input_size,
         )
@@ -158,23 +167,21 @@ def video_level_from_config(config, threshold: float | None = None, **overrides)
 
 class CaptionFormerVideoSession:
     """All the state of one video's inference: its video-level algorithm (which holds the tracks), the frames
-    processed so far, the input size, and the mask encoder.
+    processed so far and the input size. Tensors only: masks are the processor's (``post_process_clip_masks`` on
+    each forward's output).
 
     Create it with ``model.init_video_session(...)``; feed clip batches with ``model(pixel_values_videos,
     video_session=session, frame_indices=...)``; get the trajectories with ``model.finalize_video_session(session)``.
 
     Args:
         video_level: the algorithm (:class:`CaptionFormerVideoLevel`) for this video.
-        mask_encoder: callable ``masks_logits (K, h, w) -> K RLE strings`` at the output size (the video
-            processor's ``clip_mask_encoder(...)``); ``None``: no masks in the output.
         caption: keep what the caption head needs for the sampled clips (``False``: no captions).
     """
 
-    def __init__(self, video_level: CaptionFormerVideoLevel, mask_encoder=None, caption: bool = True):
+    def __init__(self, video_level: CaptionFormerVideoLevel, caption: bool = True):
         if not isinstance(video_level, CaptionFormerVideoLevel):
             raise TypeError(f"`video_level` must be a CaptionFormerVideoLevel, got {type(video_level).__name__}")
         self.video_level = video_level
-        self.mask_encoder = mask_encoder
         self.caption = caption
         self.num_frames = 0  # frames processed (padding excluded)
         self.input_size: tuple[int, int] | None = None

@@ -2,19 +2,24 @@
 the CLI and the Spaces share.
 
 video processor (decode in a background thread, sample, cut clips, resize and normalise on the model's device) ->
-``model(clips, video_session=session)`` (segment, track; the session's mask encoder RLE-encodes the kept masks at the
-original size, on the device) -> ``model.finalize_video_session`` (hysteresis, captions of the sampled clips) ->
-``processor.post_process_dense_captions`` (boxes, labels, caption text) -> the trajectory format of
-``docs/format.md``.
+``model(clips, video_session=session)`` (segment, track: tensors) -> ``processor.post_process_clip_masks`` (the
+batch's masks resized to the original size on the device and RLE-encoded, in a worker thread while the model runs the
+next batch; at most ``MAX_PENDING_MASK_BATCHES`` batches wait) -> ``model.finalize_video_session`` (hysteresis,
+captions of the sampled clips) -> ``processor.post_process_dense_captions`` (boxes, masks, labels, caption text) ->
+the trajectory format of ``docs/format.md``.
 
 Remote-code safe: single-dot imports only.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+# clip batches whose masks may wait for the mask worker (each holds its outputs: memory stays bounded)
+MAX_PENDING_MASK_BATCHES = 2
 
 
 @torch.no_grad()
@@ -29,6 +34,7 @@ def predict_video(
     max_frames: int | None = None,
     video_fps: float | None = None,
     threshold: float | None = None,
+    presence_threshold: float | None = None,
     clip_batch_size: int = 1,
     return_masks: bool = True,
     caption: bool = True,
@@ -46,7 +52,9 @@ def predict_video(
             ``VideoFrames`` already opened (``processor.video_processor.open_video(...)``).
         video_id: copied into the result when given.
         fps / num_frames / max_frames / video_fps: frame sampling (see :class:`VideoFrames`).
-        threshold: per-clip score pruning threshold (default ``model.config.score_threshold``).
+        threshold: the paper mode's per-clip score pruning threshold (default ``model.config.score_threshold``;
+            release mode has none). presence_threshold: release mode, box models: the per-clip presence threshold
+            (default ``model.config.presence_threshold``).
         clip_batch_size: clips per segmenter forward pass.
         return_masks: per-frame ``mask_rle`` at the original size.
         caption: one caption per trajectory. aggregation: ``"weighted"`` / ``"mean"`` / ``"best"``.
@@ -69,21 +77,36 @@ def predict_video(
         frames = video_processor.open_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames,
                                             video_fps=video_fps, **(decoding or {}))
     geometry = video_processor.geometry(frames)
-    session = model.init_video_session(
-        threshold=threshold,
-        mask_encoder=video_processor.clip_mask_encoder(geometry) if return_masks else None,
-        caption=caption,
-        **(tracker_overrides or {}),
-    )
+    overrides = dict(tracker_overrides or {})
+    if presence_threshold is not None:
+        overrides["presence_threshold"] = presence_threshold
+    session = model.init_video_session(threshold=threshold, caption=caption, **overrides)
     batches = video_processor.iter_clip_batches(
         frames, clip_length=model.config.clip_length, batch_size=clip_batch_size, device=model.device, dtype=model.dtype
     )
-    outputs = model.track_video(batches, session=session, caption=caption, aggregation=aggregation, progress=progress,
-                                **generate_kwargs)
+    return_masks = return_masks and not model.config.box_only  # box-only models have no masks
+    mask_rles = {} if return_masks else None
+    pending: deque = deque()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionformer-masks") if return_masks else None
+
+    def encode_masks(clip_outputs) -> None:  # host work off the critical path: the next batch runs meanwhile
+        pending.append(worker.submit(video_processor.post_process_clip_masks, clip_outputs, geometry))
+        while len(pending) > MAX_PENDING_MASK_BATCHES:
+            mask_rles.update(pending.popleft().result())
+
+    try:
+        outputs = model.track_video(batches, session=session, caption=caption, aggregation=aggregation,
+                                    progress=progress, on_clip_batch=encode_masks if return_masks else None,
+                                    **generate_kwargs)
+        while pending:
+            mask_rles.update(pending.popleft().result())
+    finally:
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
     rate = frames.video_fps  # the frame indices are the source video's
     prediction = processor.post_process_dense_captions(
         outputs, geometry.original_size, content_size=geometry.content_size, id2label=model.config.id2label,
-        return_masks=return_masks, num_frames=int(frames.num_source_frames),
+        mask_rles=mask_rles, num_frames=int(frames.num_source_frames),
         fps=float(rate) if rate is not None else None, video_id=video_id,
     )
     if getattr(frames, "warnings", None):

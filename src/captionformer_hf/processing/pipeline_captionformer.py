@@ -37,6 +37,8 @@ def _collate_videos(items: list[dict]) -> dict:
     return {key: [item[key] for item in items] for key in items[0]}
 
 
+# the caption aggregations of the model config (``aggregation``): order-free, then order-aware
+AGGREGATIONS = ("weighted", "mean", "best", "concat", "linear", "self-attention")
 LICENSE = "apache-2.0"
 PIPELINE_TAG = "video-text-to-text"  # the Hub's closest task; the transformers task is dense-video-object-captioning
 TAGS = ("captionformer", "dense-video-object-captioning", "video", "object-tracking", "custom_code")
@@ -104,7 +106,8 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             {"track_id", "score", "category", "category_id", "caption",
              "frames": [{"frame_index", "box": [x, y, w, h], "mask_rle", "score"}]}]}
 
-    Parameters: ``threshold`` (per-clip score pruning), ``return_masks``, ``fps`` / ``num_frames`` (frame sampling),
+    Parameters: ``threshold`` (the paper mode's per-clip score pruning), ``presence_threshold`` (release mode, box
+    models), ``return_masks``, ``fps`` / ``num_frames`` (frame sampling),
     ``max_frames``, ``video_fps`` (of array inputs); decoding bounds ``max_side`` (downscale larger frames),
     ``allow_truncated`` (caption the readable part of a truncated file, with a ``warnings`` entry in the result),
     ``max_download_bytes`` (URLs); ``clip_batch_size``, ``aggregation``, ``progress``; generation:
@@ -126,6 +129,7 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
     def _sanitize_parameters(
         self,
         threshold=None,
+        presence_threshold=None,
         return_masks=None,
         fps=None,
         num_frames=None,
@@ -166,11 +170,16 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
                 raise ValueError(f"`threshold` must be a number in [0, 1], got {threshold!r}")
             forward["threshold"] = float(threshold)
+        if presence_threshold is not None:
+            if (isinstance(presence_threshold, bool) or not isinstance(presence_threshold, (int, float))
+                    or not 0 <= presence_threshold <= 1):
+                raise ValueError(f"`presence_threshold` must be a number in [0, 1], got {presence_threshold!r}")
+            forward["presence_threshold"] = float(presence_threshold)
         if clip_batch_size is not None:
             forward["clip_batch_size"] = clip_batch_size
         if aggregation is not None:
-            if aggregation not in ("weighted", "mean", "best"):
-                raise ValueError(f"`aggregation` must be 'weighted', 'mean' or 'best', got {aggregation!r}")
+            if aggregation not in AGGREGATIONS:
+                raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {aggregation!r}")
             forward["aggregation"] = aggregation
         if progress is not None:
             forward["progress"] = bool(progress)
@@ -219,13 +228,14 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         )
         return {"frames": frames}
 
-    def _forward(self, model_inputs, threshold=None, clip_batch_size=1, aggregation=None, return_masks=True,
-                 progress=False, generate_kwargs=None):
+    def _forward(self, model_inputs, threshold=None, presence_threshold=None, clip_batch_size=1, aggregation=None,
+                 return_masks=True, progress=False, generate_kwargs=None):
         frames = model_inputs["frames"]
         batch = frames if isinstance(frames, list) else [frames]
         results = [
             predict_video(
-                self.model, self.processor, video, threshold=threshold, clip_batch_size=clip_batch_size,
+                self.model, self.processor, video, threshold=threshold, presence_threshold=presence_threshold,
+                clip_batch_size=clip_batch_size,
                 return_masks=return_masks, aggregation=aggregation, progress=progress, **(generate_kwargs or {}),
             )
             for video in batch

@@ -91,13 +91,18 @@ class CaptionFormerProcessor(ProcessorMixin):
     def batch_decode(self, sequences, **kwargs) -> list[str]:
         return [self.decode_caption(s) for s in sequences]
 
+    def post_process_clip_masks(self, outputs, geometry, max_chunk_bytes: int = 1 << 28) -> dict:
+        """One clip batch's masks as RLE strings at the original size, ``{(track_id, frame_index): rle}``
+        (``CaptionFormerVideoProcessor.post_process_clip_masks``)."""
+        return self.video_processor.post_process_clip_masks(outputs, geometry, max_chunk_bytes=max_chunk_bytes)
+
     def post_process_dense_captions(
         self,
         outputs,
         original_size,
         content_size=None,
         id2label: dict | None = None,
-        return_masks: bool = True,
+        mask_rles: dict | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
         video_id=None,
@@ -106,7 +111,7 @@ class CaptionFormerProcessor(ProcessorMixin):
         masks and labels by the video processor; ``num_frames``, ``fps`` and ``video_id`` as given, see
         ``CaptionFormerVideoProcessor.post_process_dense_captions``) with the captions' text."""
         result = self.video_processor.post_process_dense_captions(
-            outputs, original_size, content_size=content_size, id2label=id2label, return_masks=return_masks,
+            outputs, original_size, content_size=content_size, id2label=id2label, mask_rles=mask_rles,
             num_frames=num_frames, fps=fps, video_id=video_id,
         )
         if outputs.caption_ids is not None:

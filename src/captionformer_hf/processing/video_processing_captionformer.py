@@ -551,8 +551,8 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
 
     ``__call__`` returns ``pixel_values_videos (B, N, 3, H, W)`` (videos padded to a common size and length) with
     ``original_sizes``, ``content_sizes`` and ``num_frames``; :meth:`iter_clip_batches` streams one video as clip
-    batches on the model's device; :meth:`clip_mask_encoder` gives a video session its mask encoder;
-    :meth:`post_process_dense_captions` maps the video output back to the original video.
+    batches on the model's device; :meth:`post_process_clip_masks` encodes each forward's masks at the original size;
+    :meth:`post_process_dense_captions` maps the video output back to the original video and joins those masks.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -763,33 +763,51 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         if buffer:
             yield emit(len(buffer))
 
-    def clip_mask_encoder(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28) -> ClipMaskEncoder:
-        """The mask encoder of a video session (``model.init_video_session(mask_encoder=...)``): masks at the
-        original size, RLE-encoded from run lengths computed on the device."""
-        return ClipMaskEncoder(geometry, max_chunk_bytes=max_chunk_bytes)
-
     # ------------------------------------------------------------------ post-processing
+    def post_process_clip_masks(self, outputs, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28) -> dict:
+        """The masks of one clip batch's tracking output (``model(..., video_session=session)``) as COCO RLE strings
+        at the original video size, for the pairs its ``mask_entries`` name: ``{(track_id, frame_index): rle}``
+        (join them with :meth:`post_process_dense_captions`' ``mask_rles``). Resized on the masks' device, in
+        chunks of at most ``max_chunk_bytes`` (:class:`ClipMaskEncoder`)."""
+        entries = getattr(outputs, "mask_entries", None)
+        if entries is None or getattr(outputs, "track_ids", None) is None:
+            raise ValueError("`outputs` must be the tracking output of a forward pass with a `video_session` (it has "
+                             "`track_ids` and `mask_entries`)")
+        if outputs.masks_logits is None:
+            return {}
+        batch_idx, query_idx, frame_idx = torch.nonzero(entries, as_tuple=True)
+        if len(batch_idx) == 0:
+            return {}
+        tracks = outputs.track_ids[batch_idx.cpu(), query_idx.cpu()].tolist()
+        frame_indices = outputs.frame_indices
+        frames = [int(frame_indices[b][t]) for b, t in zip(batch_idx.tolist(), frame_idx.tolist())]
+        rles = ClipMaskEncoder(geometry, max_chunk_bytes=max_chunk_bytes)(
+            outputs.masks_logits[batch_idx, query_idx, frame_idx])
+        return dict(zip(zip(tracks, frames), rles))
+
     def post_process_dense_captions(
         self,
         outputs,
         original_size: tuple[int, int],
         content_size: tuple[int, int] | None = None,
         id2label: dict | None = None,
-        return_masks: bool = True,
+        mask_rles: dict | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
         video_id=None,
     ) -> dict:
         """Map a :class:`CaptionFormerVideoOutput` (``model.finalize_video_session`` / ``track_video``: boxes
         normalised ``(cx, cy, w, h)`` of the padded input) to a video of the trajectory format (``docs/format.md``):
-        absolute ``[x, y, w, h]`` boxes clipped to the frame, the masks as the session's mask encoder made them, the
-        category name from ``id2label``. Captions stay as ``caption_ids`` (the processor decodes them).
+        absolute ``[x, y, w, h]`` boxes clipped to the frame, each entry's mask from ``mask_rles``, the category name
+        from ``id2label``. Captions stay as ``caption_ids`` (the processor decodes them).
 
         Args:
             outputs: the video output. original_size: ``(height, width)`` of the source frames.
             content_size: ``(height, width)`` of the resized frame inside the padded input (default: the size the
                 processor resizes ``original_size`` to).
             id2label: class id -> name (the model config's).
+            mask_rles: ``{(track_id, frame_index): rle}``, the union of :meth:`post_process_clip_masks` over the
+                video's clip batches (``None``: no masks). An entry without its mask is an error.
             num_frames: frames of the source video (default: the frames the session processed). fps: its frame rate
                 (default ``None``). video_id: put in the result when given.
         """
@@ -809,7 +827,6 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             absolute = np.round(np.stack([x0, y0, x1 - x0, y1 - y0], 1), 2).tolist()
         frame_scores = np.round(outputs.frame_scores.numpy().astype(np.float64), 4).tolist()
         frame_indices = outputs.frame_indices.tolist()
-        rles = outputs.frame_mask_rles if return_masks else None
         id2label = id2label or {}
         trajectories = []
         for track_id, score, category_id in zip(
@@ -825,8 +842,12 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
             })
         for m, track in enumerate(outputs.frame_track_indices.tolist()):
             entry = {"frame_index": int(frame_indices[m]), "box": absolute[m], "score": frame_scores[m]}
-            if rles is not None:
-                entry["mask_rle"] = rles[m]
+            if mask_rles is not None:
+                key = (trajectories[track]["track_id"], entry["frame_index"])
+                if key not in mask_rles:
+                    raise ValueError(f"`mask_rles` has no mask for track {key[0]} in frame {key[1]} (give the union "
+                                     "of `post_process_clip_masks` over every clip batch of the video)")
+                entry["mask_rle"] = mask_rles[key]
             trajectories[track]["frames"].append(entry)
         result = {"num_frames": int(num_frames if num_frames is not None else outputs.num_frames), "height": out_h,
                   "width": out_w, "fps": float(fps) if fps is not None and math.isfinite(fps) else None,
@@ -890,12 +911,17 @@ class ClipMaskEncoder:
 
     On the logits' device, in chunks of at most ``max_chunk_bytes`` of float32 masks: bilinear upsampling to the padded
     input size, crop to the content, bilinear resize to the original size (as the released code), threshold at 0,
-    and the positions where each column-major mask changes value (torch); one host copy per call, then the run lengths
-    and their COCO string code with numpy (equal to pycocotools' ``encode``)."""
+    and, on an accelerator, the positions where each column-major mask changes value (torch; one host copy per call,
+    then the run lengths and their COCO string code with numpy, equal to pycocotools' ``encode``); on the CPU,
+    pycocotools' ``encode`` of the binary masks (faster there). ``method``: ``"auto"`` (as said), ``"runs"`` or
+    ``"pycocotools"`` (the same strings either way)."""
 
-    def __init__(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28):
+    def __init__(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28, method: str = "auto"):
+        if method not in ("auto", "runs", "pycocotools"):
+            raise ValueError(f"`method` must be 'auto', 'runs' or 'pycocotools', got {method!r}")
         self.geometry = geometry
         self.max_chunk_bytes = max_chunk_bytes
+        self.method = method
 
     def binary_masks(self, masks_logits: torch.Tensor) -> torch.Tensor:
         """``(N, h, w)`` logits -> ``(N, H, W)`` bool masks at the original size (one chunk's worth)."""
@@ -915,6 +941,15 @@ class ClipMaskEncoder:
         padded_h, padded_w = self.geometry.padded_size
         per_mask = 4 * (height * width + padded_h * padded_w) + 2 * height * width
         chunk = max(1, self.max_chunk_bytes // per_mask)
+        if self.method == "pycocotools" or (self.method == "auto" and masks_logits.device.type == "cpu"):
+            from pycocotools import mask as mask_utils
+
+            strings = []
+            for start in range(0, count, chunk):
+                binary = self.binary_masks(masks_logits[start : start + chunk]).numpy().view(np.uint8)
+                rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+                strings.extend(r["counts"].decode("ascii") for r in rles)
+            return strings
         rows, positions, firsts = [], [], []
         for start in range(0, count, chunk):
             binary = self.binary_masks(masks_logits[start : start + chunk])

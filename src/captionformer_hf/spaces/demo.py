@@ -115,6 +115,15 @@ class DemoHandler:
             raise ValueError(f"Max frames must be a whole number, got {max_frames:g}")
         return video_path, threshold, fps, int(max_frames)
 
+    def threshold_arguments(self, threshold: float) -> dict:
+        """The slider's score threshold as the model's own setting: the paper mode's per-clip pruning threshold,
+        a release-mode box model's presence threshold; a release-mode mask model has neither (it keeps its best
+        tracks by video score), so the slider does not apply."""
+        config = self.pipe.model.config
+        if config.video_inference_mode != "release":
+            return {"threshold": threshold}
+        return {"presence_threshold": threshold} if config.box_only else {}
+
     def open(self, path, fps, max_frames, deadline):
         return self.pipe.processor.video_processor.open_video(
             path, fps=fps, max_frames=max_frames, max_side=self.limits.max_side,
@@ -132,7 +141,7 @@ class DemoHandler:
         work = self._work_folder()
         try:
             frames = self.open(path, fps, max_frames, deadline)
-            result = self.pipe(frames, threshold=threshold, progress=progress is not None)
+            result = self.pipe(frames, **self.threshold_arguments(threshold), progress=progress is not None)
             overlay_path = os.path.join(work, "overlay.mp4")
             render_overlay(self.open(path, fps, max_frames, deadline), result, overlay_path,
                            fps=fps or frames.video_fps or 8)
@@ -199,8 +208,12 @@ def build_demo(model: str | None = None, limits: DemoLimits | None = None, pipe=
         with gr.Row():
             with gr.Column():
                 video = gr.Video(label="Video", sources=["upload"], elem_id="input-video")
-                threshold = gr.Slider(0.0, 1.0, value=pipe.model.config.score_threshold, step=0.05,
-                                      label="Score threshold")
+                config = pipe.model.config
+                release = config.video_inference_mode == "release"
+                threshold = gr.Slider(0.0, 1.0, step=0.05,
+                                      value=config.presence_threshold if release else config.score_threshold,
+                                      label="Presence threshold" if release else "Score threshold",
+                                      interactive=not release or config.box_only)
                 fps = gr.Number(value=0, minimum=0, maximum=240, label="Sample at fps (0 = every frame)")
                 max_frames = gr.Slider(1, limits.max_frames, value=min(120, limits.max_frames), step=1,
                                        label="Max frames")
