@@ -196,3 +196,27 @@ def test_post_processing_returns_the_whole_trajectory_format(toy_model_dir):
     assert (result["video_id"], result["num_frames"], result["height"], result["width"], result["fps"]) == (
         "v", 6, 48, 64, 6.0)
     validate_video(result, require_scores=True)
+
+
+def test_inference_loads_no_training_code(toy_model_dir):
+    """Captioning a video never imports the losses, the Hungarian matcher of training or the trainer (they load on
+    first use); training still reaches them through `model.criterion`."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, numpy as np
+from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning, CaptionFormerProcessor, predict_video
+model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained({str(toy_model_dir)!r}).eval()
+processor = CaptionFormerProcessor.from_pretrained({str(toy_model_dir)!r})
+predict_video(model, processor, np.zeros((4, 48, 64, 3), np.uint8), max_new_tokens=2)
+training = ("captionformer_hf.modeling.loss_captionformer", "captionformer_hf.modeling.matching_captionformer",
+            "captionformer_hf.training", "captionformer_hf.training.trainer")
+print("loaded:", [name for name in training if name in sys.modules])
+model.criterion
+print("after criterion:", "captionformer_hf.modeling.loss_captionformer" in sys.modules)
+print("state dict:", [k for k in model.state_dict() if "criterion" in k])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "loaded: []" in out.stdout and "after criterion: True" in out.stdout and "state dict: []" in out.stdout

@@ -6,7 +6,8 @@ video_session=session)`` segments them and links them into trajectories (all vid
 :meth:`~CaptionFormerForDenseVideoObjectCaptioning.finalize_video_session` captions the trajectories; the processor
 post-processes once. The trajectory format is described in ``docs/format.md``.
 
-Remote-code safe: imports only torch/transformers/scipy/torchvision and single-dot siblings of this folder.
+Remote-code safe: imports only torch/transformers/scipy/torchvision and single-dot siblings of this folder; the
+training losses (``loss_captionformer``, ``matching_captionformer``: torchvision ops) load on first use.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from .captioning_captionformer import (
     uniform_clip_indices,
 )
 from .configuration_captionformer import CaptionFormerConfig
-from .loss_captionformer import CaptionFormerLoss, clip_caption_loss, video_caption_loss
 from .segmentation_captionformer import (
     CaptionFormerClassHead,
     CaptionFormerClipSegmenterMixin,
@@ -420,11 +420,22 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         super().__init__(config)
         self.model = CaptionFormerModel(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.criterion = CaptionFormerLoss(config)
         self.post_init()
         self.apply_freezing()
 
     # ------------------------------------------------------------------ plumbing
+    @property
+    def criterion(self):
+        """The training losses (:class:`CaptionFormerLoss`, with its Hungarian matcher), built on first use: their
+        imports (losses, matcher, torchvision ops) are training-only, and inference never loads them. No weights."""
+        loss = self.__dict__.get("_criterion")
+        if loss is None:
+            from .loss_captionformer import CaptionFormerLoss
+
+            loss = CaptionFormerLoss(self.config)
+            self.__dict__["_criterion"] = loss  # not a submodule: nothing in the state dict or the module tree
+        return loss.to(self.device)
+
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
 
@@ -562,6 +573,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if caption_level not in ("clip", "video"):
             raise ValueError(f"`caption_level` must be 'clip' or 'video', got {caption_level!r}")
         if self.config.caption_weight > 0 and any("caption_ids" in t for t in labels):
+            from .loss_captionformer import clip_caption_loss, video_caption_loss
+
             loss_fn = clip_caption_loss if caption_level == "clip" else video_caption_loss
             loss_dict["loss_caption"] = self.config.caption_weight * loss_fn(
                 self, pixel_values_videos, outputs, labels, indices

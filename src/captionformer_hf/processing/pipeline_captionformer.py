@@ -85,7 +85,8 @@ for trajectory in result["trajectories"]:
 ```
 
 Requirements: `pip install {" ".join(repr(r) if ">" in r else r for r in REQUIREMENTS)}` (av decodes video files, scipy
-links detections into tracks). Where the `captionformer_hf` package is installed, the model also runs with the
+links detections into tracks; inference needs nothing else: the training losses load only when training, and
+`pycocotools`, when installed, speeds up mask encoding on the CPU). Where the `captionformer_hf` package is installed, the model also runs with the
 package's own code: `pipeline("dense-video-object-captioning", model=...)` after `import captionformer_hf`.
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))

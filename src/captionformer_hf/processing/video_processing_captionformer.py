@@ -906,6 +906,14 @@ class CaptionFormerClipBatch:
         }
 
 
+def _pycocotools_mask():
+    try:
+        from pycocotools import mask
+    except ImportError:
+        return None
+    return mask
+
+
 class ClipMaskEncoder:
     """Mask logits on the model's mask grid ``(N, h, w)`` -> COCO RLE strings at the original video size.
 
@@ -913,7 +921,7 @@ class ClipMaskEncoder:
     input size, crop to the content, bilinear resize to the original size (as the released code), threshold at 0,
     and, on an accelerator, the positions where each column-major mask changes value (torch; one host copy per call,
     then the run lengths and their COCO string code with numpy, equal to pycocotools' ``encode``); on the CPU,
-    pycocotools' ``encode`` of the binary masks (faster there). ``method``: ``"auto"`` (as said), ``"runs"`` or
+    pycocotools' ``encode`` of the binary masks when it is installed (faster there). ``method``: ``"auto"`` (as said), ``"runs"`` or
     ``"pycocotools"`` (the same strings either way)."""
 
     def __init__(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28, method: str = "auto"):
@@ -941,8 +949,13 @@ class ClipMaskEncoder:
         padded_h, padded_w = self.geometry.padded_size
         per_mask = 4 * (height * width + padded_h * padded_w) + 2 * height * width
         chunk = max(1, self.max_chunk_bytes // per_mask)
-        if self.method == "pycocotools" or (self.method == "auto" and masks_logits.device.type == "cpu"):
-            from pycocotools import mask as mask_utils
+        method = self.method
+        if method == "auto":  # pycocotools on the CPU when installed (a Hub folder's inference does not need it)
+            method = "pycocotools" if masks_logits.device.type == "cpu" and _pycocotools_mask() is not None else "runs"
+        if method == "pycocotools":
+            mask_utils = _pycocotools_mask()
+            if mask_utils is None:
+                raise ImportError("`method='pycocotools'` needs pycocotools (pip install pycocotools)")
 
             strings = []
             for start in range(0, count, chunk):
