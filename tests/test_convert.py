@@ -225,7 +225,7 @@ def test_converted_model_runs_and_round_trips(converted, tmp_path):
                                  (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h])
         torch.testing.assert_close(outputs.pred_boxes[0, 0, 0], expected)
     result = model.generate(clip, threshold=0.0, num_beams=1, max_new_tokens=3)
-    assert result["sequences"].shape[0] == QUERIES
+    assert result.shape[0] == QUERIES
     target = torch.zeros(1, 1, 64, 64)
     target[..., 10:30, 5:40] = 1
     output = model(clip, labels=[{
@@ -454,7 +454,7 @@ def test_box_only_checkpoint_attends_to_its_boxes(tmp_path):
     torch.manual_seed(0)
     clip = torch.randn(1, 1, 3, 64, 64)
     result = model.generate(clip, threshold=0.0, num_beams=1, max_new_tokens=2)
-    assert result["sequences"].shape[0] == QUERIES
+    assert result.shape[0] == QUERIES
     output = model(clip, labels=[{
         "class_labels": torch.tensor([0]), "mask_labels": torch.ones(1, 1, 64, 64),
         "boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]]]),

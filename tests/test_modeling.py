@@ -205,7 +205,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, toy_config):
     torch.manual_seed(0)
     generated = model.generate(pixel_values, threshold=0.0, max_new_tokens=4, do_sample=False)
     generated_loaded = loaded.generate(pixel_values, threshold=0.0, max_new_tokens=4, do_sample=False)
-    assert torch.equal(generated["sequences"], generated_loaded["sequences"])
+    assert isinstance(generated, torch.Tensor) and torch.equal(generated, generated_loaded)
 
 
 def test_remote_code_load_without_the_package(tmp_path, toy_config):
@@ -348,11 +348,26 @@ def test_generate_captions(toy_config):
 
 def test_generate_clip_level(toy_config):
     model = build(toy_config(clip_length=3))
-    result = model.generate(torch.randn(2, 3, 3, SIZE, SIZE), threshold=0.0, max_new_tokens=3)
-    assert result["sequences"].shape[0] == 2 * model.config.segmenter_config.num_queries
-    assert result["batch_indices"].tolist() == [0] * 5 + [1] * 5
+    """As GenerationMixin.generate: token ids, or with return_dict_in_generate a ModelOutput saying whose they are."""
+    from captionformer_hf import CaptionFormerGenerateOutput
+
+    clips = torch.randn(2, 3, 3, SIZE, SIZE)
+    torch.manual_seed(0)
+    ids = model.generate(clips, threshold=0.0, max_new_tokens=3)
+    torch.manual_seed(0)
+    result = model.generate(clips, threshold=0.0, max_new_tokens=3, return_dict_in_generate=True)
+    assert isinstance(result, CaptionFormerGenerateOutput) and torch.equal(result.sequences, ids)
+    assert ids.shape[0] == 2 * model.config.segmenter_config.num_queries and ids.shape[1] <= 3
+    assert result.batch_indices.tolist() == [0] * 5 + [1] * 5 and result.query_indices.tolist() == list(range(5)) * 2
+    torch.testing.assert_close(result.detection_scores, result.clip_outputs.scores.flatten())
+    # the model's generation config may ask for dicts: the same, and the LM's own output stays token ids
+    model.generation_config.return_dict_in_generate = True
+    torch.manual_seed(0)
+    again = model.generate(clips, threshold=0.0, max_new_tokens=3)
+    model.generation_config.return_dict_in_generate = False
+    assert isinstance(again, CaptionFormerGenerateOutput) and torch.equal(again.sequences, ids)
     none = model.generate(torch.randn(1, 3, 3, SIZE, SIZE), threshold=1.0)
-    assert none["sequences"].shape[0] == 0
+    assert none.shape[0] == 0
 
 
 def test_from_pretrained_components(tmp_path, toy_config):

@@ -23,6 +23,7 @@ if _HAS_TORCH:
     from .modeling import (
         CaptionFormerDenseCaptioningOutput,
         CaptionFormerForDenseVideoObjectCaptioning,
+        CaptionFormerGenerateOutput,
         CaptionFormerModel,
         CaptionFormerModelOutput,
         CaptionFormerPreTrainedModel,
@@ -69,6 +70,7 @@ if _HAS_TORCH:
         "predict_video",
         "CaptionFormerDenseCaptioningOutput",
         "CaptionFormerForDenseVideoObjectCaptioning",
+        "CaptionFormerGenerateOutput",
         "CaptionFormerModel",
         "CaptionFormerModelOutput",
         "CaptionFormerPreTrainedModel",

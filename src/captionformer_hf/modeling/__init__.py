@@ -17,6 +17,7 @@ if _HAS_TORCH:
     from .modeling_captionformer import (
         CaptionFormerDenseCaptioningOutput,
         CaptionFormerForDenseVideoObjectCaptioning,
+        CaptionFormerGenerateOutput,
         CaptionFormerModel,
         CaptionFormerModelOutput,
         CaptionFormerPreTrainedModel,
@@ -33,6 +34,7 @@ if _HAS_TORCH:
     __all__ += [
         "CaptionFormerDenseCaptioningOutput",
         "CaptionFormerForDenseVideoObjectCaptioning",
+        "CaptionFormerGenerateOutput",
         "CaptionFormerModel",
         "CaptionFormerModelOutput",
         "CaptionFormerPreTrainedModel",

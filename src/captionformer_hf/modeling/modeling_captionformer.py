@@ -108,6 +108,26 @@ class CaptionFormerTrackingOutput(CaptionFormerModelOutput):
     frame_indices: list | None = None
 
 
+@dataclass
+class CaptionFormerGenerateOutput(ModelOutput):
+    r"""
+    Clip-level captions of `generate(..., return_dict_in_generate=True)`. N = kept queries (score S above the
+    threshold), in clip order, then query order.
+
+    sequences (`torch.LongTensor` of shape `(N, L)`): caption token ids (new tokens only).
+    batch_indices (`torch.LongTensor` of shape `(N,)`): the clip of each caption.
+    query_indices (`torch.LongTensor` of shape `(N,)`): the query of each caption.
+    detection_scores (`torch.FloatTensor` of shape `(N,)`): the per-clip score S of each query.
+    clip_outputs (`CaptionFormerModelOutput`): the clip forward's outputs.
+    """
+
+    sequences: torch.LongTensor | None = None
+    batch_indices: torch.LongTensor | None = None
+    query_indices: torch.LongTensor | None = None
+    detection_scores: torch.FloatTensor | None = None
+    clip_outputs: CaptionFormerModelOutput | None = None
+
+
 class _LibraryInitialization:
     """Weight initialisation as transformers runs it for its own models.
 
@@ -690,6 +710,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         # the call's arguments
         generation_config = generate_kwargs.pop("generation_config", None) or copy.deepcopy(self.generation_config)
         model_kwargs = generation_config.update(**generate_kwargs)
+        generation_config.return_dict_in_generate = False  # token ids, whatever the model's generation config says
         if getattr(generation_config, "beam_length_normalisation", "transformers") == "release" and (
                 generation_config.num_beams or 1) > 1 and not generation_config.do_sample:
             model_kwargs.setdefault("custom_generate", release_beam_search)
@@ -703,13 +724,18 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         pixel_values_videos: torch.Tensor,
         threshold: float | None = None,
         class_embeddings: torch.Tensor | None = None,
+        return_dict_in_generate: bool | None = None,
         **generate_kwargs,
-    ) -> dict:
-        """Clip-level dense captioning: segment the clips, keep queries whose score S exceeds ``threshold``
-        (default ``config.score_threshold``) and caption each from ``config.caption_frame``.
+    ) -> torch.LongTensor | CaptionFormerGenerateOutput:
+        """Clip-level dense captioning, as ``GenerationMixin.generate``: segment the clips, keep the queries whose
+        score S exceeds ``threshold`` (default ``config.score_threshold``), caption each from
+        ``config.caption_frame``.
 
-        Returns a dict with ``batch_indices`` / ``query_indices`` ``(N,)``, ``scores`` ``(N,)``, ``sequences``
-        ``(N, L)`` and the clip ``outputs``."""
+        Returns the caption token ids ``(N, L)`` of the N kept queries (in clip, then query order); with
+        ``return_dict_in_generate=True`` (or the generation config's), a :class:`CaptionFormerGenerateOutput` that
+        also says which query each caption belongs to. ``generate_kwargs`` go to the LM's ``generate``."""
+        if return_dict_in_generate is None:
+            return_dict_in_generate = bool(self.generation_config.return_dict_in_generate)
         outputs = self.model(pixel_values_videos, class_embeddings=class_embeddings)
         threshold = self.config.score_threshold if threshold is None else threshold
         batch_indices, query_indices = torch.nonzero(outputs.scores > threshold, as_tuple=True)
@@ -722,13 +748,15 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             outputs.pred_boxes[batch_indices, query_indices, frame],
         )
         sequences = self.generate_captions(caption_queries, **generate_kwargs)
-        return {
-            "batch_indices": batch_indices,
-            "query_indices": query_indices,
-            "scores": outputs.scores[batch_indices, query_indices],
-            "sequences": sequences,
-            "outputs": outputs,
-        }
+        if not return_dict_in_generate:
+            return sequences
+        return CaptionFormerGenerateOutput(
+            sequences=sequences,
+            batch_indices=batch_indices,
+            query_indices=query_indices,
+            detection_scores=outputs.scores[batch_indices, query_indices],
+            clip_outputs=outputs,
+        )
 
     # ------------------------------------------------------------------ video level
     def init_video_session(
