@@ -201,8 +201,6 @@ def train_video_captions(aggregation, pixels, labels, steps=300, zero_caption=Fa
     model.generation_config.num_beams = 1
     if zero_caption:  # the only loss term of this stage is zeroed: nothing is trained
         return model.eval()
-    from captionformer_hf.modeling.loss_captionformer import video_caption_loss
-
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
     model.train()
@@ -211,7 +209,7 @@ def train_video_captions(aggregation, pixels, labels, steps=300, zero_caption=Fa
         indices = model.criterion.matcher(dict(outputs.items()), labels)
     for _ in range(steps):
         # the loss the model's forward computes with caption_level="video"
-        video_caption_loss(model, pixels, outputs, labels, indices).backward()
+        model.caption_loss(pixels, outputs, labels, indices, caption_level="video").backward()
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
@@ -219,12 +217,10 @@ def train_video_captions(aggregation, pixels, labels, steps=300, zero_caption=Fa
 
 def video_captions(model, pixels, labels, tokenizer) -> list[str]:
     """The caption generated for each video from its clips' matched queries, aggregated in time order."""
-    from captionformer_hf.modeling.loss_captionformer import video_caption_inputs
-
     with torch.no_grad():
         outputs = model(pixels)
         indices = model.criterion.matcher(dict(outputs.items()), labels)
-        queries, scores, valid, _, _ = video_caption_inputs(model, pixels, outputs, labels, indices)
+        queries, scores, valid, _, _ = model.caption_inputs(pixels, outputs, labels, indices, caption_level="video")
         ids = model.generate_captions(queries, scores, valid, max_new_tokens=8)
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 

@@ -266,3 +266,22 @@ def test_loss_options_are_validated(toy_config):
         toy_config(class_frequencies=[1, 2])
     with pytest.raises(ValueError, match="`objectness_loss`"):
         toy_config(objectness_loss="focal")
+
+
+def test_caption_token_loss_by_hand():
+    """Per caption, the mean cross-entropy of its counted tokens, token i predicted at prefix length + i - 1; then the
+    mean over captions (the released code's normalisation)."""
+    from captionformer_hf.modeling.loss_captionformer import caption_token_loss
+
+    logits = torch.zeros(2, 4, 5)  # 2 prefix positions, then 2 caption tokens, vocabulary 5
+    logits[0, 1, 1], logits[0, 2, 3], logits[1, 1, 2], logits[1, 2, 4] = 2.0, 1.0, 3.0, 9.0
+    ids = torch.tensor([[1, 3], [2, 0]])
+    mask = torch.tensor([[1, 1], [1, 0]])  # the second caption's second token does not count
+
+    def nll(z, t):
+        return float(torch.logsumexp(z, 0) - z[t])
+
+    expected = ((nll(logits[0, 1], 1) + nll(logits[0, 2], 3)) / 2 + nll(logits[1, 1], 2)) / 2
+    assert float(caption_token_loss(logits, ids, mask)) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="must cover a prefix"):
+        caption_token_loss(torch.zeros(1, 2, 5), ids[:1], mask[:1])

@@ -211,35 +211,16 @@ class CaptionFormerLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- caption losses
-def _touch_caption_head(model) -> torch.Tensor:
-    """A zero that still reaches the trainable caption parameters (no captioned object in the batch)."""
-    return sum(p.sum() * 0.0 for p in model.model.caption_head.parameters() if p.requires_grad)
-
-
-def _training_caption_frames(model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """Frame of each clip fed to the caption head ``(B,)``: a random one while training (as the released code),
-    ``config.caption_frame`` otherwise."""
-    batch_size, num_frames = pixel_values_videos.shape[:2]
-    device = pixel_values_videos.device
-    if model.training:
-        return torch.randint(0, num_frames, (batch_size,), device=device)
-    return torch.full((batch_size,), model.caption_frame_index(num_frames), device=device)
-
-
-def caption_lm_loss(model, caption_queries, caption_ids, caption_attention_mask, clip_scores=None,
-                    valid=None) -> torch.Tensor:
-    """Mean over captions of the per-caption token cross-entropy, the LM conditioned on ``caption_queries``
-    (``(N, L, D)``, or ``(N, K, L, D)`` aggregated over K clips with ``clip_scores`` / ``valid`` ``(N, K)``)."""
-    prefix = model.language_prefix(caption_queries, clip_scores, valid)
-    token_embeds = model.get_input_embeddings()(caption_ids)
-    inputs_embeds = torch.cat([prefix, token_embeds.to(prefix.dtype)], dim=1)
-    attention_mask = torch.cat(
-        [torch.ones(prefix.shape[:2], dtype=caption_attention_mask.dtype, device=prefix.device), caption_attention_mask],
-        dim=1,
-    )
-    logits = model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
-    num_prefix = prefix.shape[1]
-    # token i of the caption is predicted at position num_prefix + i - 1
+# Tensors in, tensors out: the model runs its caption head and LM (``CaptionFormerForDenseVideoObjectCaptioning.
+# caption_loss``); these functions pick the targets of the matched objects and compute the loss from the logits.
+def caption_token_loss(logits: torch.Tensor, caption_ids: torch.Tensor, caption_attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over captions of the per-caption mean token cross-entropy (as the released code). ``logits``
+    ``(N, P + L, V)``: the LM over ``P`` prefix positions then the ``L`` caption tokens ``caption_ids`` ``(N, L)``
+    (``caption_attention_mask`` ``(N, L)``: which count); token ``i`` is predicted at position ``P + i - 1``."""
+    num_prefix = logits.shape[1] - caption_ids.shape[1]
+    if num_prefix < 1:
+        raise ValueError(f"`logits` must cover a prefix and the {caption_ids.shape[1]} caption tokens, got "
+                         f"{logits.shape[1]} positions")
     pred = logits[:, num_prefix - 1 : -1].float()
     token_loss = nn.functional.cross_entropy(pred.transpose(1, 2), caption_ids, reduction="none")
     weights = caption_attention_mask.to(token_loss.dtype)
@@ -252,10 +233,9 @@ def _pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([nn.functional.pad(x, (0, length - x.shape[-1])) for x in rows])
 
 
-def clip_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
-    """LM cross-entropy of the matched objects' captions, one per matched object and clip, averaged per caption then
-    over captions (as the released code). Each clip is captioned from one random frame at training time."""
-    device = pixel_values_videos.device
+def clip_caption_targets(labels: list[dict], indices, device) -> tuple | None:
+    """The clip-level caption targets: one per matched object with a caption, per clip. Returns ``(rows (N,),
+    queries (N,), caption_ids (N, L), caption_attention_mask (N, L))`` (the clip and query of each), or ``None``."""
     rows, queries, caption_ids, caption_masks = [], [], [], []
     for b, (src, tgt) in enumerate(indices):
         target = labels[b]
@@ -269,27 +249,17 @@ def clip_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> t
         caption_ids.append(ids[keep])
         caption_masks.append(mask[keep])
     if not rows or sum(len(r) for r in rows) == 0:
-        return _touch_caption_head(model)
-    rows, queries = torch.cat(rows), torch.cat(queries)
-    frame_of_clip = _training_caption_frames(model, pixel_values_videos)
-    frames = pixel_values_videos[torch.arange(pixel_values_videos.shape[0], device=device), frame_of_clip]
-    caption_queries = model.model.encode_captions(
-        frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
-        outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
-    )
-    return caption_lm_loss(model, caption_queries, _pad_rows(caption_ids), _pad_rows(caption_masks))
+        return None
+    return torch.cat(rows), torch.cat(queries), _pad_rows(caption_ids), _pad_rows(caption_masks)
 
 
-def video_caption_inputs(model, pixel_values_videos, outputs, labels, indices):
-    """What video-level captioning conditions on, per track of the batch: the batch holds the clips of one or several
-    videos (``labels[i]["video_index"]``, default 0), each video's clips in time order; per track (``track_ids``
-    within a video), the Q-Former outputs of the clips where it is matched are sampled as at inference (``t_agg``
-    clips uniformly over them; exactly ``t_agg``, in time order, for the order-aware aggregations).
-
-    Returns ``(caption_queries (N, K, L, D), clip_scores (N, K), valid (N, K), caption_ids (N, L_c),
-    caption_attention_mask (N, L_c))`` for the N tracks with a caption, or ``None`` when there is none."""
-    device = pixel_values_videos.device
-    frame_of_clip = _training_caption_frames(model, pixel_values_videos)
+def video_caption_targets(labels: list[dict], indices, sample_clips, device) -> tuple | None:
+    """The video-level caption targets: the batch holds the clips of one or several videos
+    (``labels[i]["video_index"]``, default 0), each video's clips in time order; per track (``track_ids`` within a
+    video) with a caption, the clips where it is matched, sampled by ``sample_clips(count) -> indices`` (the model's
+    ``caption_clip_indices``: as at inference). Returns ``(rows (P,), queries (P,), counts (N,), caption_ids (N, L),
+    caption_attention_mask (N, L))``: the (clip, query) pairs of the N tracks in order, how many each has, and their
+    captions; or ``None``."""
     per_track = {}
     for b, (src, tgt) in enumerate(indices):
         target = labels[b]
@@ -307,38 +277,27 @@ def video_caption_inputs(model, pixel_values_videos, outputs, labels, indices):
     if not per_track:
         return None
     for entry in per_track.values():
-        entry["items"] = [entry["items"][i] for i in model.caption_clip_indices(len(entry["items"]))]
+        entry["items"] = [entry["items"][i] for i in sample_clips(len(entry["items"]))]
     items = [(b, q) for entry in per_track.values() for b, q in entry["items"]]
     rows = torch.tensor([b for b, _ in items], device=device)
     queries = torch.tensor([q for _, q in items], device=device)
-    frames = pixel_values_videos[torch.arange(pixel_values_videos.shape[0], device=device), frame_of_clip]
-    caption_queries = model.model.encode_captions(
-        frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
-        outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
-    )
-    scores = outputs.scores[rows, queries].detach().float()
-    width = max(len(entry["items"]) for entry in per_track.values())
-    padded = caption_queries.new_zeros(len(per_track), width, *caption_queries.shape[1:])
-    clip_scores = scores.new_zeros(len(per_track), width)
-    valid = torch.zeros(len(per_track), width, dtype=torch.bool, device=device)
+    counts = torch.tensor([len(entry["items"]) for entry in per_track.values()])
+    caption_ids = _pad_rows([entry["ids"][None] for entry in per_track.values()]).to(device)
+    caption_masks = _pad_rows([entry["mask"][None] for entry in per_track.values()]).to(device)
+    return rows, queries, counts, caption_ids, caption_masks
+
+
+def pad_track_clips(caption_queries: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor):
+    """Per-pair Q-Former outputs ``(P, L, D)`` and scores ``(P,)`` of N tracks (``counts`` ``(N,)`` pairs each, in
+    order) -> ``(N, K, L, D)``, ``(N, K)`` and ``valid`` ``(N, K)``, ``K = max(counts)``."""
+    width = int(counts.max())
+    padded = caption_queries.new_zeros(len(counts), width, *caption_queries.shape[1:])
+    clip_scores = scores.new_zeros(len(counts), width)
+    valid = torch.zeros(len(counts), width, dtype=torch.bool, device=caption_queries.device)
     start = 0
-    for i, entry in enumerate(per_track.values()):
-        count = len(entry["items"])
+    for i, count in enumerate(counts.tolist()):
         padded[i, :count] = caption_queries[start : start + count]
         clip_scores[i, :count] = scores[start : start + count]
         valid[i, :count] = True
         start += count
-    caption_ids = _pad_rows([entry["ids"][None] for entry in per_track.values()]).to(device)
-    caption_masks = _pad_rows([entry["mask"][None] for entry in per_track.values()]).to(device)
-    return padded, clip_scores, valid, caption_ids, caption_masks
-
-
-def video_caption_loss(model, pixel_values_videos, outputs, labels, indices) -> torch.Tensor:
-    """Video-level caption loss: per track (see :func:`video_caption_inputs`), its sampled clips' Q-Former outputs
-    aggregated by ``config.aggregation`` (the paper's detection-score weighting by default) and the LM trained on the
-    track's caption once."""
-    inputs = video_caption_inputs(model, pixel_values_videos, outputs, labels, indices)
-    if inputs is None:
-        return _touch_caption_head(model)
-    caption_queries, clip_scores, valid, caption_ids, caption_masks = inputs
-    return caption_lm_loss(model, caption_queries, caption_ids, caption_masks, clip_scores, valid)
+    return padded, clip_scores, valid

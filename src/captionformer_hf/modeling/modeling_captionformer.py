@@ -593,11 +593,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if caption_level not in ("clip", "video"):
             raise ValueError(f"`caption_level` must be 'clip' or 'video', got {caption_level!r}")
         if self.config.caption_weight > 0 and any("caption_ids" in t for t in labels):
-            from .loss_captionformer import clip_caption_loss, video_caption_loss
-
-            loss_fn = clip_caption_loss if caption_level == "clip" else video_caption_loss
-            loss_dict["loss_caption"] = self.config.caption_weight * loss_fn(
-                self, pixel_values_videos, outputs, labels, indices
+            loss_dict["loss_caption"] = self.config.caption_weight * self.caption_loss(
+                pixel_values_videos, outputs, labels, indices, caption_level
             )
         if not loss_dict:
             raise ValueError("nothing to train: the segmenter is frozen and `labels` carry no `caption_ids`")
@@ -605,6 +602,69 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         result.loss_dict = loss_dict
         result.matched_indices = indices
         return result if return_dict is not False else result.to_tuple()
+
+    def training_caption_frames(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """Frame of each clip fed to the caption head ``(B,)``: a random one while training (as the released code),
+        ``config.caption_frame`` otherwise."""
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        device = pixel_values_videos.device
+        if self.training:
+            return torch.randint(0, num_frames, (batch_size,), device=device)
+        return torch.full((batch_size,), self.caption_frame_index(num_frames), device=device)
+
+    def caption_inputs(self, pixel_values_videos, outputs, labels, indices, caption_level: str = "clip"):
+        """What the LM conditions on for the caption loss, with the targets: ``(caption_queries, clip_scores,
+        valid, caption_ids, caption_attention_mask)``; clip level, ``caption_queries`` ``(N, L, D)`` (one per matched
+        object and clip, from one frame of the clip) and no scores; video level, ``(N, K, L, D)`` with
+        ``clip_scores`` / ``valid`` ``(N, K)``: per track, its matched clips sampled as at inference. ``None`` when
+        nothing in the batch has a caption."""
+        from .loss_captionformer import clip_caption_targets, pad_track_clips, video_caption_targets
+
+        device = pixel_values_videos.device
+        if caption_level == "clip":
+            targets = clip_caption_targets(labels, indices, device)
+        else:
+            targets = video_caption_targets(labels, indices, self.caption_clip_indices, device)
+        if targets is None:
+            return None
+        rows, queries = targets[0], targets[1]
+        frame_of_clip = self.training_caption_frames(pixel_values_videos)
+        frames = pixel_values_videos[torch.arange(pixel_values_videos.shape[0], device=device), frame_of_clip]
+        caption_queries = self.model.encode_captions(
+            frames, rows, outputs.object_queries[rows, queries], outputs.masks_logits[rows, queries, frame_of_clip[rows]],
+            outputs.pred_boxes[rows, queries, frame_of_clip[rows]],
+        )
+        if caption_level == "clip":
+            return caption_queries, None, None, targets[2], targets[3]
+        counts, caption_ids, caption_masks = targets[2:]
+        padded, clip_scores, valid = pad_track_clips(caption_queries, outputs.scores[rows, queries].detach().float(),
+                                                     counts)
+        return padded, clip_scores, valid, caption_ids, caption_masks
+
+    def caption_logits(self, caption_queries, caption_ids, caption_attention_mask, clip_scores=None, valid=None):
+        """The LM's logits ``(N, P + L, V)`` over the caption prefix of ``caption_queries`` (aggregated over clips
+        when ``(N, K, L, D)``) followed by the caption tokens (teacher forcing)."""
+        prefix = self.language_prefix(caption_queries, clip_scores, valid)
+        token_embeds = self.get_input_embeddings()(caption_ids)
+        inputs_embeds = torch.cat([prefix, token_embeds.to(prefix.dtype)], dim=1)
+        attention_mask = torch.cat(
+            [torch.ones(prefix.shape[:2], dtype=caption_attention_mask.dtype, device=prefix.device),
+             caption_attention_mask],
+            dim=1,
+        )
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
+
+    def caption_loss(self, pixel_values_videos, outputs, labels, indices, caption_level: str = "clip") -> torch.Tensor:
+        """The caption LM loss of the matched objects (``caption_level`` ``"clip"`` or ``"video"``, see ``forward``):
+        :meth:`caption_inputs`, :meth:`caption_logits`, then ``caption_token_loss`` on tensors."""
+        from .loss_captionformer import caption_token_loss
+
+        inputs = self.caption_inputs(pixel_values_videos, outputs, labels, indices, caption_level)
+        if inputs is None:  # a zero that still reaches the trainable caption parameters
+            return sum(p.sum() * 0.0 for p in self.model.caption_head.parameters() if p.requires_grad)
+        caption_queries, clip_scores, valid, caption_ids, caption_masks = inputs
+        logits = self.caption_logits(caption_queries, caption_ids, caption_masks, clip_scores, valid)
+        return caption_token_loss(logits, caption_ids, caption_masks)
 
     @staticmethod
     def _check_labels(labels, pixel_values_videos) -> None:
