@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from .trajectory_captionformer import VideoTrajectories
+
 # clip batches whose masks may wait for the mask worker (each holds its outputs: memory stays bounded)
 MAX_PENDING_MASK_BATCHES = 2
 
@@ -43,7 +45,7 @@ def predict_video(
     progress: bool = False,
     decoding: dict | None = None,
     **generate_kwargs,
-) -> dict:
+) -> VideoTrajectories:
     """Segment, track and caption every object of one video.
 
     Args:

@@ -9,6 +9,8 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .trajectory_captionformer import VideoTrajectories
+
 
 class CaptionFormerProcessor(ProcessorMixin):
     r"""
@@ -106,7 +108,7 @@ class CaptionFormerProcessor(ProcessorMixin):
         num_frames: int | None = None,
         fps: float | None = None,
         video_id=None,
-    ) -> dict:
+    ) -> VideoTrajectories:
         """A :class:`CaptionFormerVideoOutput` -> a video of the trajectory format (``docs/format.md``: geometry,
         masks and labels by the video processor; ``num_frames``, ``fps`` and ``video_id`` as given, see
         ``CaptionFormerVideoProcessor.post_process_dense_captions``) with the captions' text."""

@@ -313,7 +313,7 @@ def check_box(box, where: str) -> list[float]:
 
 
 def validate_video(
-    video: Mapping,
+    video: VideoTrajectories | Mapping,
     where: str | None = None,
     *,
     key: str = "trajectories",

@@ -27,7 +27,7 @@ from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-from .trajectory_captionformer import check_positive_ints, encode_runs, runs_from_changes
+from .trajectory_captionformer import VideoTrajectories, check_positive_ints, encode_runs, runs_from_changes
 
 logger = logging.getLogger(__name__)
 
@@ -795,7 +795,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         num_frames: int | None = None,
         fps: float | None = None,
         video_id=None,
-    ) -> dict:
+    ) -> VideoTrajectories:
         """Map a :class:`CaptionFormerVideoOutput` (``model.finalize_video_session`` / ``track_video``: boxes
         normalised ``(cx, cy, w, h)`` of the padded input) to a video of the trajectory format (``docs/format.md``):
         absolute ``[x, y, w, h]`` boxes clipped to the frame, each entry's mask from ``mask_rles``, the category name
