@@ -451,3 +451,30 @@ def test_each_threshold_means_one_thing_through_predict_video_and_the_demo(toy_c
                             (release, {"presence_threshold": 0.4} if box_only else {})):
         pipe = DenseVideoObjectCaptioningPipeline(model=model, processor=processor)
         assert DemoHandler(pipe).threshold_arguments(0.4) == expected
+
+
+def test_tied_mean_class_logits_break_as_in_the_release():
+    """The release averages a strided (clips, Q, C + 1)[:, :, :-1] stack; averaging the contiguous (clips, Q, C)
+    rounds differently, and on exact ties of two classes the argmax can differ. Cases where it does: the package's
+    label is the release's."""
+    cases = 0
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        num_clips, classes = int(torch.randint(3, 40, (1,), generator=g)), int(torch.randint(3, 20, (1,), generator=g))
+        cls = torch.randn(num_clips, 4, classes + 1, generator=g)
+        a, b = torch.randperm(classes, generator=g)[:2].tolist()
+        cls[:, :, b] = cls[:, :, a].flip(0)  # the same values in another order: a tie up to rounding
+        strided = cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)[1]
+        contiguous = cls[:, :, :-1].contiguous().mean(dim=0).sigmoid().max(dim=-1)[1]
+        if torch.equal(strided, contiguous):
+            continue
+        cases += 1
+        tracker = CaptionFormerReleaseTracker(box_mode=True, presence_threshold=-1.0, hysteresis_low=0.0,
+                                              hysteresis_high=0.0, hysteresis_min_length=1, caption_score_threshold=2.0)
+        identity = torch.eye(4, 8)
+        for c in range(num_clips):
+            tracker.update(identity, torch.full((4,), 0.9), cls[c, :, :-1], torch.full((4,), 0.9), torch.rand(4, 1, 4),
+                           frame_indices=[c])
+        labels = {track.slot: track.label for track in tracker.finalize()}
+        assert [labels[q] for q in range(4)] == strided.tolist()
+    assert cases >= 3, "no case where the layouts disagree: the test would test nothing"

@@ -205,7 +205,10 @@ class CaptionFormerReleaseTracker:
             return []
         scores = torch.stack([c["scores"] for c in self.clips], dim=0)  # (clips, Q)
         class_logits = torch.stack([c["class_logits"] for c in self.clips], dim=0)  # (clips, Q, C)
-        video_class, labels = class_logits.mean(dim=0).sigmoid().max(dim=-1)
+        # the release averages its (clips, Q, C + 1) stack without the last (no-object) column: the same strided
+        # layout here, so that the mean rounds, and exact ties break, as there
+        with_column = torch.cat([class_logits, class_logits.new_zeros(*class_logits.shape[:2], 1)], dim=-1)
+        video_class, labels = with_column[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
         frames_of_clip = []
         start = 0
         for clip in self.clips:
