@@ -82,9 +82,14 @@ def ref_per_track_to_coco(results, gt, masks=False):
     return out
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
 @pytest.mark.parametrize("masks", [False, True])
-def test_per_track_results_are_read_as_the_published_converter_does(masks):
+def test_per_track_results_are_read_as_the_published_converter_does(masks, shuffled):
+    """Frame f of a per-track result is the f-th image of its video in the ground truth's `images` order, as the
+    published converter; `shuffled`: that order is not the image ids' (the GT's frames stay ordered by id)."""
     gt = coco_gt()
+    if shuffled:
+        gt = {**gt, "images": list(reversed(gt["images"]))}
     results = videos_to_track_results(predicted_videos(), masks=masks)
     if not masks:
         for result in results:
@@ -97,6 +102,9 @@ def test_per_track_results_are_read_as_the_published_converter_does(masks):
     for key in ("CHOTA", "DetA", "AssA", "CapA", "HOTA_TP", "HOTA_FP"):
         assert a[key] == pytest.approx(b[key], abs=1e-12), key
     assert a["CHOTA"] > 0 and a["DetA"] < 1  # (CIDEr is on its x10 scale: CapA may pass 1)
+    if shuffled:  # the predictions were made on id order: read in reversed order they miss, as the release's would
+        straight = compute_chota(track_results_to_coco_videos(results, coco_gt()), coco_to_videos(gt), **kwargs)
+        assert a["DetA"] < straight["DetA"]
 
 
 @pytest.mark.parametrize("name, iou_type", [("vidstg", "box"), ("lvviscap", "mask")])
@@ -127,6 +135,12 @@ def test_vln_keeps_the_sparse_frames_of_dense_predictions():
     result = evaluate_protocol("vln", dense, gt, sparse_frames=extended)
     assert result["CHOTA"] == pytest.approx(evaluate_protocol("vln", sparse, gt)["CHOTA"], abs=1e-12)
     assert restrict_to_frames(dense, dense_frames)[0]["num_frames"] == 4
+    # as the published filter ([a for i, a in enumerate(track) if i in sparse_frame_indices]): order, repeats and
+    # frames past the video's end do not change which frames are kept or their renumbering
+    messy = {1: [9, 3, 0, 6, 3, 40], 2: [8, 1, 5, 2, 2]}
+    assert restrict_to_frames(dense, messy) == restrict_to_frames(dense, dense_frames)
+    extended_messy = {"videos": [{"id": v, "sparse_frame_indices": f} for v, f in messy.items()]}
+    assert evaluate_protocol("vln", dense, gt, sparse_frames=extended_messy)["CHOTA"] == result["CHOTA"]
     with pytest.raises(ValueError, match="cover more frames than the sparse ground truth.*--sparse-frames"):
         evaluate_protocol("vln", dense, gt)
 

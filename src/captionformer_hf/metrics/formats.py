@@ -150,9 +150,10 @@ def _track_to_videos(tracks: Sequence[Mapping], gt: Mapping, is_prediction: bool
 def track_results_to_coco_videos(results: Sequence[Mapping], gt: Mapping) -> list[dict]:
     """Per-track results (the released code's ``results.json``: per-frame ``bbox`` / ``segmentations`` lists over
     the video's frames) -> prediction videos aligned with :func:`coco_to_videos` of a COCO-style ground truth, frame
-    ``i`` of a track being the video's ``i``-th image (by id), as the published ``convert_per_track_to_coco``. A
-    box's score is the track's ``score_per_frame`` entry when given, a mask's the track's score."""
-    frames_of_video, size_of_video, _ = _coco_video_index(gt)
+    ``i`` of a track being the video's ``i``-th image in the ground truth's ``images`` order, as the published
+    ``convert_per_track_to_coco`` (the frame indices of the result are then by image id, as everywhere). A box's
+    score is the track's ``score_per_frame`` entry when given, a mask's the track's score."""
+    frames_of_video, size_of_video, position = _coco_video_index(gt)
     tracks = defaultdict(list)
     for index, result in enumerate(results):
         if not isinstance(result, Mapping) or "video_id" not in result:
@@ -181,7 +182,9 @@ def track_results_to_coco_videos(results: Sequence[Mapping], gt: Mapping) -> lis
             frame_caption = caption[f] if isinstance(caption, list) and len(caption) == num_frames else caption
             if isinstance(frame_caption, list):
                 frame_caption = frame_caption[0] if frame_caption else ""
-            frames.append(_frame_entry(box, segmentation, score, frame_caption) | {"frame_index": f})
+            frame_index = position[frames_of_video[video_id][f]][1]  # the f-th image listed, by id
+            frames.append(_frame_entry(box, segmentation, score, frame_caption) | {"frame_index": frame_index})
+        frames.sort(key=lambda entry: entry["frame_index"])
         trajectory = {"track_id": len(tracks[video_id]), "score": float(result["score"]),
                       "caption": caption if isinstance(caption, str) else "", "frames": frames}
         if result.get("category_id") is not None:

@@ -57,13 +57,16 @@ def sparse_frames_of(extended: Mapping) -> dict:
 
 
 def restrict_to_frames(videos: Sequence[Mapping], frames_of_video: Mapping) -> list[dict]:
-    """Keep, per video, the detections on the listed frames, renumbered by their position in the list (the frames
-    of the sparse ground truth); videos not listed are dropped (as the published script does)."""
+    """Keep, per video, the detections on the listed frames, renumbered in dense frame order (the frames of the
+    sparse ground truth); videos not listed are dropped. As the published script (``[a for i, a in enumerate(track)
+    if i in sparse_frame_indices]``): the list's order and repeats do not matter, and listed frames past the video's
+    end are not frames of it."""
     restricted = []
     for video in videos:
         if video["video_id"] not in frames_of_video:
             continue
-        position = {dense: i for i, dense in enumerate(frames_of_video[video["video_id"]])}
+        listed = sorted({int(i) for i in frames_of_video[video["video_id"]] if 0 <= int(i) < int(video["num_frames"])})
+        position = {dense: i for i, dense in enumerate(listed)}
         trajectories = []
         for trajectory in video["trajectories"]:
             frames = [dict(entry, frame_index=position[entry["frame_index"]])
