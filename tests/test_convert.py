@@ -534,7 +534,9 @@ def test_zero_shot_classifier_with_clip_image_context(tmp_path):
     # the frame embeddings come from the frozen CLIP encoder on each frame's content
     clip_video = torch.randn(1, 1, 3, 64, 96)
     with torch.no_grad():
-        embeds = model.model.segmenter.clip_image_embeds(clip_video, content_size=(64, 80))
+        pixel_mask = torch.zeros(1, 64, 96, dtype=torch.long)
+        pixel_mask[:, :64, :80] = 1
+        embeds = model.model.segmenter.clip_image_embeds(clip_video, pixel_mask=pixel_mask)
         rgb = clip_video[0] * torch.tensor(config.segmenter_image_std).view(1, 3, 1, 1) + torch.tensor(
             config.segmenter_image_mean).view(1, 3, 1, 1)
         from captionformer_hf.modeling.segmentation_captionformer import clip_pixel_values
@@ -544,6 +546,17 @@ def test_zero_shot_classifier_with_clip_image_context(tmp_path):
     assert not any(p.requires_grad for p in model.model.segmenter.clip_image_encoder.parameters())
     with torch.no_grad():
         outputs = model.model(clip_video)
+        # the forward's pixel_mask reaches the CLIP embeddings, clip by clip: a batch of two clips with different
+        # content gives each clip's own class logits (those of its embeddings on its content)
+        pair = torch.cat([clip_video, torch.randn(1, 1, 3, 64, 96)])
+        pair_mask = torch.zeros(2, 64, 96, dtype=torch.long)
+        pair_mask[0, :64, :80], pair_mask[1, :48, :96] = 1, 1
+        batched = model.model(pair, pixel_mask=pair_mask).class_logits
+        for i in range(2):
+            alone = model.model(pair[i : i + 1], clip_image_embeds=model.model.segmenter.clip_image_embeds(
+                pair[i : i + 1], pixel_mask=pair_mask[i : i + 1])).class_logits
+            torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(batched[:1], outputs.class_logits)  # without a mask, the padding is content
     assert outputs.class_logits.shape == (1, QUERIES, NUM_CLASSES)
     from captionformer_hf.toy import toy_tokenizer
 

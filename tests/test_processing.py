@@ -121,6 +121,8 @@ def test_video_processor_call_and_round_trip(tmp_path):
     assert out["pixel_values_videos"].shape == (2, 3, 3, 64, 128)
     assert out["original_sizes"].tolist() == [[48, 80]] * 2 and out["content_sizes"].tolist() == [[64, 106]] * 2
     assert out["num_frames"].tolist() == [3, 2]
+    mask = out["pixel_mask"]  # the content of each video, for the model (no sizes: the sizes are post-processing's)
+    assert mask.shape == (2, 64, 128) and bool(mask[:, :, :106].all()) and not bool(mask[:, :, 106:].any())
     pixels = out["pixel_values_videos"]
     assert torch.all(pixels[:, :, :, :, 106:] == 0)  # padding
     torch.testing.assert_close(pixels[1, 2], pixels[1, 1])

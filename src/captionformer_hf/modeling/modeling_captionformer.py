@@ -283,7 +283,8 @@ def _stored_dtypes(source, kwargs) -> dict:
 
 
 # what the processor returns beside the pixel values: geometry the clip forward does not need
-_PROCESSOR_KEYS = ("original_sizes", "num_frames")
+# the processor's other outputs, for post-processing: accepted by forward, unused
+_PROCESSOR_KEYS = ("original_sizes", "content_sizes", "num_frames")
 
 
 def _check_unused_kwargs(kwargs: dict) -> None:
@@ -308,28 +309,26 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         clip_image_embeds: torch.Tensor | None = None,
-        content_size: tuple[int, int] | None = None,
-        content_sizes: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CaptionFormerModelOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(B, T, 3, H, W)`): clips of `config.clip_length` frames,
             normalised with `config.segmenter_image_mean/std` (what the video processor returns for a clip; the
-            processor's other outputs, `original_sizes`, `content_sizes` and `num_frames`, are accepted).
+            processor's other outputs, `original_sizes`, `content_sizes` and `num_frames`, are accepted and unused:
+            they are for post-processing).
         class_embeddings (`torch.FloatTensor` of shape `(C, E)`, *optional*): class text embeddings for the
             open-vocabulary classifier (defaults to the stored `class_embeddings` buffer).
         clip_image_embeds (`torch.FloatTensor` of shape `(B, T, E)`, *optional*): CLIP image embeddings of the
             frames for a classifier with image context (`config.clip_vision_config`); computed by the model's CLIP
             encoder when not given.
-        content_size (`tuple[int, int]`, *optional*): `(h, w)` of the frames' content (the rest is padding), for
-            the CLIP image embeddings (`content_sizes` `(B, 2)` from the processor: its first row).
+        pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*): 1 on each clip's frame content, 0 on the
+            padding (the processor's); the CLIP image embeddings are computed on the content only.
         """
         self._check_pixel_values(pixel_values_videos, self.config.clip_length)
         _check_unused_kwargs(kwargs)
-        if content_size is None and content_sizes is not None:
-            content_size = tuple(int(v) for v in torch.as_tensor(content_sizes).reshape(-1, 2)[0])
         output = self.segment_clips(pixel_values_videos, class_embeddings, output_attentions, clip_image_embeds,
-                                    content_size)
+                                    pixel_mask)
         return output if return_dict is not False else output.to_tuple()
 
     def segment_clips(
@@ -338,7 +337,7 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
         class_embeddings: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         clip_image_embeds: torch.Tensor | None = None,
-        content_size: tuple[int, int] | None = None,
+        pixel_mask: torch.Tensor | None = None,
     ) -> CaptionFormerModelOutput:
         """The clip forward on clips of ``T <= config.clip_length`` frames (the released code runs the short last
         clip of a video as it is; boxes are the first ``T`` of the box head's ``clip_length``)."""
@@ -351,7 +350,7 @@ class CaptionFormerModel(CaptionFormerPreTrainedModel):
             class_embeddings=class_embeddings,
             output_attentions=bool(output_attentions),
             clip_image_embeds=clip_image_embeds,
-            content_size=content_size,
+            pixel_mask=pixel_mask,
         )
         final = layers[-1]
         num_frames = pixel_values_videos.shape[1]
@@ -525,8 +524,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         return_dict: bool | None = None,
         video_session: CaptionFormerVideoSession | None = None,
         frame_indices: list[list[int]] | None = None,
-        content_size: tuple[int, int] | None = None,
-        content_sizes: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CaptionFormerDenseCaptioningOutput | CaptionFormerTrackingOutput | tuple:
         r"""
@@ -550,16 +548,14 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             trajectories; returns a `CaptionFormerTrackingOutput`. See `init_video_session`.
         frame_indices (`list[list[int]]`, *optional*): with `video_session`, the source frame index of each real
             frame of each clip (the video processor's `iter_clip_batches` gives them); default: consecutive.
-        content_size / content_sizes: see `CaptionFormerModel`.
+        pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*): see `CaptionFormerModel`.
         """
-        if content_size is None and content_sizes is not None:
-            content_size = tuple(int(v) for v in torch.as_tensor(content_sizes).reshape(-1, 2)[0])
         if video_session is not None:
             if labels is not None:
                 raise ValueError("`labels` (training) and `video_session` (inference) cannot be given together")
             _check_unused_kwargs(kwargs)
             result = self._forward_video_session(
-                video_session, pixel_values_videos, frame_indices, class_embeddings, clip_image_embeds, content_size
+                video_session, pixel_values_videos, frame_indices, class_embeddings, clip_image_embeds, pixel_mask
             )
             return result if return_dict is not False else result.to_tuple()
         if frame_indices is not None:
@@ -569,7 +565,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             class_embeddings=class_embeddings,
             output_attentions=output_attentions,
             clip_image_embeds=clip_image_embeds,
-            content_size=content_size,
+            pixel_mask=pixel_mask,
             **kwargs,
         )
         result = CaptionFormerDenseCaptioningOutput(**dict(outputs.items()))
@@ -860,7 +856,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         frame_indices=None,
         class_embeddings=None,
         clip_image_embeds=None,
-        content_size=None,
+        pixel_mask=None,
     ) -> CaptionFormerTrackingOutput:
         if not isinstance(session, CaptionFormerVideoSession):
             raise TypeError(
@@ -885,7 +881,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if session.video_level.pads_short_clips:
             clips = self.pad_clips(pixel_values_videos)
             outputs = self.model(
-                clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, content_size=content_size
+                clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, pixel_mask=pixel_mask
             )
         else:  # a short last clip runs as it is
             self._check_pixel_values(pixel_values_videos[:, :1].expand(-1, self.config.clip_length, -1, -1, -1),
@@ -893,7 +889,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             if real_frames > self.config.clip_length:
                 raise ValueError(f"a clip has {real_frames} frames, more than config.clip_length={self.config.clip_length}")
             clips = pixel_values_videos
-            outputs = self.model.segment_clips(clips, class_embeddings, None, clip_image_embeds, content_size)
+            outputs = self.model.segment_clips(clips, class_embeddings, None, clip_image_embeds, pixel_mask)
         track_ids = session.video_level.step(self, session, clips, outputs, frame_indices)
         session.num_frames += sum(len(f) for f in frame_indices)
         entries = session.video_level.mask_entries(outputs, track_ids, frame_indices)
@@ -924,7 +920,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         return session.video_level.finalize(self, session, caption, aggregation, caption_batch_size, generate_kwargs)
 
     def _clip_batches(self, video, batch_size: int):
-        """``(pixel_values (B, T', 3, H, W), frame_indices or None, content_size or None)`` batches of a normalised
+        """``(pixel_values (B, T', 3, H, W), frame_indices or None, pixel_mask or None)`` batches of a normalised
         video tensor, an iterable of clips ``(T', 3, H, W)`` / clip batches ``(B, T', 3, H, W)``, or the batches the
         video processor's ``iter_clip_batches`` yields."""
         clip_length = self.config.clip_length
@@ -960,7 +956,7 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 if pending:
                     yield flush()
                 frame_indices = item["frame_indices"] if isinstance(item, Mapping) else getattr(item, "frame_indices", None)
-                content = item.get("content_size") if isinstance(item, Mapping) else getattr(item, "content_size", None)
+                content = item.get("pixel_mask") if isinstance(item, Mapping) else getattr(item, "pixel_mask", None)
                 yield pixel_values, frame_indices, content
                 continue
             if not isinstance(item, torch.Tensor):
@@ -1029,13 +1025,13 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         if session is None:
             session = self.init_video_session(threshold=threshold, caption=caption)
         bar = logging.tqdm(desc="clips", unit="clip") if progress else None
-        for pixel_values, frame_indices, content_size in self._clip_batches(video, clip_batch_size):
+        for pixel_values, frame_indices, pixel_mask in self._clip_batches(video, clip_batch_size):
             outputs = self(
                 pixel_values.to(device=self.device, dtype=self.dtype),
                 video_session=session,
                 frame_indices=frame_indices,
                 class_embeddings=class_embeddings,
-                content_size=content_size,
+                pixel_mask=pixel_mask,
             )
             if on_clip_batch is not None:
                 on_clip_batch(outputs)

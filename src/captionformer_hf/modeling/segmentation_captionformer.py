@@ -260,9 +260,10 @@ class CaptionFormerClipSegmenterMixin:
         return boxes.sigmoid()
 
     @torch.no_grad()
-    def clip_image_embeds(self, pixel_values_videos: torch.Tensor, content_size=None) -> torch.Tensor:
+    def clip_image_embeds(self, pixel_values_videos: torch.Tensor, pixel_mask=None) -> torch.Tensor:
         """CLIP image embeddings ``(B, T, E)`` of the frames of segmenter-normalised clips ``(B, T, 3, H, W)``,
-        computed on each frame's content (``content_size`` ``(h, w)``: the rest is padding). The release
+        computed on each frame's content (``pixel_mask`` ``(B, H, W)``: 1 on the content, 0 on the padding, as
+        transformers' image processors give it; ``None``: all content). The release
         pre-extracts them from the original frames (``clip.load("ViT-B/32")``'s preprocess + ``encode_image``);
         here they come from the resized frames, so they agree up to resampling."""
         if self.clip_image_encoder is None:
@@ -272,9 +273,13 @@ class CaptionFormerClipSegmenterMixin:
         mean = torch.tensor(self.segmenter_image_mean, device=frames.device).view(1, 3, 1, 1)
         std = torch.tensor(self.segmenter_image_std, device=frames.device).view(1, 3, 1, 1)
         frames = frames * std + mean
-        if content_size is not None:
-            frames = frames[..., : int(content_size[0]), : int(content_size[1])]
-        pixels = clip_pixel_values(frames, self.clip_image_encoder.config.image_size)
+        size = self.clip_image_encoder.config.image_size
+        if pixel_mask is None:
+            pixels = clip_pixel_values(frames, size)
+        else:  # each clip's content: the top-left rows and columns its mask covers
+            extents = [(int(m.any(1).sum()), int(m.any(0).sum())) for m in pixel_mask.bool()]
+            clips = frames.view(batch_size, num_frames, *frames.shape[1:])
+            pixels = torch.cat([clip_pixel_values(clip[..., :h, :w], size) for clip, (h, w) in zip(clips, extents)])
         dtype = self.clip_image_encoder.visual_projection.weight.dtype
         embeds = self.clip_image_encoder(pixel_values=pixels.to(dtype)).image_embeds
         return embeds.view(batch_size, num_frames, -1)
@@ -294,10 +299,10 @@ class CaptionFormerClipSegmenterMixin:
 
     def forward(self, pixel_values_videos: torch.Tensor, class_embeddings: torch.Tensor | None = None,
                 output_attentions: bool = False, output_hidden_states: bool = False,
-                clip_image_embeds: torch.Tensor | None = None, content_size=None):
+                clip_image_embeds: torch.Tensor | None = None, pixel_mask=None):
         batch_size, num_frames = pixel_values_videos.shape[:2]
         if self.clip_image_encoder is not None and clip_image_embeds is None:
-            clip_image_embeds = self.clip_image_embeds(pixel_values_videos, content_size)
+            clip_image_embeds = self.clip_image_embeds(pixel_values_videos, pixel_mask)
         frames = pixel_values_videos.flatten(0, 1)
         pixel_out = self.pixel_level_module(frames, output_hidden_states=output_hidden_states)
         decoder_out = self.transformer_module(

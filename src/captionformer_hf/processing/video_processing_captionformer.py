@@ -572,7 +572,7 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
     max_frames = None
     resize_convention = "transformers"
     valid_kwargs = CaptionFormerVideoProcessorKwargs
-    model_input_names = ["pixel_values_videos"]
+    model_input_names = ["pixel_values_videos", "pixel_mask"]
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -669,7 +669,8 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
 
     def _preprocess(self, videos, return_tensors=None, **kwargs):
         """Whole videos -> ``pixel_values_videos (B, N, 3, H, W)``, padded to the batch's largest size and longest
-        video (in time by repeating the last frame), with ``original_sizes``, ``content_sizes`` and ``num_frames``.
+        video (in time by repeating the last frame), with ``pixel_mask`` ``(B, H, W)`` (1 on each video's content), and
+        ``original_sizes``, ``content_sizes`` and ``num_frames`` for post-processing.
         ``model(**processor(videos=clip))`` runs a clip of ``clip_length`` frames; whole videos go through
         :meth:`iter_clip_batches` (``captionformer_hf.predict_video``)."""
         original_sizes, content_sizes, processed = [], [], []
@@ -684,12 +685,15 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         width = max(v.shape[-1] for v in processed)
         length = max(v.shape[0] for v in processed)
         batch = torch.zeros(len(processed), length, 3, height, width, dtype=processed[0].dtype)
+        pixel_mask = torch.zeros(len(processed), height, width, dtype=torch.long)
         for i, video in enumerate(processed):
             batch[i, : video.shape[0], :, : video.shape[-2], : video.shape[-1]] = video
+            pixel_mask[i, : content_sizes[i][0], : content_sizes[i][1]] = 1
             if video.shape[0] < length:  # pad in time with the last frame
                 batch[i, video.shape[0] :, :, : video.shape[-2], : video.shape[-1]] = video[-1]
         data = {
             "pixel_values_videos": batch,
+            "pixel_mask": pixel_mask,
             "original_sizes": torch.tensor(original_sizes),
             "content_sizes": torch.tensor(content_sizes),
             "num_frames": torch.tensor([v.shape[0] for v in processed]),
@@ -888,7 +892,8 @@ class VideoGeometry:
 class CaptionFormerClipBatch:
     """A batch of consecutive clips of one video: ``pixel_values_videos`` ``(B, T', 3, H, W)`` (normalised, padded,
     on the requested device), ``frame_indices`` (the source frame index of each frame of each clip) and the video's
-    ``geometry``. Pass it to ``model(**batch.model_inputs(), video_session=session)``."""
+    ``geometry``. Pass it to ``model(**batch.model_inputs(), video_session=session)``: pixel values, frame indices
+    and ``pixel_mask`` ``(B, H, W)`` (1 on the content, 0 on the padding), no geometry."""
 
     pixel_values_videos: torch.Tensor
     frame_indices: list[list[int]]
@@ -898,11 +903,20 @@ class CaptionFormerClipBatch:
     def content_size(self) -> tuple[int, int]:
         return self.geometry.content_size
 
+    @property
+    def pixel_mask(self) -> torch.LongTensor:
+        """``(B, H, W)`` on the pixel values' device: 1 on the frames' content, 0 on the padding."""
+        height, width = self.pixel_values_videos.shape[-2:]
+        mask = torch.zeros(self.pixel_values_videos.shape[0], height, width, dtype=torch.long,
+                           device=self.pixel_values_videos.device)
+        mask[:, : self.geometry.content_size[0], : self.geometry.content_size[1]] = 1
+        return mask
+
     def model_inputs(self) -> dict:
         return {
             "pixel_values_videos": self.pixel_values_videos,
             "frame_indices": self.frame_indices,
-            "content_size": self.geometry.content_size,
+            "pixel_mask": self.pixel_mask,
         }
 
 
