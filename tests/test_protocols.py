@@ -191,3 +191,56 @@ def test_cli_protocol(tmp_path, capsys):
     assert "--protocol vidstg sets the evaluation settings; drop --iou-type" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "preds.json"), str(tmp_path / "gt.json"), "--full-capa"]) == 2
     assert "go with --protocol" in capsys.readouterr().err
+    # --by-size: the per-size breakdown of the same settings, in the saved result and the printed summary
+    from captionformer_hf.metrics.protocols import chota_by_object_size
+
+    assert main(["evaluate", str(tmp_path / "preds.json"), str(tmp_path / "gt.json"), "--protocol", "vidstg",
+                 "--by-size", "--out", str(tmp_path / "s.json")]) == 0
+    saved = json.loads((tmp_path / "s.json").read_text())
+    sizes = chota_by_object_size(*load_videos(str(tmp_path / "preds.json"), str(tmp_path / "gt.json"))[:2],
+                                 iou_type="box", caption_metrics=("cider",), score_threshold=0.0)
+    assert set(saved["by_size"]) == {"small", "medium", "large"}
+    for size, row in saved["by_size"].items():
+        assert row["CHOTA"] == pytest.approx(sizes["metrics"][size]["CHOTA"])
+        assert row["gt_count"] == sizes["stats"][size]["gt_count"]
+    assert saved["by_size"]["small"]["gt_count"] > 0 and "CHOTA small" in capsys.readouterr().out
+
+
+def test_detection_size_classes_as_the_release():
+    """Box area w * h when positive, else the mask's area; [0, 30k) small, [30k, 200k) medium, [200k, inf) large."""
+    from captionformer_hf.metrics.protocols import detection_size
+    from captionformer_hf.processing import rle_encode
+
+    assert detection_size({"box": [5, 5, 100, 100]}, 1000, 1000) == "small"
+    assert detection_size({"box": [0, 0, 150, 200]}, 1000, 1000) == "medium"  # exactly 30,000
+    assert detection_size({"box": [0, 0, 400, 500]}, 1000, 1000) == "large"  # exactly 200,000
+    mask = np.zeros((1000, 1000), np.uint8)
+    mask[:200, :200] = 1
+    assert detection_size({"box": [0, 0, 0, 10], "mask_rle": rle_encode(mask)}, 1000, 1000) == "medium"  # 40,000
+    assert detection_size({"box": [0, 0, 0, 0]}, 1000, 1000) is None
+
+
+def test_chota_by_object_size_scores_each_class_on_its_own_detections():
+    from captionformer_hf.metrics.protocols import chota_by_object_size
+
+    def video(tracks):
+        return {"video_id": 1, "num_frames": 3, "height": 1000, "width": 1000, "trajectories": [
+            {"track_id": i, "caption": caption, "score": 0.9,
+             "frames": [{"frame_index": f, "box": box, "score": 0.9} for f in range(3)]}
+            for i, (caption, box) in enumerate(tracks)]}
+
+    small, large = [0, 0, 100, 100], [300, 300, 500, 500]
+    references = [video([("a small red square", small), ("a big blue circle", large)])]
+    # the small object found exactly; the large one predicted smaller (160,000 px²: medium), so large has no
+    # prediction and medium no reference
+    predictions = [video([("a small red square", small), ("a big blue circle", [300, 300, 400, 400])])]
+    kwargs = {"iou_type": "box", "caption_metrics": ("meteor",), "score_threshold": 0.0}
+    result = chota_by_object_size(predictions, references, **kwargs)
+    assert result["stats"] == {"small": {"gt_count": 3, "pred_count": 3}, "medium": {"gt_count": 0, "pred_count": 3},
+                               "large": {"gt_count": 3, "pred_count": 0}}
+    small_result = result["metrics"]["small"]
+    assert small_result["DetA"] == pytest.approx(1.0) and small_result["AssA"] == pytest.approx(1.0)
+    alone = compute_chota([video([("a small red square", small)])], [video([("a small red square", small)])], **kwargs)
+    assert small_result["CHOTA"] == pytest.approx(alone["CHOTA"], abs=1e-12) and alone["CHOTA"] > 0
+    for size in ("medium", "large"):
+        assert result["metrics"][size] == {"CHOTA": 0.0, "HOTA": 0.0, "DetA": 0.0, "AssA": 0.0}

@@ -36,22 +36,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     predictions, references, detected = load_videos(args.predictions, references)
     logger.info("evaluating %d videos (%s format)", len(references), detected)
     if args.protocol is not None:
-        from .metrics.protocols import evaluate_protocol
+        from .metrics.protocols import PROTOCOLS, PUBLISHED_CAPTION_METRICS, SUPPORTED_CAPTION_METRICS, evaluate_protocol
+        from .metrics.protocols import restrict_to_frames
+        from .metrics.protocols import sparse_frames_of
 
         result = evaluate_protocol(args.protocol, predictions, references, full_capa=args.full_capa,
                                    sparse_frames=sparse)
+        settings = {"iou_type": PROTOCOLS[args.protocol].iou_type, "score_threshold": 0.0,
+                    "caption_metrics": SUPPORTED_CAPTION_METRICS if args.full_capa else PUBLISHED_CAPTION_METRICS}
+        if sparse is not None:
+            predictions = restrict_to_frames(predictions, sparse if "videos" not in sparse else sparse_frames_of(sparse))
     else:
-        result = compute_chota(
-            predictions,
-            references,
-            iou_type=args.iou_type or "box",
-            alphas=tuple(args.alphas or (0.5,)),
-            caption_metrics=tuple(args.caption_metrics if args.caption_metrics is not None else ("cider", "meteor", "spice")),
-            score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
-        )
+        settings = {
+            "iou_type": args.iou_type or "box",
+            "alphas": tuple(args.alphas or (0.5,)),
+            "caption_metrics": tuple(args.caption_metrics if args.caption_metrics is not None
+                                     else ("cider", "meteor", "spice")),
+            "score_threshold": 0.5 if args.score_threshold is None else args.score_threshold,
+        }
+        result = compute_chota(predictions, references, **settings)
+    if args.by_size:
+        from .metrics.protocols import chota_by_object_size
+
+        sizes = chota_by_object_size(predictions, references, **settings)
+        result["by_size"] = {size: {**{k: sizes["metrics"][size][k] for k in ("CHOTA", "HOTA", "DetA", "AssA")},
+                                    **sizes["stats"][size]} for size in sizes["metrics"]}
     if args.out:
         atomic_write_json(args.out, result)
-    summary = {k: v for k, v in result.items() if k not in ("per_alpha", "per_video")}
+    summary = {k: v for k, v in result.items() if k not in ("per_alpha", "per_video", "by_size")}
+    for size, row in result.get("by_size", {}).items():
+        summary[f"CHOTA {size}"] = row["CHOTA"]
+        summary[f"detections {size} (gt / pred)"] = f"{row['gt_count']} / {row['pred_count']}"
     width = max(map(len, summary))
     for key, value in summary.items():
         sys.stdout.write(f"{key:<{width}}  {value:.4f}\n" if isinstance(value, float) else f"{key:<{width}}  {value}\n")
@@ -362,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--score-threshold", type=float, help="default: 0.5")
     evaluate.add_argument("--out", help="write the full result (per alpha, per video) to this JSON file")
+    evaluate.add_argument("--by-size", action="store_true",
+                          help="also CHOTA per object size (small < 30,000 px² <= medium < 200,000 px² <= large), each "
+                               "detection classed by its own area, as the release's chota_with_size")
     evaluate.set_defaults(func=_evaluate)
 
     caption = commands.add_parser("caption", help="segment, track and caption every object of a video")

@@ -16,6 +16,7 @@ No torch or evaluate import here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -183,4 +184,62 @@ def evaluate_protocol(
     return result
 
 
-__all__ = ["PROTOCOLS", "Protocol", "evaluate_protocol", "restrict_to_frames", "smot_caption_pairs", "sparse_frames_of"]
+# the release's size classes (``evaluate/chota_with_size.py``), by area in source pixels: [low, high)
+OBJECT_SIZES = {"small": (0.0, 30000.0), "medium": (30000.0, 200000.0), "large": (200000.0, math.inf)}
+
+
+def detection_size(entry: Mapping, height: int | None, width: int | None) -> str | None:
+    """The size class of one per-frame detection, as the release's ``get_annotation_size_category`` on a COCO
+    per-frame annotation: its box area ``w * h`` when positive, else its mask's area; ``None`` without either."""
+    box = entry.get("box")
+    area = 0.0
+    if box is not None and len(box) >= 4 and box[2] is not None and box[3] is not None:
+        area = float(box[2]) * float(box[3])
+    if area <= 0 and entry.get("mask_rle") is not None:
+        from pycocotools import mask as mask_utils
+
+        rle = entry["mask_rle"]
+        if isinstance(rle, str):
+            if height is None or width is None:
+                raise ValueError("a mask's area needs the video's `height` and `width`")
+            rle = {"size": [int(height), int(width)], "counts": rle.encode()}
+        area = float(mask_utils.area(rle))
+    if area <= 0:
+        return None
+    return next(name for name, (low, high) in OBJECT_SIZES.items() if low <= area < high)
+
+
+def _of_size(videos: Sequence[Mapping], size: str) -> list[dict]:
+    kept = []
+    for video in videos:
+        trajectories = []
+        for trajectory in video["trajectories"]:
+            frames = [f for f in trajectory["frames"]
+                      if detection_size(f, video.get("height"), video.get("width")) == size]
+            if frames:
+                trajectories.append({**trajectory, "frames": frames})
+        kept.append({**video, "trajectories": trajectories})
+    return kept
+
+
+def chota_by_object_size(predictions: Sequence[Mapping], references: Sequence[Mapping], **chota_kwargs) -> dict:
+    """CHOTA per object size, as the release's ``CHOTAWithSize`` on COCO per-frame annotations: every detection of
+    the references and of the predictions is classed by its own area (:func:`detection_size`: ``small`` < 30,000 px²
+    <= ``medium`` < 200,000 px² <= ``large``) and CHOTA is computed on each class's detections alone
+    (``chota_kwargs`` go to ``compute_chota``). A class without reference detections, or without predicted ones,
+    scores 0 (CHOTA, HOTA, DetA, AssA), as there. Returns ``{"stats": {size: {"gt_count", "pred_count"}},
+    "metrics": {size: result}}``."""
+    result = {"stats": {}, "metrics": {}}
+    zero = {"CHOTA": 0.0, "HOTA": 0.0, "DetA": 0.0, "AssA": 0.0}
+    for size in OBJECT_SIZES:
+        refs, preds = _of_size(references, size), _of_size(predictions, size)
+        gt_count = sum(len(t["frames"]) for v in refs for t in v["trajectories"])
+        pred_count = sum(len(t["frames"]) for v in preds for t in v["trajectories"])
+        result["stats"][size] = {"gt_count": gt_count, "pred_count": pred_count}
+        result["metrics"][size] = (compute_chota(preds, refs, **chota_kwargs) if gt_count and pred_count
+                                   else dict(zero))
+    return result
+
+
+__all__ = ["OBJECT_SIZES", "PROTOCOLS", "Protocol", "chota_by_object_size", "detection_size", "evaluate_protocol",
+           "restrict_to_frames", "smot_caption_pairs", "sparse_frames_of"]
