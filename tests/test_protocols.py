@@ -244,3 +244,26 @@ def test_chota_by_object_size_scores_each_class_on_its_own_detections():
     assert small_result["CHOTA"] == pytest.approx(alone["CHOTA"], abs=1e-12) and alone["CHOTA"] > 0
     for size in ("medium", "large"):
         assert result["metrics"][size] == {"CHOTA": 0.0, "HOTA": 0.0, "DetA": 0.0, "AssA": 0.0}
+
+
+def test_bensmot_language_scores_as_the_release_script():
+    """eval_vu.py's quirks kept: BLEU over characters (captions passed as strings), METEOR with each caption one
+    token (an exact match scores 0.5), ROUGE-L and CIDEr-D from pycocoevalcap."""
+    from nltk.translate.bleu_score import corpus_bleu
+
+    from captionformer_hf.metrics.protocols import smot_language_scores
+
+    gts, preds = ["a red square", "a cat sitting"], ["a red circle", "a cat sitting"]
+    scores = smot_language_scores(gts, preds, ("bleu", "rouge"))
+    characters = corpus_bleu([[list(g)] for g in gts], [list(p) for p in preds])
+    words = corpus_bleu([[g.split()] for g in gts], [p.split() for p in preds])
+    assert scores["bleu"] == pytest.approx(characters, abs=1e-12) and abs(characters - words) > 0.05
+    # ROUGE-L by hand (beta 1.2): "a red square" / "a red circle": LCS 2 of 3 words, P = R = 2/3 -> F = 2/3; exact: 1
+    assert scores["rouge"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-9)
+    assert smot_language_scores(["a cat, sitting."], ["a cat sitting"], ("meteor",))["meteor"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="pair one to one"):
+        smot_language_scores(gts, preds[:1])
+    result = evaluate_protocol("bensmot", predicted_videos(), coco_to_videos(coco_gt()))
+    refs, cands = smot_caption_pairs(predicted_videos(), coco_to_videos(coco_gt()))
+    assert result["SMOT_BLEU"] == pytest.approx(smot_language_scores(refs, cands, ("bleu",))["bleu"])
+    assert 0 < result["SMOT_ROUGE"] < 1

@@ -122,6 +122,57 @@ def smot_caption_pairs(predictions: Sequence[Mapping], references: Sequence[Mapp
     return gt_captions, pred_captions
 
 
+def smot_language_scores(gt_captions: Sequence[str], pred_captions: Sequence[str],
+                         metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider")) -> dict:
+    """BenSMOT's caption scores (the release's ``evaluate/smot_utils/eval_vu.py``, ``eval_language``) of paired
+    captions (:func:`smot_caption_pairs`), computed as that script does, quirks included:
+
+    * ``bleu``: nltk's ``corpus_bleu`` with the captions as strings (so over characters);
+    * ``meteor``: the mean of nltk's ``meteor_score([[gt]], [pred])`` with commas and periods removed (each caption
+      one token); needs nltk's WordNet data (``python -m nltk.downloader wordnet``);
+    * ``rouge``: pycocoevalcap's ROUGE-L; ``cider``: pycocoevalcap's CIDEr-D (the ``SMOT_CIDEr`` of
+      :func:`evaluate_protocol`).
+
+    bleu and meteor need ``nltk`` (``pip install nltk``)."""
+    if len(gt_captions) != len(pred_captions) or not gt_captions:
+        raise ValueError("`gt_captions` and `pred_captions` must pair one to one, at least one pair")
+    unknown = [m for m in metrics if m not in ("bleu", "meteor", "rouge", "cider")]
+    if unknown:
+        raise ValueError(f"`metrics` must be among 'bleu', 'meteor', 'rouge', 'cider', got {unknown}")
+    scores = {}
+    if "bleu" in metrics or "meteor" in metrics:
+        try:
+            import nltk  # noqa: F401
+        except ImportError as error:
+            raise ImportError("BenSMOT's BLEU and METEOR are nltk's: pip install nltk") from error
+    if "bleu" in metrics:
+        from nltk.translate.bleu_score import corpus_bleu
+
+        scores["bleu"] = float(corpus_bleu([[gt] for gt in gt_captions], list(pred_captions)))
+    if "meteor" in metrics:
+        from nltk.translate.meteor_score import meteor_score
+
+        def clean(text):
+            return text.replace(",", "").replace(".", "")
+
+        try:
+            total = sum(meteor_score([[clean(gt)]], [clean(pred)]) for gt, pred in zip(gt_captions, pred_captions))
+        except LookupError as error:
+            raise ImportError("BenSMOT's METEOR needs nltk's WordNet data: python -m nltk.downloader wordnet") from error
+        scores["meteor"] = float(total / len(gt_captions))
+    gts = {i: [gt] for i, gt in enumerate(gt_captions)}
+    preds = {i: [pred] for i, pred in enumerate(pred_captions)}
+    if "rouge" in metrics:
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        scores["rouge"] = float(Rouge().compute_score(gts, preds)[0])
+    if "cider" in metrics:
+        from pycocoevalcap.cider.cider import Cider
+
+        scores["cider"] = float(Cider().compute_score(gts, preds)[0])
+    return scores
+
+
 def _track_caption(trajectory: Mapping) -> str:
     """A track's caption: its own, else its first frame-level one (COCO-style ground truth stores it per frame)."""
     if trajectory.get("caption"):
@@ -165,6 +216,9 @@ def evaluate_protocol(
         scores = cider_d_pair_scores(gt_captions, pred_captions) if gt_captions else np.zeros(0)
         result["SMOT_CIDEr"] = float(scores.mean()) if len(scores) else 0.0
         result["SMOT_pairs"] = len(scores)
+        if gt_captions:
+            for metric, value in smot_language_scores(gt_captions, pred_captions, ("bleu", "rouge")).items():
+                result[f"SMOT_{metric.upper()}"] = value
         if full_capa:
             capa = compute_chota(predictions, references, iou_type=protocol.iou_type, caption_metrics=metrics,
                                  score_threshold=0.0)
@@ -242,4 +296,4 @@ def chota_by_object_size(predictions: Sequence[Mapping], references: Sequence[Ma
 
 
 __all__ = ["OBJECT_SIZES", "PROTOCOLS", "Protocol", "chota_by_object_size", "detection_size", "evaluate_protocol",
-           "restrict_to_frames", "smot_caption_pairs", "sparse_frames_of"]
+           "restrict_to_frames", "smot_caption_pairs", "smot_language_scores", "sparse_frames_of"]
