@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning
@@ -478,3 +479,75 @@ def test_tied_mean_class_logits_break_as_in_the_release():
         labels = {track.slot: track.label for track in tracker.finalize()}
         assert [labels[q] for q in range(4)] == strided.tolist()
     assert cases >= 3, "no case where the layouts disagree: the test would test nothing"
+
+
+def _inject_clip_outputs(model, clips, release_boxes_xywh=False):
+    """Make the model's segmenter return the given per-clip outputs (the release's representation converted as the
+    converter does: class logits without the no-object column, one objectness logit a - b), one clip per call, so
+    that everything after it is the package's own: the score S the model computes, the session, finalize and the
+    processor."""
+    from types import SimpleNamespace
+
+    calls = iter(clips)
+
+    def forward(pixel_values_videos, **kwargs):
+        clip = next(calls)
+        final = {
+            "object_queries": clip["emb"][None],
+            "class_logits": clip["cls"][None, :, :-1],
+            "objectness_logits": (clip["obj"][:, 0] - clip["obj"][:, 1])[None],
+            "pred_boxes": clip["boxes"][None],
+            "masks_logits": clip["masks"][None],
+        }
+        return [final], None, SimpleNamespace(attentions=None)
+
+    model.model.segmenter.forward = forward
+
+
+@pytest.mark.parametrize("box_mode", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed):
+    """From per-clip model outputs through the model's score conversion, the video session, finalize, the processor's
+    mask encoding and post-processing, compared in pixels with the reference: the same tracks, scores, labels,
+    per-frame scores, boxes (the release's pixel conversion) and masks (the release's resize, thresholded)."""
+    from captionformer_hf.processing import CaptionFormerVideoProcessor, VideoGeometry
+
+    k, t, low, high, min_length = 2, 5, 0.3, 0.8, 3
+    clips = make_clips(seed, frames_per_clip=(1,))
+    extra = {"box_head_layers": 2, "box_only": True} if box_mode else {}
+    config = toy_config(clip_length=1, video_inference_mode="release", k_match=k, t_match=t, hysteresis_low=low,
+                        hysteresis_high=high, hysteresis_min_length=min_length, **extra)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+    _inject_clip_outputs(model, clips)
+    height, width = 32, 32  # the input (= content = original here); the masks are 6 x 6, resized to it
+    geometry = VideoGeometry((height, width), (height, width), (height, width))
+    processor = CaptionFormerVideoProcessor()
+    masks = {}
+    out = model.track_video(torch.zeros(len(clips), 3, height, width), caption=False,
+                            on_clip_batch=lambda o: masks.update(processor.post_process_clip_masks(o, geometry)))
+    result = processor.post_process_dense_captions(out, (height, width), (height, width),
+                                                   mask_rles=None if box_mode else masks)
+    reference, _, out_pred, _ = run_reference(clips, box_mode, k, t, 8, "weighted mean", low, high, min_length)
+    ours = {trajectory["track_id"]: trajectory for trajectory in result["trajectories"]}
+    assert sorted(ours) == sorted(reference["query"]) and ours
+    for r, slot in enumerate(reference["query"]):
+        trajectory = ours[slot]
+        assert trajectory["score"] == pytest.approx(reference["pred_scores"][r], abs=1e-4)  # (rounded to 4 places)
+        if box_mode:
+            expected = {i: box for i, box in enumerate(reference["pred_boxes"][r]) if box is not None}
+            assert [f["frame_index"] for f in trajectory["frames"]] == sorted(expected)
+            pixels = release_boxes(torch.tensor([expected[f["frame_index"]] for f in trajectory["frames"]]),
+                                   (height, width), (height, width), (height, width))
+            assert [f["box"] for f in trajectory["frames"]] == pixels
+        else:
+            assert [f["frame_index"] for f in trajectory["frames"]] == list(range(len(clips)))
+            for entry in trajectory["frames"]:
+                # the release's mask: bilinear to the padded input, crop, to the original size, > 0
+                logits = out_pred[entry["frame_index"]][slot, 0][None, None]
+                expected = torch.nn.functional.interpolate(logits, size=(height, width), mode="bilinear",
+                                                           align_corners=False)[0, 0] > 0
+                decoded = mask_utils.decode({"size": [height, width], "counts": entry["mask_rle"].encode()})
+                assert (decoded.astype(bool) == expected.numpy()).all()
+        for entry in trajectory["frames"]:
+            assert entry["score"] == pytest.approx(reference["pred_scores_per_frame"][r][entry["frame_index"]],
+                                                   abs=1e-4)
