@@ -6,8 +6,8 @@ no hysteresis: all 100 queries of every clip tracked and their masks encoded at 
 
 Random weights of the ``small`` config of ``inference_speed.py`` (100 queries). Prints, for clip batches of 1 and of
 8 clips, the time with masks, without, and the overhead in percent (goal: at most 15 %), with the masks encoded as
-``predict_video`` does (``processor.post_process_clip_masks`` in a worker thread while the next batch runs) and, for
-comparison, in the loop's own thread.
+``predict_video`` does (``processor.post_process_clip_masks``: on an accelerator in a worker thread while the next
+batch runs, on the CPU in the loop) and, for comparison, always in the loop's own thread.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main():
 
     print(f"{args.frames} frames 480x640, 100 queries tracked, captions off, {args.device}, "
           f"{torch.get_num_threads()} threads")
-    print("| clips a batch | no masks | masks (worker thread) | overhead | masks (same thread) | overhead |")
+    print("| clips a batch | no masks | masks (predict_video) | overhead | masks (in the loop) | overhead |")
     print("|---|---|---|---|---|---|")
     with torch.no_grad():
         for batch_size in (1, 8):

@@ -220,3 +220,37 @@ print("state dict:", [k for k in model.state_dict() if "criterion" in k])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "loaded: []" in out.stdout and "after criterion: True" in out.stdout and "state dict: []" in out.stdout
+
+
+def test_masks_encoded_in_a_worker_thread_give_the_same_result(toy_model_dir, monkeypatch):
+    """The accelerator path (each batch's masks encoded in a worker thread, at most MAX_PENDING_MASK_BATCHES waiting)
+    gives the result of encoding in the loop, here forced on the CPU with many small batches."""
+    import numpy as np
+
+    from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning, CaptionFormerProcessor, predict_video
+    from captionformer_hf.processing import inference_captionformer
+
+    model = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(toy_model_dir).eval()
+    processor = CaptionFormerProcessor.from_pretrained(toy_model_dir)
+    video = (np.random.default_rng(0).random((9, 48, 64, 3)) * 255).astype(np.uint8)
+    kwargs = {"threshold": 0.0, "caption": False, "tracker_overrides": {"hysteresis_low": 0.0, "hysteresis_high": 0.0,
+                                                                         "hysteresis_min_length": 1}}
+    in_loop = predict_video(model, processor, video, overlap_masks=False, **kwargs)
+    waiting = []
+    original = processor.video_processor.post_process_clip_masks
+
+    def slow(*args, **kw):  # the worker falls behind the loop: the bound on waiting batches is what holds
+        import time
+
+        time.sleep(0.05)
+        waiting.append(1)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(processor.video_processor, "post_process_clip_masks", slow)
+    overlapped = predict_video(model, processor, video, overlap_masks=True, **kwargs)
+    assert overlapped == in_loop and len(waiting) == 9 // model.config.clip_length + (9 % model.config.clip_length > 0)
+    assert sum(len(f.get("mask_rle", "")) > 0 for t in in_loop["trajectories"] for f in t["frames"]) > 0
+    monkeypatch.setattr(inference_captionformer, "MAX_PENDING_MASK_BATCHES", 0)  # each batch waited for at once
+    assert predict_video(model, processor, video, overlap_masks=True, **kwargs) == in_loop
+    with pytest.raises(TypeError, match="`overlap_masks` must be True, False or None"):
+        predict_video(model, processor, video, overlap_masks="yes", **kwargs)

@@ -3,8 +3,8 @@ the CLI and the Spaces share.
 
 video processor (decode in a background thread, sample, cut clips, resize and normalise on the model's device) ->
 ``model(clips, video_session=session)`` (segment, track: tensors) -> ``processor.post_process_clip_masks`` (the
-batch's masks resized to the original size on the device and RLE-encoded, in a worker thread while the model runs the
-next batch; at most ``MAX_PENDING_MASK_BATCHES`` batches wait) -> ``model.finalize_video_session`` (hysteresis,
+batch's masks resized to the original size on the device and RLE-encoded; on an accelerator in a worker thread while
+the model runs the next batch, at most ``MAX_PENDING_MASK_BATCHES`` batches waiting) -> ``model.finalize_video_session`` (hysteresis,
 captions of the sampled clips) -> ``processor.post_process_dense_captions`` (boxes, masks, labels, caption text) ->
 the trajectory format of ``docs/format.md``.
 
@@ -44,6 +44,7 @@ def predict_video(
     tracker_overrides: dict | None = None,
     progress: bool = False,
     decoding: dict | None = None,
+    overlap_masks: bool | None = None,
     **generate_kwargs,
 ) -> VideoTrajectories:
     """Segment, track and caption every object of one video.
@@ -62,6 +63,8 @@ def predict_video(
         caption: one caption per trajectory. aggregation: ``"weighted"`` / ``"mean"`` / ``"best"``.
         tracker_overrides: tracker settings other than the model config's (``k_match``, ``t_match``, ...).
         decoding: more :class:`VideoFrames` options (``max_side``, ``allow_truncated``, ``max_download_bytes``).
+        overlap_masks: encode each batch's masks in a worker thread while the next batch runs (default: on an
+            accelerator, not on the CPU); the result is the same either way.
         generate_kwargs: the LM's generation arguments (``num_beams``, ``max_new_tokens``, ``do_sample``...).
 
     Returns:
@@ -89,9 +92,18 @@ def predict_video(
     return_masks = return_masks and not model.config.box_only  # box-only models have no masks
     mask_rles = {} if return_masks else None
     pending: deque = deque()
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionformer-masks") if return_masks else None
+    # on an accelerator the masks of batch n are encoded (host work) while the device runs batch n + 1; on the CPU the
+    # model already uses every core, and a worker thread measured no faster than encoding in the loop
+    # (benchmarks/mask_overhead.py), so there it is the loop's own work
+    if overlap_masks is not None and not isinstance(overlap_masks, bool):
+        raise TypeError(f"`overlap_masks` must be True, False or None, got {overlap_masks!r}")
+    overlap = return_masks and (model.device.type != "cpu" if overlap_masks is None else overlap_masks)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionformer-masks") if overlap else None
 
-    def encode_masks(clip_outputs) -> None:  # host work off the critical path: the next batch runs meanwhile
+    def encode_masks(clip_outputs) -> None:
+        if worker is None:
+            mask_rles.update(video_processor.post_process_clip_masks(clip_outputs, geometry))
+            return
         pending.append(worker.submit(video_processor.post_process_clip_masks, clip_outputs, geometry))
         while len(pending) > MAX_PENDING_MASK_BATCHES:
             mask_rles.update(pending.popleft().result())
