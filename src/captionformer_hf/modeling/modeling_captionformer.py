@@ -749,7 +749,8 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
         aggregation: str | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """Caption token ids ``(N, L)`` (new tokens only) for N objects.
+        """Caption token ids ``(N, L)`` (new tokens only) for N objects (the LM's ``GenerateOutput`` when this call
+        passes ``return_dict_in_generate=True``; the generation config's own setting is not followed here).
 
         ``caption_queries`` is ``(N, L_q, D)`` (one clip per object) or ``(N, K, L_q, D)`` (K clips per object in time
         order, aggregated with ``clip_scores`` ``(N, K)`` by ``aggregation``, default ``config.aggregation``; see
@@ -764,9 +765,10 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
             return torch.zeros(0, 0, dtype=torch.long, device=prefix.device)
         # this model's generation config (saved with it: beams, end tokens) rather than the bare LM's, updated with
         # the call's arguments
-        generation_config = generate_kwargs.pop("generation_config", None) or copy.deepcopy(self.generation_config)
+        generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
+        # token ids unless this call asks for a GenerateOutput, whatever the generation config says
+        generation_config.return_dict_in_generate = False
         model_kwargs = generation_config.update(**generate_kwargs)
-        generation_config.return_dict_in_generate = False  # token ids, whatever the model's generation config says
         if getattr(generation_config, "beam_length_normalisation", "transformers") == "release" and (
                 generation_config.num_beams or 1) > 1 and not generation_config.do_sample:
             model_kwargs.setdefault("custom_generate", release_beam_search)
