@@ -174,8 +174,8 @@ class CaptionFormerReleaseTracker:
         """Add one clip: ``embeddings (Q, D)``, its per-clip ``scores (Q,)`` S, ``class_logits (Q, C)``,
         ``objectness (Q,)`` probabilities, ``boxes (Q, T', 4)`` (normalised cx, cy, w, h of its T' real frames),
         ``masks (Q, T', g, g)`` mask logits on the caption head's patch grid (mask models with captions; the
-        release keeps the full masks, of which its caption head reads only this), the source ``frame_indices`` of its frames, and
-        ``caption_frames (T', 3, S, S)`` (the vision encoder's input). Returns the permutation onto the slots."""
+        release keeps the full masks, of which its caption head reads only this), the source ``frame_indices`` of
+        its frames, and ``caption_frames (T', 3, S, S)`` (the vision encoder's input). Returns the permutation onto the slots."""
         if embeddings.ndim != 2 or scores.shape != embeddings.shape[:1]:
             raise ValueError(
                 f"`embeddings` must be (Q, D) and `scores` (Q,), got {tuple(embeddings.shape)} and {tuple(scores.shape)}"
@@ -291,9 +291,9 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
     """The released code's video level behind the model's video API: every query slot of every clip goes to the
     :class:`CaptionFormerReleaseTracker` (a short last clip runs as it is, unpadded); at the end, the tracker's
     selection and captions from each track's caption plan. The processor encodes every slot's mask on every frame as
-    the clips arrive (:meth:`mask_entries`: which slots survive is known only at the end), so the session keeps no
-    full-size masks, only what the caption head reads (patch-grid masks, caption frames): its memory still grows with
-    the video, as the release's. Trajectories come in slot order; a trajectory's score is its slot's video score."""
+    the clips arrive (the default :meth:`mask_entries`: which slots survive is known only at the end), so the
+    session keeps no full-size masks, only what the caption head reads (patch-grid masks, caption frames): its memory
+    still grows with the video, as the release's. Trajectories come in slot order; a trajectory's score is its slot's video score."""
 
     name = "release"
     pads_short_clips = False
@@ -332,11 +332,6 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
             )
             track_ids[b, perm] = torch.arange(num_queries)
         return track_ids
-
-    def mask_entries(self, outputs, track_ids, frame_indices) -> torch.BoolTensor:
-        """Every real frame of every slot (which slots are kept is known only at the end), none for box models."""
-        entries = super().mask_entries(outputs, track_ids, frame_indices)
-        return entries & False if self.config.box_only else entries
 
     def finalize(self, model, session, caption, aggregation, batch_size, generate_kwargs) -> CaptionFormerVideoOutput:
         if aggregation is not None and aggregation != self.tracker.aggregation:

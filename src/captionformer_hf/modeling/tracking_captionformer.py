@@ -361,8 +361,8 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
     """The paper's video level (``video_inference_mode="paper"``, models trained here): queries with S below the
     threshold are pruned (and, with ``config.duplicate_iou_threshold``, those whose clip mask duplicates a better
     query's), kept queries are linked by :class:`CaptionFormerTrackingSession`; per-frame boxes are collected for the
-    kept queries as clips arrive (their masks: :meth:`mask_entries`, encoded by the processor); at the end the hysteresis filter runs and each trajectory gets
-    one caption from ``t_agg`` clips of its caption pool. Streaming, bounded memory. Trajectories come in order of
+    kept queries as clips arrive (their masks: :meth:`mask_entries`, encoded by the processor); at the end the
+    hysteresis filter runs and each trajectory gets one caption from ``t_agg`` clips of its caption pool. Streaming, bounded memory. Trajectories come in order of
     first appearance; a trajectory's score is the mean S of its kept clips, its category the argmax of its mean class
     probabilities."""
 
@@ -431,17 +431,12 @@ class PaperVideoLevel(CaptionFormerVideoLevel):
         return (masks_logits > 0).flatten(2).any(-1) & (torch.arange(num_frames, device=masks_logits.device) < real_t[:, None])
 
     def mask_entries(self, outputs, track_ids, frame_indices) -> torch.BoolTensor:
-        """The frames each tracked query lists: its real frames where its mask is not empty (none for box-only
-        models)."""
-        batch_size, num_queries, num_frames = outputs.masks_logits.shape[:3]
-        entries = torch.zeros(batch_size, num_queries, num_frames, dtype=torch.bool, device=outputs.masks_logits.device)
-        if self.config.box_only:
-            return entries
-        batch_idx, query_idx = torch.nonzero(track_ids >= 0, as_tuple=True)
+        """The frames each tracked query lists: of its real frames (the default's), those where its mask is not
+        empty."""
+        entries = super().mask_entries(outputs, track_ids, frame_indices)
+        batch_idx, query_idx = torch.nonzero(entries.any(-1), as_tuple=True)
         if len(batch_idx):
-            batch_idx, query_idx = batch_idx.to(entries.device), query_idx.to(entries.device)
-            entries[batch_idx, query_idx] = self._visible(outputs.masks_logits[batch_idx, query_idx],
-                                                          [len(frame_indices[b]) for b in batch_idx.tolist()])
+            entries[batch_idx, query_idx] &= (outputs.masks_logits[batch_idx, query_idx] > 0).flatten(2).any(-1)
         return entries
 
     def _store_caption_inputs(self, model, clips, outputs, batch_idx, query_idx, batch_host, wanting) -> None:

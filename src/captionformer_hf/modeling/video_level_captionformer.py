@@ -102,9 +102,11 @@ class CaptionFormerVideoLevel:
     def mask_entries(self, outputs, track_ids: torch.LongTensor, frame_indices: list[list[int]]) -> torch.BoolTensor:
         """``(B, Q, T)`` on the outputs' device: the (query, frame) pairs of this clip batch whose masks a per-frame
         entry of the video output may use, keyed by (``track_ids[b, q]``, ``frame_indices[b][t]``). Default: every
-        real frame of every tracked query."""
+        real frame of every tracked query; none for box-only models (they have no masks), whatever the mode."""
         batch_size, num_queries, num_frames = outputs.pred_boxes.shape[:3]
         device = outputs.pred_boxes.device
+        if self.config.box_only:
+            return torch.zeros(batch_size, num_queries, num_frames, dtype=torch.bool, device=device)
         real = torch.tensor([len(f) for f in frame_indices], device=device)
         in_clip = torch.arange(num_frames, device=device)[None, :] < real[:, None]  # (B, T)
         return (track_ids.to(device) >= 0)[:, :, None] & in_clip[:, None, :]
