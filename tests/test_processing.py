@@ -360,6 +360,8 @@ def test_pipeline_parameters_and_errors(pipe, sample, tmp_path):
         pipe(str(tmp_path / "missing.mp4"))
     with pytest.raises(ValueError, match="`threshold`"):
         pipe(paths["mp4"], threshold=3)
+    with pytest.raises(ValueError, match=r"`presence_threshold` must be a number in \[0, 1\], got True"):
+        pipe(paths["mp4"], presence_threshold=True)
     with pytest.raises(TypeError, match="dtype"):
         pipe(np.zeros((2, 32, 32, 3), np.int64))
     with pytest.raises(ValueError, match="4 dimensions"):

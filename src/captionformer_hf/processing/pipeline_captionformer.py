@@ -86,8 +86,8 @@ for trajectory in result["trajectories"]:
 
 Requirements: `pip install {" ".join(repr(r) if ">" in r else r for r in REQUIREMENTS)}` (av decodes video files, scipy
 links detections into tracks; inference needs nothing else: the training losses load only when training, and
-`pycocotools`, when installed, speeds up mask encoding on the CPU). Where the `captionformer_hf` package is installed, the model also runs with the
-package's own code: `pipeline("dense-video-object-captioning", model=...)` after `import captionformer_hf`.
+`pycocotools`, when installed, speeds up mask encoding on the CPU). Where the `captionformer_hf` package is
+installed, the model also runs with the package's own code: `pipeline("dense-video-object-captioning", model=...)` after `import captionformer_hf`.
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
@@ -167,15 +167,12 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
             if v is not None
         }
         forward = {"generate_kwargs": generation}
-        if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-                raise ValueError(f"`threshold` must be a number in [0, 1], got {threshold!r}")
-            forward["threshold"] = float(threshold)
-        if presence_threshold is not None:
-            if (isinstance(presence_threshold, bool) or not isinstance(presence_threshold, (int, float))
-                    or not 0 <= presence_threshold <= 1):
-                raise ValueError(f"`presence_threshold` must be a number in [0, 1], got {presence_threshold!r}")
-            forward["presence_threshold"] = float(presence_threshold)
+        for name, value in (("threshold", threshold), ("presence_threshold", presence_threshold)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
+            forward[name] = float(value)
         if clip_batch_size is not None:
             forward["clip_batch_size"] = clip_batch_size
         if aggregation is not None:
@@ -236,8 +233,8 @@ class DenseVideoObjectCaptioningPipeline(Pipeline):
         results = [
             predict_video(
                 self.model, self.processor, video, threshold=threshold, presence_threshold=presence_threshold,
-                clip_batch_size=clip_batch_size,
-                return_masks=return_masks, aggregation=aggregation, progress=progress, **(generate_kwargs or {}),
+                clip_batch_size=clip_batch_size, return_masks=return_masks, aggregation=aggregation, progress=progress,
+                **(generate_kwargs or {}),
             )
             for video in batch
         ]
