@@ -204,6 +204,15 @@ def test_cli_protocol(tmp_path, capsys):
         assert row["CHOTA"] == pytest.approx(sizes["metrics"][size]["CHOTA"])
         assert row["gt_count"] == sizes["stats"][size]["gt_count"]
     assert saved["by_size"]["small"]["gt_count"] > 0 and "CHOTA small" in capsys.readouterr().out
+    # without a protocol: the breakdown of the given settings
+    from captionformer_hf.metrics.protocols import size_breakdown
+
+    assert main(["evaluate", str(tmp_path / "preds.json"), str(tmp_path / "gt.json"), "--caption-metrics", "cider",
+                 "--score-threshold", "0.6", "--by-size", "--out", str(tmp_path / "t.json")]) == 0
+    expected = size_breakdown(*load_videos(str(tmp_path / "preds.json"), str(tmp_path / "gt.json"))[:2],
+                              iou_type="box", alphas=(0.5,), caption_metrics=("cider",), score_threshold=0.6)
+    saved = json.loads((tmp_path / "t.json").read_text())["by_size"]
+    assert set(saved) == set(expected) and all(saved[size] == pytest.approx(expected[size]) for size in expected)
 
 
 def test_detection_size_classes_as_the_release():

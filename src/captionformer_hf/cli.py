@@ -36,16 +36,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     predictions, references, detected = load_videos(args.predictions, references)
     logger.info("evaluating %d videos (%s format)", len(references), detected)
     if args.protocol is not None:
-        from .metrics.protocols import PROTOCOLS, PUBLISHED_CAPTION_METRICS, SUPPORTED_CAPTION_METRICS, evaluate_protocol
-        from .metrics.protocols import restrict_to_frames
-        from .metrics.protocols import sparse_frames_of
+        from .metrics.protocols import evaluate_protocol
 
         result = evaluate_protocol(args.protocol, predictions, references, full_capa=args.full_capa,
-                                   sparse_frames=sparse)
-        settings = {"iou_type": PROTOCOLS[args.protocol].iou_type, "score_threshold": 0.0,
-                    "caption_metrics": SUPPORTED_CAPTION_METRICS if args.full_capa else PUBLISHED_CAPTION_METRICS}
-        if sparse is not None:
-            predictions = restrict_to_frames(predictions, sparse if "videos" not in sparse else sparse_frames_of(sparse))
+                                   sparse_frames=sparse, by_size=args.by_size)
     else:
         settings = {
             "iou_type": args.iou_type or "box",
@@ -55,12 +49,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             "score_threshold": 0.5 if args.score_threshold is None else args.score_threshold,
         }
         result = compute_chota(predictions, references, **settings)
-    if args.by_size:
-        from .metrics.protocols import chota_by_object_size
+        if args.by_size:
+            from .metrics.protocols import size_breakdown
 
-        sizes = chota_by_object_size(predictions, references, **settings)
-        result["by_size"] = {size: {**{k: sizes["metrics"][size][k] for k in ("CHOTA", "HOTA", "DetA", "AssA")},
-                                    **sizes["stats"][size]} for size in sizes["metrics"]}
+            result["by_size"] = size_breakdown(predictions, references, **settings)
     if args.out:
         atomic_write_json(args.out, result)
     summary = {k: v for k, v in result.items() if k not in ("per_alpha", "per_video", "by_size")}

@@ -187,12 +187,13 @@ def evaluate_protocol(
     *,
     full_capa: bool = False,
     sparse_frames: Mapping | None = None,
+    by_size: bool = False,
 ) -> dict:
     """Score ``predictions`` against ``references`` (videos of the trajectory format) as benchmark ``name``'s
     published protocol does. ``sparse_frames``: VLN's extended ground truth (or ``video_id -> frames``) when the
     predictions cover the dense videos. Returns the CHOTA result dict (``compute_chota``) with ``protocol``; for
     BenSMOT, the fields it defines (HOTA and its parts, ``SMOT_CIDEr`` and ``SMOT_pairs``; CHOTA and CapA only with
-    ``full_capa``)."""
+    ``full_capa``). ``by_size``: also ``by_size`` (:func:`size_breakdown`, with the protocol's CHOTA settings)."""
     if name not in PROTOCOLS:
         raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {name!r}")
     protocol = PROTOCOLS[name]
@@ -209,6 +210,7 @@ def evaluate_protocol(
                 "pass VLN's extended ground truth (`sparse_frames`, --sparse-frames) to keep the annotated frames"
             )
     metrics = SUPPORTED_CAPTION_METRICS if full_capa else PUBLISHED_CAPTION_METRICS
+    settings = {"iou_type": protocol.iou_type, "caption_metrics": metrics, "score_threshold": 0.0}
     if protocol.captions == "smot":
         result = compute_chota(predictions, references, iou_type=protocol.iou_type, caption_metrics=(),
                                score_threshold=0.0)
@@ -220,8 +222,7 @@ def evaluate_protocol(
             for metric, value in smot_language_scores(gt_captions, pred_captions, ("bleu", "rouge")).items():
                 result[f"SMOT_{metric.upper()}"] = value
         if full_capa:
-            capa = compute_chota(predictions, references, iou_type=protocol.iou_type, caption_metrics=metrics,
-                                 score_threshold=0.0)
+            capa = compute_chota(predictions, references, **settings)
             for key in ("CHOTA", "CapA", *(f"CapA_{m}" for m in metrics)):
                 result[key] = capa[key]
         else:  # BenSMOT defines HOTA and its own caption CIDEr, no CHOTA: the CapA-less CHOTA is not reported
@@ -232,8 +233,9 @@ def evaluate_protocol(
                 for key in undefined:
                     table.pop(key, None)
     else:
-        result = compute_chota(predictions, references, iou_type=protocol.iou_type, caption_metrics=metrics,
-                               score_threshold=0.0)
+        result = compute_chota(predictions, references, **settings)
+    if by_size:
+        result["by_size"] = size_breakdown(predictions, references, **settings)
     result["protocol"] = name
     return result
 
@@ -295,5 +297,13 @@ def chota_by_object_size(predictions: Sequence[Mapping], references: Sequence[Ma
     return result
 
 
+def size_breakdown(predictions: Sequence[Mapping], references: Sequence[Mapping], **chota_kwargs) -> dict:
+    """:func:`chota_by_object_size` as one row per size: ``{size: {"CHOTA", "HOTA", "DetA", "AssA", "gt_count",
+    "pred_count"}}`` (what ``captionformer evaluate --by-size`` reports)."""
+    sizes = chota_by_object_size(predictions, references, **chota_kwargs)
+    return {size: {**{key: sizes["metrics"][size][key] for key in ("CHOTA", "HOTA", "DetA", "AssA")},
+                   **sizes["stats"][size]} for size in sizes["metrics"]}
+
+
 __all__ = ["OBJECT_SIZES", "PROTOCOLS", "Protocol", "chota_by_object_size", "detection_size", "evaluate_protocol",
-           "restrict_to_frames", "smot_caption_pairs", "smot_language_scores", "sparse_frames_of"]
+           "restrict_to_frames", "size_breakdown", "smot_caption_pairs", "smot_language_scores", "sparse_frames_of"]
