@@ -4,8 +4,8 @@ the CLI and the Spaces share.
 video processor (decode in a background thread, sample, cut clips, resize and normalise on the model's device) ->
 ``model(clips, video_session=session)`` (segment, track: tensors) -> ``processor.post_process_clip_masks`` (the
 batch's masks resized to the original size on the device and RLE-encoded; on an accelerator in a worker thread while
-the model runs the next batch, at most ``MAX_PENDING_MASK_BATCHES`` batches waiting) -> ``model.finalize_video_session`` (hysteresis,
-captions of the sampled clips) -> ``processor.post_process_dense_captions`` (boxes, masks, labels, caption text) ->
+the model runs the next batch, at most ``MAX_PENDING_MASK_BATCHES`` batches waiting) ->
+``model.finalize_video_session`` (hysteresis, captions of the sampled clips) -> ``processor.post_process_dense_captions`` (boxes, masks, labels, caption text) ->
 the trajectory format of ``docs/format.md``.
 
 Remote-code safe: single-dot imports only.

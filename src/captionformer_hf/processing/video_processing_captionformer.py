@@ -935,8 +935,8 @@ class ClipMaskEncoder:
     input size, crop to the content, bilinear resize to the original size (as the released code), threshold at 0,
     and, on an accelerator, the positions where each column-major mask changes value (torch; one host copy per call,
     then the run lengths and their COCO string code with numpy, equal to pycocotools' ``encode``); on the CPU,
-    pycocotools' ``encode`` of the binary masks when it is installed (faster there). ``method``: ``"auto"`` (as said), ``"runs"`` or
-    ``"pycocotools"`` (the same strings either way)."""
+    pycocotools' ``encode`` of the binary masks when it is installed (faster there). ``method``: ``"auto"`` (as
+    said), ``"runs"`` or ``"pycocotools"`` (the same strings either way)."""
 
     def __init__(self, geometry: VideoGeometry, max_chunk_bytes: int = 1 << 28, method: str = "auto"):
         if method not in ("auto", "runs", "pycocotools"):
@@ -963,14 +963,11 @@ class ClipMaskEncoder:
         padded_h, padded_w = self.geometry.padded_size
         per_mask = 4 * (height * width + padded_h * padded_w) + 2 * height * width
         chunk = max(1, self.max_chunk_bytes // per_mask)
-        method = self.method
-        if method == "auto":  # pycocotools on the CPU when installed (a Hub folder's inference does not need it)
-            method = "pycocotools" if masks_logits.device.type == "cpu" and _pycocotools_mask() is not None else "runs"
-        if method == "pycocotools":
-            mask_utils = _pycocotools_mask()
-            if mask_utils is None:
-                raise ImportError("`method='pycocotools'` needs pycocotools (pip install pycocotools)")
-
+        mask_utils = _pycocotools_mask() if self.method != "runs" else None
+        if self.method == "pycocotools" and mask_utils is None:
+            raise ImportError("`method='pycocotools'` needs pycocotools (pip install pycocotools)")
+        # "auto": pycocotools on the CPU when installed (a Hub folder's inference does not need it)
+        if mask_utils is not None and (self.method == "pycocotools" or masks_logits.device.type == "cpu"):
             strings = []
             for start in range(0, count, chunk):
                 binary = self.binary_masks(masks_logits[start : start + chunk]).numpy().view(np.uint8)
