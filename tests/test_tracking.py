@@ -224,8 +224,10 @@ def test_track_video_output(toy_config):
     assert bool((out.frame_track_indices.diff() >= 0).all())  # sorted by trajectory
     for rle in rles:  # every listed entry has its mask, none empty (entries are the frames where it is visible)
         assert mask_utils.decode({"size": [64, 64], "counts": rle.encode()}).any()
-    # the processor encoded the tracked queries' visible frames: the listed entries and those of pruned tracks only
-    assert len(encoded) >= num_entries
+    # the processor encoded the tracked queries' visible frames: with no hysteresis every track stays, so exactly the
+    # listed entries
+    listed = {(int(out.track_ids[t]), int(f)) for t, f in zip(out.frame_track_indices, out.frame_indices)}
+    assert set(encoded) == listed and len(listed) == num_entries
 
 
 def test_forward_with_a_session_reports_track_ids(toy_config):
@@ -243,8 +245,14 @@ def test_forward_with_a_session_reports_track_ids(toy_config):
     as_tuple = CaptionFormerForDenseVideoObjectCaptioning.forward(model, clips, video_session=model.init_video_session(), return_dict=False)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[-3], out.track_ids)
     assert as_tuple[-1] == out.frame_indices == [[0, 1], [2, 3]]
-    assert out.mask_entries.shape == out.masks_logits.shape[:3]
     assert not bool(out.mask_entries[out.track_ids == -1].any())
+    # paper mode: the frames where a tracked query's mask is not empty (both clips are full: every frame is real);
+    # at threshold 0 every query is tracked
+    with torch.no_grad():
+        every = model(clips, video_session=model.init_video_session(threshold=0.0))
+    assert bool((every.track_ids >= 0).all())
+    assert torch.equal(every.mask_entries, (every.masks_logits > 0).flatten(3).any(-1))
+    assert bool(every.mask_entries.any())
     with pytest.raises(ValueError, match="`labels`"):
         model(clips, video_session=session, labels=[{}, {}])
     with pytest.raises(TypeError, match="CaptionFormerVideoSession"):
