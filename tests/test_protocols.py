@@ -275,4 +275,5 @@ def test_bensmot_language_scores_as_the_release_script():
     result = evaluate_protocol("bensmot", predicted_videos(), coco_to_videos(coco_gt()))
     refs, cands = smot_caption_pairs(predicted_videos(), coco_to_videos(coco_gt()))
     assert result["SMOT_BLEU"] == pytest.approx(smot_language_scores(refs, cands, ("bleu",))["bleu"])
+    assert result["SMOT_ROUGE"] == pytest.approx(smot_language_scores(refs, cands, ("rouge",))["rouge"])
     assert 0 < result["SMOT_ROUGE"] < 1
