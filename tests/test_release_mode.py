@@ -21,12 +21,17 @@ from captionformer_hf.processing.video_processing_captionformer import release_b
 
 
 # ------------------------------------------------------------------------------------------- reference (release)
-def ref_vote_match(memory, current, top_k):
+def ref_vote_match(memory, current, top_k, half=False):
+    """``half``: as under the release's fp16 autocast, where ``norm`` and the division run in float32 and ``torch.mm``
+    takes fp16 operands and gives an fp16 product (the rest on the CPU, in the costs' fp16)."""
     current = current / current.norm(dim=1)[:, None]
     weighted, permutations, totals = [], [], []
     for i, remembered in enumerate(memory):
         target = remembered / remembered.norm(dim=1)[:, None]
-        cost = (1 - torch.mm(current, target.transpose(0, 1))).cpu()
+        if half:
+            cost = (1 - torch.mm(current.half(), target.half().transpose(0, 1))).cpu()
+        else:
+            cost = (1 - torch.mm(current, target.transpose(0, 1))).cpu()
         rows, cols = linear_sum_assignment(cost.transpose(0, 1))
         permutations.append(cols)
         totals.append(cost[cols, rows].sum())
@@ -39,12 +44,14 @@ def ref_vote_match(memory, current, top_k):
 
 
 def ref_scores(cls, obj):
+    """get_pred_score; with fp16 logits (autocast) the sigmoid stays fp16, softmax runs in float32 (autocast casts
+    its input), the product with it and the power are float32."""
     per_class = cls[:, :-1].sigmoid()
-    objectness = torch.softmax(obj, dim=-1)[:, :-1]
+    objectness = torch.softmax(obj.float(), dim=-1)[:, :-1]
     return ((per_class * objectness) ** 0.5).max(dim=1).values
 
 
-def ref_track(clips, top_k, top_t):
+def ref_track(clips, top_k, top_t, half=False):
     """The tracking loop: per clip the permuted class logits, objectness logits, predictions and embeddings, and the
     scores (queries, clips)."""
     out_cls, out_obj, out_pred, out_emb = [clips[0]["cls"]], [clips[0]["obj"]], [clips[0]["pred"]], [clips[0]["emb"]]
@@ -52,7 +59,7 @@ def ref_track(clips, top_k, top_t):
     scores = torch.zeros(clips[0]["emb"].shape[0], len(clips))
     scores[:, 0] = ref_scores(clips[0]["cls"], clips[0]["obj"])
     for i in range(1, len(clips)):
-        perm = ref_vote_match(memory, clips[i]["emb"], top_k)
+        perm = ref_vote_match(memory, clips[i]["emb"], top_k, half)
         memory.append(clips[i]["emb"][perm])
         memory = memory[-top_t:]
         out_cls.append(clips[i]["cls"][perm])
@@ -168,7 +175,7 @@ def ref_box_mode(out_cls, out_pred, scores, clip_frames, presence=0.2):
 
 def ref_mask_mode(out_cls, out_obj, scores, clip_frames, top=50):
     per_clip_cls = torch.stack(out_cls)
-    object_scores = torch.softmax(torch.stack(out_obj), dim=-1)[:, :, 0]
+    object_scores = torch.softmax(torch.stack(out_obj).float(), dim=-1)[:, :, 0]
     video_class, labels = per_clip_cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
     video_scores = (video_class * object_scores.mean(dim=0)) ** 0.5
     chosen = video_scores.topk(min(top, video_scores.shape[0]), sorted=False)[1]
@@ -208,7 +215,7 @@ def make_clips(seed, num_clips=14, queries=6, dim=8, classes=3, frames_per_clip=
 
 
 def run_package(clips, box_mode, caption_seed=0, **kwargs):
-    tracker = CaptionFormerReleaseTracker(box_mode=box_mode, **kwargs)
+    tracker = CaptionFormerReleaseTracker(box_mode=box_mode, precision="native", **kwargs)
     start = 0
     for clip in clips:
         scores = ref_scores(clip["cls"], clip["obj"])  # S, as the model computes it
@@ -221,11 +228,16 @@ def run_package(clips, box_mode, caption_seed=0, **kwargs):
     return tracker, tracker.finalize()
 
 
-def run_reference(clips, box_mode, k, t, t_agg, method, low, high, min_length, track_threshold=0.0, caption_seed=0):
+def run_reference(clips, box_mode, k, t, t_agg, method, low, high, min_length, track_threshold=0.0, caption_seed=0,
+                  half=False):
+    """``half``: the release under fp16 autocast: fp16 class and objectness logits and predictions (outputs of linear
+    layers and einsum), float32 embeddings (the decoder's layer norm), fp16 tracking costs."""
     frames = [clip["boxes"].shape[1] for clip in clips]
     preds = [clip["boxes"] if box_mode else clip["masks"] for clip in clips]
-    ref_clips = [{"emb": c["emb"], "cls": c["cls"], "obj": c["obj"], "pred": p} for c, p in zip(clips, preds)]
-    out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t)
+    cast = (lambda x: x.half()) if half else (lambda x: x)
+    ref_clips = [{"emb": c["emb"], "cls": cast(c["cls"]), "obj": cast(c["obj"]), "pred": cast(p)}
+                 for c, p in zip(clips, preds)]
+    out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t, half)
     torch.manual_seed(caption_seed)
     plans = ref_caption_plan(scores, frames, t_agg, method)
     if box_mode:
@@ -351,14 +363,13 @@ def test_a_release_mode_model_tracks_every_slot_end_to_end(toy_config, box_only)
     assert not math.isnan(float(out.scores.sum()))
 
 
-def test_release_tracker_runs_in_bfloat16_and_float16():
+@pytest.mark.parametrize("precision", ["native", "fp16_autocast"])
+def test_release_tracker_runs_in_bfloat16_and_float16(precision):
     """scipy's assignment takes no bfloat16: the costs are cast to float32 for it (a bf16 session used to crash)."""
-    from captionformer_hf.modeling.release_tracking_captionformer import CaptionFormerReleaseTracker
-
     g = torch.Generator().manual_seed(0)
     base = torch.randn(5, 16, generator=g)
     for dtype in (torch.bfloat16, torch.float16):
-        tracker = CaptionFormerReleaseTracker(k_match=2, t_match=3, box_mode=True)
+        tracker = CaptionFormerReleaseTracker(k_match=2, t_match=3, box_mode=True, precision=precision)
         for clip in range(4):
             embeddings = (base[torch.randperm(5, generator=g)] + 0.01 * torch.randn(5, 16, generator=g)).to(dtype)
             perm = tracker.update(embeddings, torch.rand(5, generator=g).to(dtype), torch.randn(5, 3, generator=g),
@@ -454,10 +465,12 @@ def test_each_threshold_means_one_thing_through_predict_video_and_the_demo(toy_c
         assert DemoHandler(pipe).threshold_arguments(0.4) == expected
 
 
-def test_tied_mean_class_logits_break_as_in_the_release():
+@pytest.mark.parametrize("precision", ["native", "fp16_autocast"])
+def test_tied_mean_class_logits_break_as_in_the_release(precision):
     """The release averages a strided (clips, Q, C + 1)[:, :, :-1] stack; averaging the contiguous (clips, Q, C)
-    rounds differently, and on exact ties of two classes the argmax can differ. Cases where it does: the package's
-    label is the release's."""
+    rounds differently, and on exact ties of two classes the argmax can differ. Under fp16 autocast the mean and the
+    sigmoid are fp16, which ties other pairs. Cases where the label depends on it: the package's is the release's."""
+    half = precision == "fp16_autocast"
     cases = 0
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
@@ -465,20 +478,26 @@ def test_tied_mean_class_logits_break_as_in_the_release():
         cls = torch.randn(num_clips, 4, classes + 1, generator=g)
         a, b = torch.randperm(classes, generator=g)[:2].tolist()
         cls[:, :, b] = cls[:, :, a].flip(0)  # the same values in another order: a tie up to rounding
-        strided = cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)[1]
-        contiguous = cls[:, :, :-1].contiguous().mean(dim=0).sigmoid().max(dim=-1)[1]
-        if torch.equal(strided, contiguous):
+        if half:
+            cls = cls.half().float()  # what the model's fp16 logits hold
+            release = cls.half()[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)[1]
+            other = cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)[1]  # the float32 arithmetic
+        else:
+            release = cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)[1]
+            other = cls[:, :, :-1].contiguous().mean(dim=0).sigmoid().max(dim=-1)[1]
+        if torch.equal(release, other):
             continue
         cases += 1
         tracker = CaptionFormerReleaseTracker(box_mode=True, presence_threshold=-1.0, hysteresis_low=0.0,
-                                              hysteresis_high=0.0, hysteresis_min_length=1, caption_score_threshold=2.0)
+                                              hysteresis_high=0.0, hysteresis_min_length=1, caption_score_threshold=2.0,
+                                              precision=precision)
         identity = torch.eye(4, 8)
         for c in range(num_clips):
             tracker.update(identity, torch.full((4,), 0.9), cls[c, :, :-1], torch.full((4,), 0.9), torch.rand(4, 1, 4),
                            frame_indices=[c])
         labels = {track.slot: track.label for track in tracker.finalize()}
-        assert [labels[q] for q in range(4)] == strided.tolist()
-    assert cases >= 3, "no case where the layouts disagree: the test would test nothing"
+        assert [labels[q] for q in range(4)] == release.tolist()
+    assert cases >= 3, "no case where the arithmetic changes the label: the test would test nothing"
 
 
 def _inject_clip_outputs(model, clips, release_boxes_xywh=False):
@@ -504,41 +523,78 @@ def _inject_clip_outputs(model, clips, release_boxes_xywh=False):
     model.model.segmenter.forward = forward
 
 
+def ref_pixels(boxes, input_size, content_size, original_size):
+    """The release's box conversion on its raw (x, y, w, h) boxes, in their dtype (fp16 under autocast): scaled to the
+    content in place, clamped, scaled to the output size in place, rounded to whole pixels."""
+    boxes = boxes.clone()
+    boxes[:, [0, 2]] *= input_size[1] / content_size[1]
+    boxes[:, [1, 3]] *= input_size[0] / content_size[0]
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, 1)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, 1)
+    boxes[:, [0, 2]] *= original_size[1]
+    boxes[:, [1, 3]] *= original_size[0]
+    return [box.round().to(torch.int).tolist() for box in boxes]
+
+
+def _fp16_objectness(clips):
+    """Objectness logits ``[d, 0]`` with ``d`` an fp16 value: the converter folds the release's two logits into one,
+    ``a - b``, so only such logits give the package (sigmoid of the fp16 ``d``) exactly the release's inputs (softmax
+    of the fp16 ``[a, b]``)."""
+    for clip in clips:
+        d = (clip["obj"][:, 0] - clip["obj"][:, 1]).half().float()
+        clip["obj"] = torch.stack([d, torch.zeros_like(d)], dim=1)
+    return clips
+
+
+@pytest.mark.parametrize("precision", ["native", "fp16_autocast"])
 @pytest.mark.parametrize("box_mode", [False, True])
 @pytest.mark.parametrize("seed", range(3))
-def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed):
+def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed, precision):
     """From per-clip model outputs through the model's score conversion, the video session, finalize, the processor's
     mask encoding and post-processing, compared in pixels with the reference: the same tracks, scores, labels,
-    per-frame scores, boxes (the release's pixel conversion) and masks (the release's resize, thresholded)."""
+    per-frame scores, boxes (the release's pixel conversion) and masks (the release's resize, thresholded). With
+    ``fp16_autocast`` the reference is the release under fp16 autocast, and the package computes on the CPU."""
     from captionformer_hf.processing import CaptionFormerVideoProcessor, VideoGeometry
 
+    half = precision == "fp16_autocast"
     k, t, low, high, min_length = 2, 5, 0.3, 0.8, 3
     clips = make_clips(seed, frames_per_clip=(1,))
+    if half:
+        clips = _fp16_objectness(clips)
+    raw = [clip["boxes"] for clip in clips]  # the release's raw (x, y, w, h); the model gives (x + w / 2, ...)
+    injected = [dict(clip, boxes=torch.cat([b[..., :2] + b[..., 2:] / 2, b[..., 2:]], -1)) for clip, b in zip(clips, raw)]
     extra = {"box_head_layers": 2, "box_only": True} if box_mode else {}
     config = toy_config(clip_length=1, video_inference_mode="release", k_match=k, t_match=t, hysteresis_low=low,
-                        hysteresis_high=high, hysteresis_min_length=min_length, **extra)
+                        hysteresis_high=high, hysteresis_min_length=min_length, release_precision=precision, **extra)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
-    _inject_clip_outputs(model, clips)
-    height, width = 32, 32  # the input (= content = original here); the masks are 6 x 6, resized to it
+    _inject_clip_outputs(model, injected)
+    height, width = 32, 32  # the input (= content = original for masks); the masks are 6 x 6, resized to it
     geometry = VideoGeometry((height, width), (height, width), (height, width))
+    # boxes: a 24 x 32 content padded to 32 x 32, from a 720 x 1280 video (scales where fp16 moves pixels)
+    content, original = ((24, 32), (720, 1280)) if box_mode else ((height, width), (height, width))
     processor = CaptionFormerVideoProcessor()
     masks = {}
     out = model.track_video(torch.zeros(len(clips), 3, height, width), caption=False,
                             on_clip_batch=lambda o: masks.update(processor.post_process_clip_masks(o, geometry)))
-    result = processor.post_process_dense_captions(out, (height, width), (height, width),
-                                                   mask_rles=None if box_mode else masks)
-    reference, _, out_pred, _ = run_reference(clips, box_mode, k, t, 8, "weighted mean", low, high, min_length)
+    assert out.precision == precision
+    result = processor.post_process_dense_captions(out, original, content, mask_rles=None if box_mode else masks)
+    reference, _, out_pred, _ = run_reference(clips, box_mode, k, t, 8, "weighted mean", low, high, min_length,
+                                              half=half)
     ours = {trajectory["track_id"]: trajectory for trajectory in result["trajectories"]}
     assert sorted(ours) == sorted(reference["query"]) and ours
+    moved = 0
     for r, slot in enumerate(reference["query"]):
         trajectory = ours[slot]
         assert trajectory["score"] == pytest.approx(reference["pred_scores"][r], abs=1e-4)  # (rounded to 4 places)
         if box_mode:
             expected = {i: box for i, box in enumerate(reference["pred_boxes"][r]) if box is not None}
-            assert [f["frame_index"] for f in trajectory["frames"]] == sorted(expected)
-            pixels = release_boxes(torch.tensor([expected[f["frame_index"]] for f in trajectory["frames"]]),
-                                   (height, width), (height, width), (height, width))
+            frames = sorted(expected)
+            assert [f["frame_index"] for f in trajectory["frames"]] == frames
+            pixels = ref_pixels(torch.tensor([expected[i] for i in frames], dtype=raw[0].dtype).to(
+                torch.float16 if half else torch.float32), (height, width), content, original)
             assert [f["box"] for f in trajectory["frames"]] == pixels
+            float32 = ref_pixels(torch.stack([raw[i][slot, 0] for i in frames]), (height, width), content, original)
+            moved += sum(a != b for a, b in zip(pixels, float32))
         else:
             assert [f["frame_index"] for f in trajectory["frames"]] == list(range(len(clips)))
             for entry in trajectory["frames"]:
@@ -551,3 +607,77 @@ def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed)
         for entry in trajectory["frames"]:
             assert entry["score"] == pytest.approx(reference["pred_scores_per_frame"][r][entry["frame_index"]],
                                                    abs=1e-4)
+    if box_mode and half:  # fp16 arithmetic moves boxes by a pixel: the comparison above can tell the two apart
+        assert moved > 0
+
+
+def test_release_tracker_matches_on_fp16_costs_as_the_release_under_autocast():
+    """100 queries of 256 dimensions, nearly alike (as a converted model's no-object queries): fp16 costs (the
+    release's ``torch.mm`` under autocast) permute the queries otherwise than float32 costs in most clips; the
+    ``fp16_autocast`` tracker gives the permutation of the release under autocast in every clip, the ``native`` one
+    the float32 release's."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(100, 256, generator=g) * 0.01 + torch.randn(256, generator=g)
+    clips = [base[torch.randperm(100, generator=g)] + 0.005 * torch.randn(100, 256, generator=g) for _ in range(12)]
+    trackers = {p: CaptionFormerReleaseTracker(k_match=3, t_match=5, precision=p) for p in ("native", "fp16_autocast")}
+    memories = {False: [clips[0]], True: [clips[0]]}
+    differ = 0
+    for c, embeddings in enumerate(clips):
+        perms = {p: tracker.update(embeddings, torch.rand(100), torch.randn(100, 3), torch.rand(100),
+                                   torch.rand(100, 1, 4)) for p, tracker in trackers.items()}
+        if c == 0:
+            continue
+        for half, precision in ((False, "native"), (True, "fp16_autocast")):
+            expected = ref_vote_match(memories[half], embeddings, 3, half=half)
+            assert perms[precision].tolist() == list(expected), (c, precision)
+            memories[half] = (memories[half] + [embeddings[torch.as_tensor(expected)]])[-5:]
+        differ += perms["native"].tolist() != perms["fp16_autocast"].tolist()
+    assert differ >= 5, "fp16 and float32 costs agree: the case cannot tell the two arithmetics apart"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("precision", ["native", "fp16_autocast"])
+def test_a_release_model_runs_in_each_dtype_and_precision(toy_config, dtype, precision):
+    """A release-mode model loaded in float32 or bfloat16 runs a video end to end with either precision; with
+    ``fp16_autocast`` the tracking output carries the fp16 tensors of the release (the processor encodes its masks)."""
+    from captionformer_hf.processing import CaptionFormerVideoProcessor, VideoGeometry
+
+    torch.manual_seed(0)
+    config = toy_config(clip_length=2, video_inference_mode="release", release_precision=precision,
+                        caption_score_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval().to(dtype)
+    geometry = VideoGeometry((64, 64), (64, 64), (64, 64))
+    processor = CaptionFormerVideoProcessor()
+    seen, rles = [], {}
+
+    def on_clip_batch(outputs):
+        seen.append((outputs.class_logits.dtype, outputs.masks_logits.dtype, outputs.object_queries.dtype))
+        rles.update(processor.post_process_clip_masks(outputs, geometry))
+
+    out = model.track_video(torch.randn(5, 3, 64, 64).to(dtype), max_new_tokens=2, on_clip_batch=on_clip_batch)
+    if precision == "fp16_autocast":
+        assert set(seen) == {(torch.float16, torch.float16, torch.float32)}
+    else:
+        assert set(seen) == {(dtype, dtype, dtype)}
+    assert out.precision == precision and len(out.track_ids) > 0 and out.caption_ids is not None
+    assert len(rles) == len(out.frame_indices) and torch.isfinite(out.scores).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_release_fp16_autocast_on_cuda_runs_the_segmenter_under_autocast(toy_config):
+    """On CUDA ``fp16_autocast`` is the release's own autocast: the segmenter's linear outputs come out fp16 (not
+    rounded afterwards), the layer-normed queries float32; the CPU's emulation sees the same dtypes."""
+    torch.manual_seed(0)
+    config = toy_config(clip_length=2, video_inference_mode="release", caption_score_threshold=0.0,
+                        hysteresis_low=0.0, hysteresis_high=0.0, hysteresis_min_length=1)
+    video = torch.randn(5, 3, 64, 64)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+    dtypes, outputs = {}, {}
+    for device in ("cpu", "cuda"):
+        model = model.to(device)
+        seen = []
+        outputs[device] = model.track_video(video.to(device), max_new_tokens=2, on_clip_batch=lambda o: seen.append(
+            (o.class_logits.dtype, o.pred_boxes.dtype, o.masks_logits.dtype, o.object_queries.dtype)))
+        dtypes[device] = set(seen)
+    assert dtypes["cuda"] == dtypes["cpu"] == {(torch.float16, torch.float32, torch.float16, torch.float32)}
+    assert len(outputs["cuda"].track_ids) > 0

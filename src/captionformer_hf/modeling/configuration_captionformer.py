@@ -17,6 +17,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 _AGGREGATIONS = ("weighted", "mean", "best", "concat", "linear", "self-attention")
 _CAPTION_FRAMES = ("middle", "first", "random")
 _CAPTION_MASK_CONVENTIONS = ("object", "release")
+_RELEASE_PRECISIONS = ("fp16_autocast", "native")
 _VIDEO_INFERENCE_MODES = ["paper", "release"]  # register_video_inference_mode (modeling) adds more
 
 
@@ -150,6 +151,12 @@ class CaptionFormerConfig(PreTrainedConfig):
             below this.
         track_score_threshold (`float`, defaults to 0.0): release mode (``PER_FRAME_SCORE_THRESHOLD``): box models
             drop frames whose score is not above it, mask models drop tracks whose score is not above it; 0: off.
+        release_precision (`str`, defaults to ``"fp16_autocast"``): release mode: the arithmetic of the video level.
+            ``"fp16_autocast"``: what the released evaluation computes under ``torch.cuda.amp.autocast()`` (fp16
+            class / objectness logits, boxes, mask logits and tracking costs; float32 where autocast or the release
+            casts: embeddings after the layer norm, softmax, scores, the assignment). On CUDA the segmenter and
+            caption head also run under autocast; on the CPU the same tensors are rounded to fp16 explicitly.
+            ``"native"``: the model's own dtype (float32, bfloat16 or float16) throughout, float32 for the assignment.
         caption_frame (`str`, defaults to ``"middle"``): frame of a clip fed to the caption head at inference:
             ``"middle"``, ``"first"`` or ``"random"`` (drawn from torch's global generator; release mode always
             draws one, as the released code). Training samples one at random, as the released code.
@@ -234,6 +241,7 @@ class CaptionFormerConfig(PreTrainedConfig):
     max_trajectories: int = 50
     caption_score_threshold: float = 0.3
     track_score_threshold: float = 0.0
+    release_precision: str = "fp16_autocast"
 
     caption_frame: str = "middle"
     caption_mask_threshold: float = 0.5
@@ -426,6 +434,8 @@ class CaptionFormerConfig(PreTrainedConfig):
                     f"`text_embedding_dim` ({self.text_embedding_dim}) must be divisible by "
                     f"`clip_image_context_heads` ({self.clip_image_context_heads})"
                 )
+        if self.release_precision not in _RELEASE_PRECISIONS:
+            raise ValueError(f"`release_precision` must be one of {_RELEASE_PRECISIONS}, got {self.release_precision!r}")
         if self.box_format not in ("cxcywh", "xywh"):
             raise ValueError(f"`box_format` must be 'cxcywh' or 'xywh', got {self.box_format!r}")
         if not isinstance(self.box_only, bool):

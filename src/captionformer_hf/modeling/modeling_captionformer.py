@@ -880,21 +880,25 @@ class CaptionFormerForDenseVideoObjectCaptioning(CaptionFormerPreTrainedModel, G
                 f"frames (at most {real_frames}), got {frame_indices!r}"
             )
         session.check_input_size(tuple(pixel_values_videos.shape[-2:]))
-        if session.video_level.pads_short_clips:
+        video_level = session.video_level
+        if video_level.pads_short_clips:
             clips = self.pad_clips(pixel_values_videos)
-            outputs = self.model(
-                clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, pixel_mask=pixel_mask
-            )
+            with video_level.autocast(clips.device):
+                outputs = self.model(
+                    clips, class_embeddings=class_embeddings, clip_image_embeds=clip_image_embeds, pixel_mask=pixel_mask
+                )
         else:  # a short last clip runs as it is
             self._check_pixel_values(pixel_values_videos[:, :1].expand(-1, self.config.clip_length, -1, -1, -1),
                                      self.config.clip_length)
             if real_frames > self.config.clip_length:
                 raise ValueError(f"a clip has {real_frames} frames, more than config.clip_length={self.config.clip_length}")
             clips = pixel_values_videos
-            outputs = self.model.segment_clips(clips, class_embeddings, None, clip_image_embeds, pixel_mask)
-        track_ids = session.video_level.step(self, session, clips, outputs, frame_indices)
+            with video_level.autocast(clips.device):
+                outputs = self.model.segment_clips(clips, class_embeddings, None, clip_image_embeds, pixel_mask)
+        outputs = video_level.prepare_outputs(outputs)
+        track_ids = video_level.step(self, session, clips, outputs, frame_indices)
         session.num_frames += sum(len(f) for f in frame_indices)
-        entries = session.video_level.mask_entries(outputs, track_ids, frame_indices)
+        entries = video_level.mask_entries(outputs, track_ids, frame_indices)
         return CaptionFormerTrackingOutput(**dict(outputs.items()), track_ids=track_ids, mask_entries=entries,
                                            frame_indices=[list(f) for f in frame_indices])
 

@@ -4,6 +4,7 @@ tracker (:class:`CaptionFormerReleaseTracker`), its hysteresis, and the algorith
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from .captioning_captionformer import (
     mask_logits_on_grid,
     uniform_clip_indices,
 )
+from .configuration_captionformer import _RELEASE_PRECISIONS
 from .video_level_captionformer import (
     CaptionFormerVideoLevel,
     CaptionFormerVideoOutput,
@@ -27,6 +29,44 @@ from .video_level_captionformer import (
     register_video_inference_mode,
     top_k_vote_cost,
 )
+
+
+# ------------------------------------------------------------------------------------ the release's precision
+# The released evaluation runs under torch.cuda.amp.autocast() (fp16). Its video level then sees fp16 class and
+# objectness logits, boxes and mask logits (outputs of linear layers / einsum), float32 embeddings (layer norm runs in
+# float32 under autocast), fp16 tracking costs (`torch.mm` of the normalised embeddings), float32 softmax, products
+# with float32 tensors and powers. "fp16_autocast" computes the same: on CUDA under autocast, on the CPU by explicit
+# rounding of the same tensors.
+def autocast_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` as autocast computes it: both operands in fp16, an fp16 product (accumulated in float32)."""
+    return torch.mm(a.half(), b.half())
+
+
+def autocast_scores(class_logits: torch.Tensor, objectness_logits: torch.Tensor) -> torch.Tensor:
+    """The release's per-clip score under autocast from fp16 logits: ``sigmoid`` of the fp16 class logits stays fp16,
+    the objectness softmax (here the sigmoid of the converter's single logit ``a - b``) and the product and square
+    root are float32: ``(max_c sigmoid(cls_c) * p_obj) ** 0.5`` (float32)."""
+    class_prob = class_logits.float().sigmoid().half().amax(-1).float()
+    return (class_prob * objectness_logits.float().sigmoid()) ** 0.5
+
+
+def autocast_outputs(outputs):
+    """The clip outputs as the release's autocast has them: class and objectness logits, boxes and mask logits
+    rounded to fp16 (boxes: the release's raw ``(x, y, w, h)``; returned as float32 ``(cx, cy, w, h)`` of those fp16
+    values, exactly), embeddings in float32, and the scores recomputed from them (:func:`autocast_scores`)."""
+    boxes = outputs.pred_boxes.float()
+    xywh = torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., 2:]], dim=-1).half().float()
+    class_logits = outputs.class_logits.half()
+    objectness_logits = outputs.objectness_logits.half()
+    return type(outputs)(**{
+        **dict(outputs.items()),
+        "object_queries": outputs.object_queries.float(),
+        "class_logits": class_logits,
+        "objectness_logits": objectness_logits,
+        "scores": autocast_scores(class_logits, objectness_logits),
+        "pred_boxes": torch.cat([xywh[..., :2] + xywh[..., 2:] / 2, xywh[..., 2:]], dim=-1),
+        "masks_logits": None if outputs.masks_logits is None else outputs.masks_logits.half(),
+    })
 
 
 def release_hysteresis(scores, low: float, high: float, min_duration: int) -> list[bool]:
@@ -111,6 +151,7 @@ class CaptionFormerReleaseTracker:
         t_agg: int = 32,
         aggregation: str = "weighted",
         clip_length: int = 1,
+        precision: str = "fp16_autocast",
     ):
         check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
                              clip_length=clip_length)
@@ -128,6 +169,9 @@ class CaptionFormerReleaseTracker:
         self.t_agg = t_agg
         self.aggregation = aggregation
         self.clip_length = clip_length
+        if precision not in _RELEASE_PRECISIONS:
+            raise ValueError(f"`precision` must be one of {_RELEASE_PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.memory: deque = deque(maxlen=t_match)
         self.clips: list[dict] = []
 
@@ -141,6 +185,7 @@ class CaptionFormerReleaseTracker:
             "track_score_threshold": config.track_score_threshold,
             "caption_score_threshold": config.caption_score_threshold, "t_agg": config.t_agg,
             "aggregation": config.aggregation, "clip_length": config.clip_length,
+            "precision": config.release_precision,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
@@ -149,16 +194,29 @@ class CaptionFormerReleaseTracker:
     def num_clips(self) -> int:
         return len(self.clips)
 
+    @property
+    def fp16(self) -> bool:
+        """Whether the video level computes as the release under fp16 autocast (``precision="fp16_autocast"``)."""
+        return self.precision == "fp16_autocast"
+
     def match(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Permutation ``(Q,)`` of the clip's queries onto the slots (slot ``j`` takes query ``perm[j]``)."""
-        current = embeddings / embeddings.norm(dim=1)[:, None]
-        # float32 for scipy (bf16 / fp16 sessions), as the release's autocast casts the cost for its assignment
-        costs = torch.stack([
-            (1 - torch.mm(current, (remembered / remembered.norm(dim=1)[:, None]).transpose(0, 1))).float().cpu()
-            for remembered in reversed(self.memory)  # the newest first
-        ])  # (memory clips, current, slot)
-        combined = top_k_vote_cost(costs, self.k_match, ranking="release", normalise=False)
-        return torch.as_tensor(linear_sum_assignment(combined.transpose(0, 1))[1])
+        """Permutation ``(Q,)`` of the clip's queries onto the slots (slot ``j`` takes query ``perm[j]``).
+
+        ``fp16_autocast``: float32 normalisation (``norm`` runs in float32 under autocast), an fp16 ``torch.mm``,
+        fp16 costs on the CPU (weighted, summed and averaged in fp16 as the release's CPU code does), the assignment
+        on their float32 values. ``native``: the session's dtype, costs cast to float32 (scipy has no bfloat16)."""
+        current = embeddings.float() if self.fp16 else embeddings
+        current = current / current.norm(dim=1)[:, None]
+        costs = []
+        for remembered in reversed(self.memory):  # the newest first
+            target = remembered.float() if self.fp16 else remembered
+            target = (target / target.norm(dim=1)[:, None]).transpose(0, 1)
+            if self.fp16:
+                costs.append((1 - autocast_mm(current, target)).cpu())
+            else:
+                costs.append((1 - torch.mm(current, target)).float().cpu())
+        combined = top_k_vote_cost(torch.stack(costs), self.k_match, ranking="release", normalise=False)
+        return torch.as_tensor(linear_sum_assignment(combined.float().transpose(0, 1))[1])
 
     def update(
         self,
@@ -208,7 +266,11 @@ class CaptionFormerReleaseTracker:
         # the release averages its (clips, Q, C + 1) stack without the last (no-object) column: the same strided
         # layout here, so that the mean rounds, and exact ties break, as there
         with_column = torch.cat([class_logits, class_logits.new_zeros(*class_logits.shape[:2], 1)], dim=-1)
-        video_class, labels = with_column[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
+        if self.fp16:  # the mean and sigmoid of fp16 logits stay fp16 under autocast
+            mean = with_column.half()[:, :, :-1].mean(dim=0)
+            video_class, labels = mean.float().sigmoid().half().float().max(dim=-1)
+        else:
+            video_class, labels = with_column[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
         frames_of_clip = []
         start = 0
         for clip in self.clips:
@@ -311,6 +373,17 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
                              "`max_trajectories` best tracks by video score)")
         return cls(CaptionFormerReleaseTracker.from_config(config, **overrides), config)
 
+    def autocast(self, device: torch.device):
+        """fp16 autocast on CUDA with ``precision="fp16_autocast"`` (the released evaluation's
+        ``torch.cuda.amp.autocast()``); on the CPU, :meth:`prepare_outputs` rounds the outputs instead."""
+        if self.tracker.fp16 and torch.device(device).type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def prepare_outputs(self, outputs):
+        """``fp16_autocast``: the outputs as the release's autocast has them (:func:`autocast_outputs`)."""
+        return autocast_outputs(outputs) if self.tracker.fp16 else outputs
+
     def step(self, model, session, clips, outputs, frame_indices) -> torch.LongTensor:
         head = model.model.caption_head
         batch_size, num_queries = outputs.scores.shape
@@ -348,11 +421,13 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
         caption_ids = captioned = None
         if caption and session.caption and tracks:
             captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
-            queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
-            caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
+            with self.autocast(model.device):
+                queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
+                caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
         return self.video_output(session, [t.slot for t in tracks], [t.score for t in tracks],
                                  [t.label for t in tracks], caption_ids, captioned, frame_track, frame_index,
-                                 torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores)
+                                 torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores,
+                                 precision=self.tracker.precision)
 
     def _caption_queries(self, model, tracks, clips, batch_size: int) -> torch.Tensor:
         """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
@@ -393,5 +468,8 @@ __all__ = [
     "CaptionFormerReleaseTracker",
     "ReleaseTrack",
     "ReleaseVideoLevel",
+    "autocast_mm",
+    "autocast_outputs",
+    "autocast_scores",
     "release_hysteresis",
 ]

@@ -255,7 +255,8 @@ class CaptionFormerClipSegmenterMixin:
     def predict_boxes(self, queries: torch.Tensor) -> torch.Tensor:
         """Box head on layer-normed decoder states ``(B, Q, D)`` -> ``(B, Q, T, 4)`` normalised (cx, cy, w, h)."""
         boxes = self.box_head(queries).view(*queries.shape[:2], -1, 4)
-        if self.box_format == "xywh":  # the release: raw top-left corner and size
+        if self.box_format == "xywh":  # the release: raw top-left corner and size (in float32: under fp16 autocast
+            boxes = boxes.float()      # the raw fp16 values stay exactly recoverable from the centre)
             return torch.cat([boxes[..., :2] + boxes[..., 2:] / 2, boxes[..., 2:]], dim=-1)
         return boxes.sigmoid()
 

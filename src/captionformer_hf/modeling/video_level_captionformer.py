@@ -23,6 +23,7 @@ the release).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,8 @@ class CaptionFormerVideoOutput(ModelOutput):
     num_frames (`int`): frames processed. input_size (`tuple[int, int]`): the padded model input `(H, W)`.
     video_inference_mode (`str`): the algorithm that made it (see the config); `"release"` outputs are
         post-processed as the released code does (boxes clamped per coordinate and rounded to whole pixels).
+    precision (`str`, *optional*): release mode: `config.release_precision` (`"fp16_autocast"`: the processor
+        converts the boxes to pixels in fp16, as the release).
     """
 
     track_ids: torch.LongTensor | None = None
@@ -69,6 +72,7 @@ class CaptionFormerVideoOutput(ModelOutput):
     num_frames: int | None = None
     input_size: tuple | None = None
     video_inference_mode: str | None = None
+    precision: str | None = None
 
 
 class CaptionFormerVideoLevel:
@@ -99,6 +103,16 @@ class CaptionFormerVideoLevel:
         every query ``(B, Q)`` (-1: in no track)."""
         raise NotImplementedError
 
+    def autocast(self, device: torch.device):
+        """The context the segmenter and the caption head run in (default: none; the release mode's fp16 autocast
+        on CUDA)."""
+        return contextlib.nullcontext()
+
+    def prepare_outputs(self, outputs):
+        """The clip outputs as the algorithm computes with them, before :meth:`step` (default: as they are); the
+        tracking output of the forward pass carries these."""
+        return outputs
+
     def mask_entries(self, outputs, track_ids: torch.LongTensor, frame_indices: list[list[int]]) -> torch.BoolTensor:
         """``(B, Q, T)`` on the outputs' device: the (query, frame) pairs of this clip batch whose masks a per-frame
         entry of the video output may use, keyed by (``track_ids[b, q]``, ``frame_indices[b][t]``). Default: every
@@ -117,7 +131,8 @@ class CaptionFormerVideoLevel:
         raise NotImplementedError
 
     def video_output(self, session, track_ids, scores, category_ids, caption_ids, captioned, frame_track,
-                     frame_index, frame_boxes: torch.Tensor, frame_scores) -> CaptionFormerVideoOutput:
+                     frame_index, frame_boxes: torch.Tensor, frame_scores,
+                     precision: str | None = None) -> CaptionFormerVideoOutput:
         """The :class:`CaptionFormerVideoOutput` of per-trajectory lists (``track_ids``, ``scores``,
         ``category_ids``) and per-frame lists (``frame_track``, ``frame_index``, ``frame_scores``; ``frame_boxes``
         ``(M, 4)``), tagged with this mode's name and the session's frame count and input size."""
@@ -134,6 +149,7 @@ class CaptionFormerVideoLevel:
             frame_scores=torch.tensor(frame_scores, dtype=torch.float32),
             num_frames=session.num_frames,
             input_size=session.input_size,
+            precision=precision,
         )
 
     def memory_nbytes(self) -> int:
@@ -230,7 +246,7 @@ def top_k_vote_cost(costs: torch.Tensor, k: int, ranking: str = "bounded", norma
     * ``ranking="bounded"`` (paper): slots solved in the order of a lower bound until no further slot can enter the
       k best (:func:`best_memory_slots`), ranked by mean assigned cost, ties to the newer slot.
       ``ranking="release"``: every slot solved on the (track, query) matrix, ranked by the summed cost with
-      ``torch.topk``, as the release.
+      ``torch.topk``, as the release (in the costs' dtype: fp16 costs are weighted, summed and averaged in fp16).
     * ``normalise=True`` (paper): the weights sum to one (the combined cost stays a cosine distance, which the
       paper's ``match_cost_threshold`` gates). ``False`` (release): weighted matrices averaged over the k slots."""
     num_slots = costs.shape[0]
@@ -241,8 +257,8 @@ def top_k_vote_cost(costs: torch.Tensor, k: int, ranking: str = "bounded", norma
     elif ranking == "release":
         totals = []  # oldest slot first, as the release's memory (torch.topk breaks ties by position)
         for age in range(num_slots):
-            cost = costs[num_slots - 1 - age].float().cpu()
-            slot_rows, query_cols = linear_sum_assignment(cost.transpose(0, 1))
+            cost = costs[num_slots - 1 - age].cpu()  # summed in its own dtype (fp16 costs: an fp16 sum, as the release)
+            slot_rows, query_cols = linear_sum_assignment(cost.float().transpose(0, 1))
             totals.append(cost[query_cols, slot_rows].sum())
         totals = torch.stack(totals).float()
         if num_slots < k:

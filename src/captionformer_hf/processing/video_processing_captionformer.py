@@ -819,7 +819,8 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         input_h, input_w = outputs.input_size
         content_h, content_w = content_size or self.content_size(out_h, out_w)
         if getattr(outputs, "video_inference_mode", None) == "release":
-            absolute = release_boxes(outputs.frame_boxes, (input_h, input_w), (content_h, content_w), (out_h, out_w))
+            absolute = release_boxes(outputs.frame_boxes, (input_h, input_w), (content_h, content_w), (out_h, out_w),
+                                     fp16=getattr(outputs, "precision", None) == "fp16_autocast")
         else:
             boxes = outputs.frame_boxes.double().numpy().reshape(-1, 4)
             cx, cy, w, h = boxes.T
@@ -859,15 +860,20 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
         return result if video_id is None else {"video_id": video_id, **result}
 
 
-def release_boxes(boxes: torch.Tensor, input_size, content_size, original_size) -> list[list[float]]:
-    """The released code's box post-processing: normalised ``(x, y, w, h)`` of the padded input, scaled to the
-    content (``*= padded / content``), each coordinate clamped to ``[0, 1]``, scaled to the original size and rounded
-    to whole pixels (float32, as the release)."""
+def release_boxes(boxes: torch.Tensor, input_size, content_size, original_size, fp16: bool = False) -> list[list[float]]:
+    """The released code's box post-processing of ``(cx, cy, w, h)`` boxes normalised to the padded input: as
+    ``(x, y, w, h)``, scaled to the content (``*= padded / content``), each coordinate clamped to ``[0, 1]``, scaled to
+    the original size and rounded to whole pixels. In float32, or with ``fp16`` as the release under autocast: its
+    boxes are fp16 and each in-place product is rounded to fp16 (a float32 product of the fp16 value and the float32
+    scalar, as CUDA computes it)."""
     boxes = boxes.float().reshape(-1, 4)
     xywh = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], dim=1)
     ratio = torch.tensor([input_size[1] / content_size[1], input_size[0] / content_size[0]] * 2, dtype=torch.float32)
-    xywh = (xywh * ratio).clamp(0, 1)
     scale = torch.tensor([original_size[1], original_size[0]] * 2, dtype=torch.float32)
+    if fp16:
+        xywh = (xywh.half().float() * ratio).half().clamp(0, 1)
+        return (xywh.float() * scale).half().float().round().tolist()
+    xywh = (xywh * ratio).clamp(0, 1)
     return (xywh * scale).round().tolist()
 
 
