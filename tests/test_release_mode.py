@@ -43,21 +43,24 @@ def ref_vote_match(memory, current, top_k, half=False):
     return linear_sum_assignment(torch.stack(weighted)[chosen[1]].mean(0).transpose(0, 1))[1]
 
 
-def ref_scores(cls, obj):
+def ref_scores(cls, obj, person=None):
     """get_pred_score; with fp16 logits (autocast) the sigmoid stays fp16, softmax runs in float32 (autocast casts
-    its input), the product with it and the power are float32."""
+    its input), the product with it and the power are float32. ``person``: FILTER_PERSON_ONLY's class."""
     per_class = cls[:, :-1].sigmoid()
     objectness = torch.softmax(obj.float(), dim=-1)[:, :-1]
-    return ((per_class * objectness) ** 0.5).max(dim=1).values
+    scores = (per_class * objectness) ** 0.5
+    if person is not None:
+        scores = scores[:, person : person + 1]
+    return scores.max(dim=1).values
 
 
-def ref_track(clips, top_k, top_t, half=False):
+def ref_track(clips, top_k, top_t, half=False, person=None):
     """The tracking loop: per clip the permuted class logits, objectness logits, predictions and embeddings, and the
     scores (queries, clips)."""
     out_cls, out_obj, out_pred, out_emb = [clips[0]["cls"]], [clips[0]["obj"]], [clips[0]["pred"]], [clips[0]["emb"]]
     memory = [clips[0]["emb"]]
     scores = torch.zeros(clips[0]["emb"].shape[0], len(clips))
-    scores[:, 0] = ref_scores(clips[0]["cls"], clips[0]["obj"])
+    scores[:, 0] = ref_scores(clips[0]["cls"], clips[0]["obj"], person)
     for i in range(1, len(clips)):
         perm = ref_vote_match(memory, clips[i]["emb"], top_k, half)
         memory.append(clips[i]["emb"][perm])
@@ -66,20 +69,26 @@ def ref_track(clips, top_k, top_t, half=False):
         out_obj.append(clips[i]["obj"][perm])
         out_pred.append(clips[i]["pred"][perm])
         out_emb.append(clips[i]["emb"][perm])
-        scores[:, i] = ref_scores(out_cls[-1], out_obj[-1])
+        scores[:, i] = ref_scores(out_cls[-1], out_obj[-1], person)
     return out_cls, out_obj, out_pred, out_emb, scores
 
 
-def ref_caption_plan(scores, clip_frames, num_t, method, threshold=0.3):
+def ref_caption_plan(scores, clip_frames, num_t, method, threshold=0.3, middle=False, clip_length=1):
     """Per query with a best score of at least `threshold`: the (clip, frame) pairs and their weights (`method`:
-    the release's "weighted mean" / "mean" over linspace clips, or None: no aggregation, the best clip)."""
+    the release's "weighted mean" / "mean" over linspace clips, or None: no aggregation, the best clip).
+    ``middle``: MIDDLE_FRAME_CAPTIONING / TEST_AGG_MIDDLE_CLIP, the clip ``num_frames // c // 2``."""
     aggregated = method is not None
     best, best_clip = scores.max(dim=1)
+    middle_clip = sum(clip_frames) // clip_length // 2
     plans = {}
     for q in range(scores.shape[0]):
         if best[q] < threshold:
             continue
-        chosen = torch.linspace(0, scores.shape[1] - 1, steps=num_t).long().tolist() if aggregated else [int(best_clip[q])]
+        if middle:
+            chosen = [middle_clip]
+        else:
+            chosen = (torch.linspace(0, scores.shape[1] - 1, steps=num_t).long().tolist() if aggregated
+                      else [int(best_clip[q])])
         pairs = []
         for c in chosen:
             frame = int(torch.randint(0, clip_frames[c], (1,))[0]) if clip_frames[c] > 1 else 0
@@ -149,11 +158,38 @@ def ref_per_frame_threshold(video_output, threshold):
     return out
 
 
-def ref_box_mode(out_cls, out_pred, scores, clip_frames, presence=0.2):
+def ref_inference_scores(out_cls, out_obj, class_agnostic=False, person=None):
+    """The head of inference_video_dvoc / inference_video_dvoc_mask: per-clip scores (clips, queries), the class-only
+    video score and labels, the video objectness."""
+    per_img_cls = torch.stack(out_cls)
+    object_scores = torch.softmax(torch.stack(out_obj).float(), dim=-1)[:, :, 0]
+    if person is not None:
+        per_img_cls = per_img_cls[:, :, person : person + 1]
+        per_img_scores, _ = per_img_cls[:, :, :].sigmoid().max(dim=-1)
+        video_scores, labels = per_img_cls[:, :, :].mean(dim=0).sigmoid().max(dim=-1)
+    else:
+        per_img_scores, _ = per_img_cls[:, :, :-1].sigmoid().max(dim=-1)
+        video_scores, labels = per_img_cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
+    scores = object_scores if class_agnostic else (per_img_scores * object_scores) ** 0.5
+    return scores, video_scores, labels, object_scores.mean(dim=0)
+
+
+def ref_map_labels(output, mapping):
+    """LVVIS_ZS_VIDSTG_CLASS_FILTERING: tracks of unmapped labels dropped, the others' labels mapped."""
+    if mapping is None:
+        return output
+    keep = [label in mapping for label in output["pred_labels"]]
+    out = {key: [v for v, k in zip(value, keep) if k] for key, value in output.items()}
+    out["pred_labels"] = [mapping[label] for label in out["pred_labels"]]
+    return out
+
+
+def ref_box_mode(out_cls, out_obj, out_pred, clip_frames, presence=0.2, class_agnostic=False, person=None,
+                 mapping=None):
     """inference_video_dvoc (boxes): per-query lists over all frames; the boxes stay normalised here (the pixel
     conversion is compared separately)."""
-    per_clip_cls = torch.stack(out_cls)
-    video_scores, labels = per_clip_cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
+    scores, video_scores, labels, _ = ref_inference_scores(out_cls, out_obj, class_agnostic, person)
+    scores = scores.t()  # (queries, clips)
     keep = scores.t() > presence  # (clips, queries)
     keep_query = keep.any(dim=0)
     output = {"query": [], "pred_scores": [], "pred_labels": [], "pred_boxes": [], "pred_scores_per_frame": []}
@@ -170,19 +206,19 @@ def ref_box_mode(out_cls, out_pred, scores, clip_frames, presence=0.2):
         output["pred_labels"].append(int(labels[q]))
         output["pred_boxes"].append(boxes)
         output["pred_scores_per_frame"].append(per_frame)
-    return output
+    return ref_map_labels(output, mapping)
 
 
-def ref_mask_mode(out_cls, out_obj, scores, clip_frames, top=50):
-    per_clip_cls = torch.stack(out_cls)
-    object_scores = torch.softmax(torch.stack(out_obj).float(), dim=-1)[:, :, 0]
-    video_class, labels = per_clip_cls[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
-    video_scores = (video_class * object_scores.mean(dim=0)) ** 0.5
+def ref_mask_mode(out_cls, out_obj, clip_frames, top=50, class_agnostic=False, person=None, mapping=None):
+    scores, video_class, labels, video_objectness = ref_inference_scores(out_cls, out_obj, class_agnostic, person)
+    scores = scores.t()  # (queries, clips)
+    video_scores = video_class if class_agnostic else (video_class * video_objectness) ** 0.5
     chosen = video_scores.topk(min(top, video_scores.shape[0]), sorted=False)[1]
     per_frame = [[scores[int(q), c].item() for c in range(len(clip_frames)) for _ in range(clip_frames[c])]
                  for q in chosen]
-    return {"query": chosen.tolist(), "pred_scores": video_scores[chosen].tolist(),
-            "pred_labels": labels[chosen].tolist(), "pred_masks": chosen.tolist(), "pred_scores_per_frame": per_frame}
+    output = {"query": chosen.tolist(), "pred_scores": video_scores[chosen].tolist(),
+              "pred_labels": labels[chosen].tolist(), "pred_masks": chosen.tolist(), "pred_scores_per_frame": per_frame}
+    return ref_map_labels(output, mapping)
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -215,7 +251,8 @@ def make_clips(seed, num_clips=14, queries=6, dim=8, classes=3, frames_per_clip=
 
 
 def run_package(clips, box_mode, caption_seed=0, **kwargs):
-    tracker = CaptionFormerReleaseTracker(box_mode=box_mode, precision="native", **kwargs)
+    kwargs.setdefault("precision", "native")
+    tracker = CaptionFormerReleaseTracker(box_mode=box_mode, **kwargs)
     start = 0
     for clip in clips:
         scores = ref_scores(clip["cls"], clip["obj"])  # S, as the model computes it
@@ -229,21 +266,23 @@ def run_package(clips, box_mode, caption_seed=0, **kwargs):
 
 
 def run_reference(clips, box_mode, k, t, t_agg, method, low, high, min_length, track_threshold=0.0, caption_seed=0,
-                  half=False):
+                  half=False, class_agnostic=False, person=None, mapping=None, middle=False, clip_length=1):
     """``half``: the release under fp16 autocast: fp16 class and objectness logits and predictions (outputs of linear
-    layers and einsum), float32 embeddings (the decoder's layer norm), fp16 tracking costs."""
+    layers and einsum), float32 embeddings (the decoder's layer norm), fp16 tracking costs. ``class_agnostic``,
+    ``person`` (a class), ``mapping`` (label dict), ``middle``: the release's evaluation options."""
     frames = [clip["boxes"].shape[1] for clip in clips]
     preds = [clip["boxes"] if box_mode else clip["masks"] for clip in clips]
     cast = (lambda x: x.half()) if half else (lambda x: x)
     ref_clips = [{"emb": c["emb"], "cls": cast(c["cls"]), "obj": cast(c["obj"]), "pred": cast(p)}
                  for c, p in zip(clips, preds)]
-    out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t, half)
+    out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t, half, person)
     torch.manual_seed(caption_seed)
-    plans = ref_caption_plan(scores, frames, t_agg, method)
+    plans = ref_caption_plan(scores, frames, t_agg, method, middle=middle, clip_length=clip_length)
+    options = {"class_agnostic": class_agnostic, "person": person, "mapping": mapping}
     if box_mode:
-        output = ref_box_mode(out_cls, out_pred, scores, frames)
+        output = ref_box_mode(out_cls, out_obj, out_pred, frames, **options)
     else:
-        output = ref_mask_mode(out_cls, out_obj, scores, frames)
+        output = ref_mask_mode(out_cls, out_obj, frames, **options)
     output = ref_hysteresis(output, low, high, min_length)
     output = ref_per_frame_threshold(output, track_threshold)
     return output, plans, out_pred, out_emb
@@ -301,6 +340,89 @@ def test_release_video_level_equals_the_release(setting, seed):
         assert track.caption_weights == pytest.approx(weights, abs=1e-7)
         for c, _ in pairs:
             assert torch.equal(tracker.clips[c]["embeddings"][slot], out_emb[c][slot])
+
+
+OPTIONS = [
+    {"class_agnostic": True},  # CLASS_AGNOSTIC_INFERENCE
+    {"person": 1},  # FILTER_PERSON_ONLY (class 772 of LV-VIS; class 1 of 3 here)
+    {"mapping": {0: 5, 2: 7}},  # LVVIS_ZS_VIDSTG_CLASS_FILTERING (class 1 unmapped: its tracks dropped)
+    {"middle": True},  # MIDDLE_FRAME_CAPTIONING / TEST_AGG_MIDDLE_CLIP
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["class-agnostic", "person-only", "label-mapping", "middle-clip"])
+@pytest.mark.parametrize("setting", [SETTINGS[0], SETTINGS[3], SETTINGS[4]], ids=["boxes", "masks", "masks-T5"])
+@pytest.mark.parametrize("seed", range(2))
+def test_release_evaluation_options_equal_the_release(setting, options, seed):
+    """The release's evaluation switches, each against the transcription of the release with it: the same kept
+    tracks, labels (person-only: the class itself, where the release reports 0, its index in the one-class slice),
+    track and per-frame scores, boxes, and caption clips and weights."""
+    box_mode, k, t, t_agg, aggregation, (low, high, min_length), threshold, frames_per_clip = setting
+    clips = make_clips(seed, frames_per_clip=frames_per_clip)
+    package_options = {"class_agnostic": options.get("class_agnostic", False), "score_class": options.get("person"),
+                       "label_mapping": options.get("mapping"), "middle_clip_caption": options.get("middle", False)}
+    tracker, tracks = run_package(
+        clips, box_mode, k_match=k, t_match=t, t_agg=t_agg, aggregation=aggregation, hysteresis_low=low,
+        hysteresis_high=high, hysteresis_min_length=min_length, track_score_threshold=threshold, caption_seed=seed,
+        clip_length=max(frames_per_clip), **package_options,
+    )
+    reference, plans, _, _ = run_reference(
+        clips, box_mode, k, t, t_agg, {"weighted": "weighted mean", "mean": "mean", "best": None}[aggregation], low,
+        high, min_length, threshold, caption_seed=seed, clip_length=max(frames_per_clip), **options
+    )
+    ours = {track.slot: track for track in tracks}
+    assert sorted(ours) == sorted(reference["query"])
+    assert tracks or "mapping" in options, "the case keeps no track: it tests nothing"
+    for r, slot in enumerate(reference["query"]):
+        track = ours[slot]
+        assert track.score == pytest.approx(reference["pred_scores"][r], abs=1e-6)
+        assert track.label == reference["pred_labels"][r] + (options.get("person") or 0)
+        per_frame = reference["pred_scores_per_frame"][r]
+        assert [score for *_, score in track.frames] == pytest.approx([per_frame[f[2]] for f in track.frames], abs=1e-6)
+        if box_mode:
+            assert [f[2] for f in track.frames] == [i for i, b in enumerate(reference["pred_boxes"][r]) if b is not None]
+        pairs, weights = plans.get(slot, ([], []))
+        assert track.caption_clips == pairs
+        assert track.caption_weights == pytest.approx(weights, abs=1e-7)
+
+
+def test_release_evaluation_options_change_the_outcome():
+    """Each option changes what the default gives on these clips (else the test above could not tell them apart)."""
+    for setting in (SETTINGS[0], SETTINGS[3]):
+        box_mode, k, t, t_agg, aggregation, (low, high, min_length), threshold, frames_per_clip = setting
+        clips = make_clips(0, frames_per_clip=frames_per_clip)
+        common = dict(k_match=k, t_match=t, t_agg=t_agg, aggregation=aggregation, hysteresis_low=low,
+                      hysteresis_high=high, hysteresis_min_length=min_length, track_score_threshold=threshold)
+
+        def summary(**options):
+            _, tracks = run_package(clips, box_mode, **common, **options)
+            return [(t.slot, round(t.score, 6), t.label, [round(f[3], 6) for f in t.frames], t.caption_clips)
+                    for t in tracks]
+
+        default = summary()
+        for options in ({"class_agnostic": True}, {"score_class": 1}, {"label_mapping": {0: 5, 2: 7}},
+                        {"middle_clip_caption": True}):
+            assert summary(**options) != default, (box_mode, options)
+
+
+def test_release_evaluation_options_through_the_config(toy_config):
+    """The config's release_* settings reach the tracker; the mapped labels are named by `release_id2label`; JSON
+    string keys are read back as ids; a middle-clip caption with an order-aware aggregation is refused."""
+    config = toy_config(video_inference_mode="release", release_class_agnostic=True, release_score_class=1,
+                        release_middle_clip_caption=True, release_label_mapping={"0": 5, "2": 7},
+                        release_id2label={"5": "dog", "7": "cat"})
+    assert config.release_label_mapping == {0: 5, 2: 7} and config.release_id2label == {5: "dog", 7: "cat"}
+    reloaded = type(config).from_dict(config.to_dict())
+    assert reloaded.release_label_mapping == {0: 5, 2: 7}
+    tracker = CaptionFormerReleaseTracker.from_config(config)
+    assert (tracker.class_agnostic, tracker.score_class, tracker.middle_clip_caption, tracker.label_mapping) == (
+        True, 1, True, {0: 5, 2: 7})
+    with pytest.raises(ValueError, match="release_score_class"):
+        toy_config(release_score_class=10_000)
+    with pytest.raises(ValueError, match="release_label_mapping"):
+        toy_config(release_label_mapping={"a": 1})
+    with pytest.raises(ValueError, match="middle_clip_caption"):
+        CaptionFormerReleaseTracker(middle_clip_caption=True, aggregation="concat")
 
 
 def test_release_hysteresis_by_hand():
@@ -681,3 +803,39 @@ def test_release_fp16_autocast_on_cuda_runs_the_segmenter_under_autocast(toy_con
         dtypes[device] = set(seen)
     assert dtypes["cuda"] == dtypes["cpu"] == {(torch.float16, torch.float32, torch.float16, torch.float32)}
     assert len(outputs["cuda"].track_ids) > 0
+
+
+def test_predict_video_names_mapped_labels_with_release_id2label(toy_config):
+    """With a label mapping, `predict_video`'s categories are the mapped ids named by `release_id2label` (the model's
+    `id2label` names the classes before the mapping)."""
+    import numpy as np
+
+    from captionformer_hf import CaptionFormerProcessor, predict_video
+    from captionformer_hf.processing import CaptionFormerVideoProcessor
+    from captionformer_hf.toy import toy_tokenizer
+
+    torch.manual_seed(0)
+    base = toy_config()
+    mapping = {c: 0 for c in range(base.num_labels)}  # every class -> the one target class 0
+    config = toy_config(video_inference_mode="release", box_head_layers=2, box_only=True, release_label_mapping=mapping,
+                        release_id2label={0: "any object"})
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+    processor = CaptionFormerProcessor(CaptionFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 64}),
+                                       toy_tokenizer())
+    result = predict_video(model, processor, np.zeros((2, 64, 64, 3), np.uint8), presence_threshold=0.0, caption=False,
+                           tracker_overrides={"hysteresis_low": 0.0, "hysteresis_high": 0.0, "hysteresis_min_length": 1})
+    assert result["trajectories"]
+    assert {(t["category"], t["category_id"]) for t in result["trajectories"]} == {("any object", 0)}
+
+
+def test_load_release_label_mapping_reads_the_release_json_one_based(tmp_path):
+    import json
+
+    from captionformer_hf.modeling.release_tracking_captionformer import load_release_label_mapping
+
+    path = tmp_path / "lvvis_to_vidstg.json"
+    path.write_text(json.dumps({"1": 3, "773": "1", "1196": 80}))
+    assert load_release_label_mapping(path) == {0: 2, 772: 0, 1195: 79}
+    assert load_release_label_mapping({"2": 2}) == {1: 1}
+    with pytest.raises(ValueError, match="1-based"):
+        load_release_label_mapping({"0": 1})

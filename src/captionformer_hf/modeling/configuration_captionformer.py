@@ -18,6 +18,23 @@ _AGGREGATIONS = ("weighted", "mean", "best", "concat", "linear", "self-attention
 _CAPTION_FRAMES = ("middle", "first", "random")
 _CAPTION_MASK_CONVENTIONS = ("object", "release")
 _RELEASE_PRECISIONS = ("fp16_autocast", "native")
+
+
+def _int_mapping(value, name: str, cast) -> dict:
+    """``{int: cast(value)}`` of a dict whose keys are ints or their strings (as JSON stores them)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be a dict of class ids, got {type(value).__name__}")
+    out = {}
+    for key, item in value.items():
+        try:
+            number = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"`{name}`: keys must be class ids, got {key!r}") from None
+        if isinstance(key, bool) or number < 0 or (cast is int and (isinstance(item, bool) or not isinstance(item, int)
+                                                                     or item < 0)):
+            raise ValueError(f"`{name}`: ids must be integers >= 0, got {key!r}: {item!r}")
+        out[number] = cast(item)
+    return out
 _VIDEO_INFERENCE_MODES = ["paper", "release"]  # register_video_inference_mode (modeling) adds more
 
 
@@ -151,6 +168,20 @@ class CaptionFormerConfig(PreTrainedConfig):
             below this.
         track_score_threshold (`float`, defaults to 0.0): release mode (``PER_FRAME_SCORE_THRESHOLD``): box models
             drop frames whose score is not above it, mask models drop tracks whose score is not above it; 0: off.
+        release_class_agnostic (`bool`, defaults to `False`): release mode (``CLASS_AGNOSTIC_INFERENCE``): a track's
+            per-frame scores (presence, hysteresis, per-frame threshold) are its objectness alone; mask models rank
+            tracks by the class-only video score. Caption plans still use S.
+        release_score_class (`int`, *optional*): release mode (``FILTER_PERSON_ONLY``, LV-VIS's person: 772): only
+            this class's logit enters the scores and the video class; every track's label is this class (the
+            release reports 0, the index inside its one-class slice).
+        release_middle_clip_caption (`bool`, defaults to `False`): release mode (``MIDDLE_FRAME_CAPTIONING`` /
+            ``TEST_AGG_MIDDLE_CLIP``): a track is captioned from the video's middle clip (``frames // clip_length //
+            2``) alone, instead of its best clip (``aggregation="best"``) or the ``t_agg`` sampled clips.
+        release_label_mapping (`dict[int, int]`, *optional*): release mode (``LVVIS_ZS_VIDSTG_CLASS_FILTERING``):
+            labels mapped through this dict (0-based ids; JSON keys may be strings), tracks whose label has no entry
+            dropped. ``release_id2label`` names the mapped ids. See ``load_release_label_mapping`` for the
+            release's 1-based ``lvvis_to_vidstg`` JSON.
+        release_id2label (`dict[int, str]`, *optional*): names of the mapped labels (default: ``id2label``).
         release_precision (`str`, defaults to ``"fp16_autocast"``): release mode: the arithmetic of the video level.
             ``"fp16_autocast"``: what the released evaluation computes under ``torch.cuda.amp.autocast()`` (fp16
             class / objectness logits, boxes, mask logits and tracking costs; float32 where autocast or the release
@@ -242,6 +273,11 @@ class CaptionFormerConfig(PreTrainedConfig):
     caption_score_threshold: float = 0.3
     track_score_threshold: float = 0.0
     release_precision: str = "fp16_autocast"
+    release_class_agnostic: bool = False
+    release_score_class: int | None = None
+    release_middle_clip_caption: bool = False
+    release_label_mapping: dict | None = None
+    release_id2label: dict | None = None
 
     caption_frame: str = "middle"
     caption_mask_threshold: float = 0.5
@@ -434,6 +470,19 @@ class CaptionFormerConfig(PreTrainedConfig):
                     f"`text_embedding_dim` ({self.text_embedding_dim}) must be divisible by "
                     f"`clip_image_context_heads` ({self.clip_image_context_heads})"
                 )
+        for name in ("release_class_agnostic", "release_middle_clip_caption"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
+        if self.release_score_class is not None and (
+            isinstance(self.release_score_class, bool) or not isinstance(self.release_score_class, int)
+            or not 0 <= self.release_score_class < self.num_labels
+        ):
+            raise ValueError(f"`release_score_class` must be None or a class id in [0, {self.num_labels}), got "
+                             f"{self.release_score_class!r}")
+        if self.release_label_mapping is not None:
+            self.release_label_mapping = _int_mapping(self.release_label_mapping, "release_label_mapping", int)
+        if self.release_id2label is not None:
+            self.release_id2label = _int_mapping(self.release_id2label, "release_id2label", str)
         if self.release_precision not in _RELEASE_PRECISIONS:
             raise ValueError(f"`release_precision` must be one of {_RELEASE_PRECISIONS}, got {self.release_precision!r}")
         if self.box_format not in ("cxcywh", "xywh"):

@@ -69,6 +69,30 @@ def autocast_outputs(outputs):
     })
 
 
+def load_release_label_mapping(source) -> dict[int, int]:
+    """The release's ``lvvis_to_vidstg`` class mapping (a JSON file's path, or its dict: 1-based LV-VIS id -> 1-based
+    VidSTG id, as the release reads it) as the 0-based ``{lv_vis_id: vidstg_id}`` of ``release_label_mapping``."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        import json
+
+        with open(source, encoding="utf-8") as handle:
+            raw = json.load(handle)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a JSON object of 1-based class ids, got {type(raw).__name__}")
+    mapping = {}
+    for key, value in raw.items():
+        try:
+            key_id, value_id = int(key), int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"the label mapping must map class ids to class ids, got {key!r}: {value!r}") from None
+        if key_id < 1 or value_id < 1:
+            raise ValueError(f"the release's label mapping is 1-based, got {key!r}: {value!r}")
+        mapping[key_id - 1] = value_id - 1
+    return mapping
+
+
 def release_hysteresis(scores, low: float, high: float, min_duration: int) -> list[bool]:
     """The released code's hysteresis on one track's per-frame scores: a forward and a backward pass switch on at a
     score ``>= high`` and off below ``low`` (scores in between keep the state); a frame is active if either pass is
@@ -152,6 +176,10 @@ class CaptionFormerReleaseTracker:
         aggregation: str = "weighted",
         clip_length: int = 1,
         precision: str = "fp16_autocast",
+        class_agnostic: bool = False,
+        score_class: int | None = None,
+        middle_clip_caption: bool = False,
+        label_mapping: dict | None = None,
     ):
         check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
                              clip_length=clip_length)
@@ -172,6 +200,16 @@ class CaptionFormerReleaseTracker:
         if precision not in _RELEASE_PRECISIONS:
             raise ValueError(f"`precision` must be one of {_RELEASE_PRECISIONS}, got {precision!r}")
         self.precision = precision
+        self.class_agnostic = bool(class_agnostic)
+        if score_class is not None and (isinstance(score_class, bool) or not isinstance(score_class, int)
+                                        or score_class < 0):
+            raise ValueError(f"`score_class` must be None or a class id >= 0, got {score_class!r}")
+        self.score_class = score_class
+        if middle_clip_caption and aggregation in ORDER_AWARE_AGGREGATIONS:
+            raise ValueError(f"`middle_clip_caption` captions from one clip: it needs an order-free aggregation "
+                             f"{ORDER_FREE_AGGREGATIONS}, got {aggregation!r}")
+        self.middle_clip_caption = bool(middle_clip_caption)
+        self.label_mapping = None if label_mapping is None else {int(k): int(v) for k, v in label_mapping.items()}
         self.memory: deque = deque(maxlen=t_match)
         self.clips: list[dict] = []
 
@@ -185,7 +223,9 @@ class CaptionFormerReleaseTracker:
             "track_score_threshold": config.track_score_threshold,
             "caption_score_threshold": config.caption_score_threshold, "t_agg": config.t_agg,
             "aggregation": config.aggregation, "clip_length": config.clip_length,
-            "precision": config.release_precision,
+            "precision": config.release_precision, "class_agnostic": config.release_class_agnostic,
+            "score_class": config.release_score_class, "middle_clip_caption": config.release_middle_clip_caption,
+            "label_mapping": config.release_label_mapping,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
@@ -240,6 +280,8 @@ class CaptionFormerReleaseTracker:
             )
         if self.memory and embeddings.shape[0] != self.memory[0].shape[0]:
             raise ValueError(f"every clip must have the same {self.memory[0].shape[0]} queries")
+        if self.score_class is not None:  # get_pred_score's [:, k : k + 1] slice of S
+            scores = self.class_scores(class_logits[:, self.score_class : self.score_class + 1], objectness)
         perm = torch.arange(embeddings.shape[0]) if not self.memory else self.match(embeddings)
         index = perm.to(embeddings.device)
         self.memory.append(embeddings[index])
@@ -257,6 +299,14 @@ class CaptionFormerReleaseTracker:
         })
         return perm
 
+    def class_scores(self, class_logits: torch.Tensor, objectness: torch.Tensor) -> torch.Tensor:
+        """S = ``(max_c sigmoid(class_logits) * objectness) ** 0.5`` over the given classes (fp16 sigmoid under
+        ``fp16_autocast``, as :func:`autocast_scores`)."""
+        class_prob = class_logits.float().sigmoid()
+        if self.fp16:
+            class_prob = class_prob.half().float()
+        return (class_prob.amax(-1) * objectness.float()) ** 0.5
+
     def finalize(self) -> list[ReleaseTrack]:
         """The release's video-level selection, hysteresis, per-frame threshold and caption plan."""
         if not self.clips:
@@ -266,11 +316,17 @@ class CaptionFormerReleaseTracker:
         # the release averages its (clips, Q, C + 1) stack without the last (no-object) column: the same strided
         # layout here, so that the mean rounds, and exact ties break, as there
         with_column = torch.cat([class_logits, class_logits.new_zeros(*class_logits.shape[:2], 1)], dim=-1)
+        # the classes that score (the release's slice of its stack: all but the no-object column, or one class)
+        first, end = (0, -1) if self.score_class is None else (self.score_class, self.score_class + 1)
         if self.fp16:  # the mean and sigmoid of fp16 logits stay fp16 under autocast
-            mean = with_column.half()[:, :, :-1].mean(dim=0)
+            mean = with_column.half()[:, :, first:end].mean(dim=0)
             video_class, labels = mean.float().sigmoid().half().float().max(dim=-1)
         else:
-            video_class, labels = with_column[:, :, :-1].mean(dim=0).sigmoid().max(dim=-1)
+            video_class, labels = with_column[:, :, first:end].mean(dim=0).sigmoid().max(dim=-1)
+        labels = labels + first
+        objectness = torch.stack([c["objectness"] for c in self.clips], dim=0)  # (clips, Q)
+        # the per-frame scores of the video output: S, or the objectness alone (class-agnostic)
+        frame_scores = objectness if self.class_agnostic else scores
         frames_of_clip = []
         start = 0
         for clip in self.clips:
@@ -278,20 +334,24 @@ class CaptionFormerReleaseTracker:
             frames_of_clip.append(indices)
             start += clip["num_frames"]
         if self.box_mode:
-            present = scores > self.presence_threshold  # (clips, Q)
+            present = frame_scores > self.presence_threshold  # (clips, Q)
             slots = torch.nonzero(present.any(dim=0)).flatten().tolist()
             video_scores = video_class
         else:
-            objectness = torch.stack([c["objectness"] for c in self.clips], dim=0)
-            video_scores = (video_class * objectness.mean(dim=0)) ** 0.5
+            video_scores = video_class if self.class_agnostic else (video_class * objectness.mean(dim=0)) ** 0.5
             count = min(self.max_trajectories, video_scores.shape[0])
             slots = torch.topk(video_scores, count, sorted=False)[1].tolist()
             present = torch.ones_like(scores, dtype=torch.bool)
         plans = self._caption_plans(scores)
         tracks = []
         for slot in slots:
+            label = int(labels[slot])
+            if self.label_mapping is not None:  # LV-VIS -> VidSTG: tracks of unmapped classes are dropped
+                if label not in self.label_mapping:
+                    continue
+                label = self.label_mapping[label]
             entries = [
-                (c, t, frames_of_clip[c][t], float(scores[c, slot]), bool(present[c, slot]))
+                (c, t, frames_of_clip[c][t], float(frame_scores[c, slot]), bool(present[c, slot]))
                 for c in range(len(self.clips)) for t in range(self.clips[c]["num_frames"])
             ]
             active = release_hysteresis([e[3] for e in entries], self.hysteresis_low, self.hysteresis_high,
@@ -307,7 +367,7 @@ class CaptionFormerReleaseTracker:
                     continue
                 kept = [e[:4] for e in entries]
             clips, weights = plans.get(slot, ([], []))
-            tracks.append(ReleaseTrack(slot=slot, score=score, label=int(labels[slot]), frames=kept,
+            tracks.append(ReleaseTrack(slot=slot, score=score, label=label, frames=kept,
                                        caption_clips=clips, caption_weights=weights))
         return tracks
 
@@ -317,7 +377,9 @@ class CaptionFormerReleaseTracker:
         random: ``torch.randint`` on the global generator). The weights are those of an order-free aggregation
         (uniform for the order-aware ones, which read the clips in time order instead)."""
         best_score, best_clip = scores.max(dim=0)
-        if self.aggregation == "best":
+        if self.middle_clip_caption:  # the middle one of the video's full clips
+            sampled = [sum(c["num_frames"] for c in self.clips) // self.clip_length // 2]
+        elif self.aggregation == "best":
             sampled = None
         else:
             sampled = uniform_clip_indices(len(self.clips), self.t_agg, exact=True)
@@ -471,5 +533,6 @@ __all__ = [
     "autocast_mm",
     "autocast_outputs",
     "autocast_scores",
+    "load_release_label_mapping",
     "release_hysteresis",
 ]

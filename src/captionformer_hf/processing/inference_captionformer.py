@@ -118,8 +118,11 @@ def predict_video(
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
     rate = frames.video_fps  # the frame indices are the source video's
+    id2label = model.config.id2label
+    if getattr(session.tracker, "label_mapping", None) is not None:  # release mode's mapped classes (LV-VIS -> VidSTG)
+        id2label = getattr(model.config, "release_id2label", None) or {}
     prediction = processor.post_process_dense_captions(
-        outputs, geometry.original_size, content_size=geometry.content_size, id2label=model.config.id2label,
+        outputs, geometry.original_size, content_size=geometry.content_size, id2label=id2label,
         mask_rles=mask_rles, num_frames=int(frames.num_source_frames),
         fps=float(rate) if rate is not None else None, video_id=video_id,
     )
