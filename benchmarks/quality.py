@@ -37,7 +37,7 @@ def evaluate(model, processor, examples, caption_metrics, **kwargs):
 
 
 def reappearing(example) -> bool:
-    for track in example["tracks"]:
+    for track in example["trajectories"]:
         indices = [f["frame_index"] for f in track["frames"]]
         if len(indices) > 1 and max(b - a for a, b in zip(indices, indices[1:])) > 1:
             return True

@@ -34,7 +34,7 @@ def example():
             {"frame_index": f, "box": [5.0 + 4 * f, 10.0, 10.0, 8.0], "mask_rle": None} for f in range(6)]},
         {"track_id": 4, "category": "cat", "caption": "", "frames": [{"frame_index": 2, "box": [40.0, 20.0, 6.0, 6.0], "mask_rle": None}]},
     ]
-    return {"video_id": "v", "height": H, "width": W, "num_frames": 6, "tracks": tracks}, frames
+    return {"video_id": "v", "height": H, "width": W, "num_frames": 6, "trajectories": tracks}, frames
 
 
 def test_prompt_contents_for_a_known_object():
@@ -109,7 +109,7 @@ def test_malformed_answers_are_retried_then_flagged():
 
 def test_resume_after_an_interrupted_run(tmp_path):
     dataset = build_synthetic_dataset(4, seed=9, splits={"train": 1.0})["train"]
-    total = sum(len(ex["tracks"]) for ex in dataset)
+    total = sum(len(ex["trajectories"]) for ex in dataset)
     cache_path = str(tmp_path / "cache.jsonl")
 
     class Counting(TemplateBackend):
@@ -131,7 +131,7 @@ def test_resume_after_an_interrupted_run(tmp_path):
     assert len(keys) == len(set(keys)) == total  # nothing lost or duplicated
     merged = merge_captions(dataset, cache)
     for original, new in zip(dataset, merged):
-        for track in new["tracks"]:
+        for track in new["trajectories"]:
             assert track["caption"] == cache.entries[(original["video_id"], track["track_id"])]["caption"]
     assert len(CaptionCache(cache_path).entries) == total
 

@@ -60,7 +60,7 @@ def test_lvvis_round_trip(lvvis_fixture, tmp_path):
     result = convert("lvvis", {"train": (str(path), str(frames))}, out=str(tmp_path / "out"))
     example = result["train"][0]
     assert example["num_frames"] == 3 and (example["height"], example["width"]) == (H, W)
-    dog, cat = example["tracks"]
+    dog, cat = example["trajectories"]
     assert dog["category"] == "dog" and dog["category_id"] == 1 and cat["category_id"] == 0  # contiguous by id
     assert [f["frame_index"] for f in dog["frames"]] == [0, 1]
     assert dog["frames"][1]["box"] == [5.0, 4.0, 6.0, 6.0]  # from the mask
@@ -70,10 +70,27 @@ def test_lvvis_round_trip(lvvis_fixture, tmp_path):
     assert len(example["video"]) == 3 and example["video"][2]["bytes"]
     # parquet written atomically, with a card, loadable (also streaming)
     loaded = load_parquet_dataset(str(tmp_path / "out"))
-    assert loaded["train"][0]["tracks"] == example["tracks"]
+    assert loaded["train"][0]["trajectories"] == example["trajectories"]
     assert "LV-VISCap" in (tmp_path / "out" / "README.md").read_text()
     streamed = next(iter(load_parquet_dataset(str(tmp_path / "out"), streaming=True)["train"]))
     assert streamed["video_id"] == "1"
+
+
+def test_a_dataset_written_with_the_old_tracks_column_loads_as_trajectories(lvvis_fixture, tmp_path):
+    """Datasets written before the rename name the column `tracks`: loading renames it (map-style and streaming)."""
+    import datasets
+
+    from captionformer_hf.data.schema import write_parquet_shards
+
+    path, frames, _ = lvvis_fixture
+    result = convert("lvvis", {"train": (str(path), str(frames))}, out=str(tmp_path / "new"))
+    old = datasets.DatasetDict({"train": result["train"].rename_column("trajectories", "tracks")})
+    write_parquet_shards(old, str(tmp_path / "old"))
+    loaded = load_parquet_dataset(str(tmp_path / "old"))
+    assert "tracks" not in loaded["train"].column_names
+    assert loaded["train"][0]["trajectories"] == result["train"][0]["trajectories"]
+    streamed = next(iter(load_parquet_dataset(str(tmp_path / "old"), streaming=True)["train"]))
+    assert streamed["trajectories"] == result["train"][0]["trajectories"]
 
 
 def test_lvvis_errors_name_the_annotation(lvvis_fixture, tmp_path):
@@ -109,7 +126,7 @@ def test_lvis_round_trip(tmp_path):
     (tmp_path / "lvis.json").write_text(json.dumps(annotations))
     example = convert("lvis", {"train": (str(tmp_path / "lvis.json"), str(tmp_path / "images"))})["train"][0]
     assert example["num_frames"] == 1 and len(example["video"]) == 1
-    track = example["tracks"][0]
+    track = example["trajectories"][0]
     assert track["caption"] == "a white cup on a table" and track["category"] == "cup"
     mask = mask_utils.decode({"size": [H, W], "counts": track["frames"][0]["mask_rle"].encode()})
     assert mask[5:10, 4:10].all() and not mask[15:, 20:].any()
@@ -129,7 +146,7 @@ def test_coco_frames_round_trip(tmp_path, fmt):
     (tmp_path / "gt.json").write_text(json.dumps(annotations))
     example = convert(fmt, {"test": (str(tmp_path / "gt.json"), str(tmp_path / "frames"))})["test"][0]
     assert example["num_frames"] == 3
-    (track,) = example["tracks"]
+    (track,) = example["trajectories"]
     assert track["caption"] == "a man walking"  # the most frequent per-frame caption
     assert [f["box"][0] for f in track["frames"]] == [0.0, 1.0, 2.0]  # frame order = image id order
     annotations["annotations"][0]["image_id"] = 999
@@ -139,23 +156,23 @@ def test_coco_frames_round_trip(tmp_path, fmt):
 
 
 def test_schema_validation():
-    example = {"video_id": "v", "height": 10, "width": 10, "num_frames": 2, "tracks": [
+    example = {"video_id": "v", "height": 10, "width": 10, "num_frames": 2, "trajectories": [
         {"track_id": 1, "caption": "x", "frames": [{"frame_index": 0, "box": [0, 0, 2, 2], "mask_rle": None}]}]}
     validate_example(example)
     bad = json.loads(json.dumps(example))
-    bad["tracks"][0]["frames"][0]["frame_index"] = 2
+    bad["trajectories"][0]["frames"][0]["frame_index"] = 2
     with pytest.raises(ValueError, match="out of range"):
         validate_example(bad)
     bad = json.loads(json.dumps(example))
-    bad["tracks"][0]["frames"][0]["box"] = [0, 0, -1, 2]
+    bad["trajectories"][0]["frames"][0]["box"] = [0, 0, -1, 2]
     with pytest.raises(ValueError, match="negative"):
         validate_example(bad)
     bad = json.loads(json.dumps(example))
-    bad["tracks"][0]["frames"][0]["mask_rle"] = rle(np.ones((5, 5)))  # 25 pixels for a 10x10 frame
+    bad["trajectories"][0]["frames"][0]["mask_rle"] = rle(np.ones((5, 5)))  # 25 pixels for a 10x10 frame
     with pytest.raises(ValueError, match="bad mask RLE"):
         validate_example(bad)
     bad = json.loads(json.dumps(example))
-    bad["tracks"].append(bad["tracks"][0])
+    bad["trajectories"].append(bad["trajectories"][0])
     with pytest.raises(ValueError, match="duplicate track_id"):
         validate_example(bad)
 
@@ -164,14 +181,14 @@ def test_schema_validation():
 def test_generator_is_deterministic_and_seeds_differ():
     a, b, c = generate_video(11), generate_video(11), generate_video(12)
     assert np.array_equal(a["frames"], b["frames"])
-    assert [t["caption"] for t in a["tracks"]] == [t["caption"] for t in b["tracks"]]
+    assert [t["caption"] for t in a["trajectories"]] == [t["caption"] for t in b["trajectories"]]
     assert not np.array_equal(a["frames"], c["frames"])
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_generator_labels_agree_with_the_pixels(seed):
     video = generate_video(seed, SyntheticVideoConfig(num_frames=16))
-    for track in video["tracks"]:
+    for track in video["trajectories"]:
         color = np.array(COLORS[track["color"]])
         assert track["caption"].split()[1:3] == [track["color"], track["category"]]
         for frame in track["frames"]:
@@ -189,7 +206,7 @@ def test_generator_motions_and_occlusion():
     found_reappearance = False
     for seed in range(40):
         video = generate_video(seed)
-        for track in video["tracks"]:
+        for track in video["trajectories"]:
             indices = [f["frame_index"] for f in track["frames"]]
             if len(indices) > 1 and max(np.diff(indices)) > 1:
                 found_reappearance = True
@@ -203,7 +220,7 @@ def test_synthetic_dataset_splits_and_cli(tmp_path):
     dataset = build_synthetic_dataset(10, seed=3)
     assert {k: len(v) for k, v in dataset.items()} == {"train": 8, "validation": 1, "test": 1}
     again = build_synthetic_dataset(10, seed=3)
-    assert dataset["test"][0]["tracks"] == again["test"][0]["tracks"]
+    assert dataset["test"][0]["trajectories"] == again["test"][0]["trajectories"]
     other = build_synthetic_dataset(10, seed=4)
     assert dataset["train"][0]["video_id"] != other["train"][0]["video_id"]
     for example in dataset["train"]:

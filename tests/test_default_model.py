@@ -27,7 +27,7 @@ def test_default_model_is_shipped_small_and_loads(pipe):
 def test_default_model_finds_tracks_and_colours_the_sample_object(pipe, tmp_path):
     # the sample of `captionformer sample-video` (seed 0): one purple circle, shrinking, visible in all 48 frames
     video = generate_video(0, sample_video_config())
-    assert [track["caption"] for track in video["tracks"]] == ["a purple circle shrinking"]
+    assert [track["caption"] for track in video["trajectories"]] == ["a purple circle shrinking"]
     result = pipe(sample_path(tmp_path))
     assert len(result["trajectories"]) == 1
     trajectory = result["trajectories"][0]
@@ -46,7 +46,7 @@ def test_default_model_captions_the_first_demo_example(pipe, tmp_path):
     path = tmp_path / "example.mp4"
     write_video(video["frames"], path, fps=8)
     captions = sorted(t["caption"] for t in pipe(str(path))["trajectories"])
-    assert captions == sorted(track["caption"] for track in video["tracks"]) == [
+    assert captions == sorted(track["caption"] for track in video["trajectories"]) == [
         "a blue square moving down", "a green circle moving to the right", "a purple circle bouncing up and down"]
 
 

@@ -409,7 +409,7 @@ def test_max_side_results_are_in_the_source_pixels(tmp_path):
     truth = [{"video_id": "v", "num_frames": 6, "trajectories": [
         {"track_id": t["track_id"], "caption": t["caption"], "frames": [{"frame_index": f["frame_index"],
                                                                           "box": f["box"]} for f in t["frames"]]}
-        for t in video["tracks"]]}]
+        for t in video["trajectories"]]}]
     scores = [compute_chota([{**r, "video_id": "v"}], truth, caption_metrics=("cider",), score_threshold=0.0)["DetA"]
               for r in (full, small)]
     assert scores[1] > 0.5 * scores[0] > 0

@@ -137,7 +137,7 @@ def test_predict_then_evaluate_against_the_dataset_and_its_exported_references(t
     assert main(["data", "export-references", str(folder), "--split", "test", "--out", str(tmp_path / "gt.json")]) == 0
     references = json.loads((tmp_path / "gt.json").read_text())
     assert [v["video_id"] for v in references] == [e["video_id"] for e in data["test"]]
-    assert references[0]["trajectories"][0]["caption"] == data["test"][0]["tracks"][0]["caption"]
+    assert references[0]["trajectories"][0]["caption"] == data["test"][0]["trajectories"][0]["caption"]
     # the ground truth as predictions: every figure of a perfect result, from the folder and from the JSON alike
     (tmp_path / "pred.json").write_text(json.dumps([
         {**v, "trajectories": [{**t, "score": 1.0} for t in v["trajectories"]]} for v in references]))

@@ -221,7 +221,7 @@ def test_config_and_data_errors(tmp_path, monkeypatch):
     from captionformer_hf.data.synthetic import build_synthetic_dataset
 
     train_split = build_synthetic_dataset(2, seed=1, splits={"train": 1.0})["train"]
-    rows = [dict(e, tracks=[{k: v for k, v in t.items() if k != "caption"} for t in e["tracks"]]) for e in train_split]
+    rows = [dict(e, trajectories=[{k: v for k, v in t.items() if k != "caption"} for t in e["trajectories"]]) for e in train_split]
     (tmp_path / "nocaptions" / "data").mkdir(parents=True)
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "nocaptions" / "data" / "train-00000-of-00001.parquet"))
     with pytest.raises(ValueError, match=r"lacks what stage 'end_to_end' needs: \['tracks.caption'\]"):

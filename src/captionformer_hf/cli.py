@@ -144,12 +144,12 @@ def _sample_video(args: argparse.Namespace) -> int:
         tracks = [
             {k: v for k, v in t.items() if k != "frames"}
             | {"frames": [{"frame_index": f["frame_index"], "box": f["box"]} for f in t["frames"]]}
-            for t in video["tracks"]
+            for t in video["trajectories"]
         ]
         reference = {"video_id": os.path.splitext(os.path.basename(args.out))[0], "num_frames": video["num_frames"],
                      "height": video["height"], "width": video["width"], "fps": video["fps"], "trajectories": tracks}
         atomic_write_json(args.annotations, reference)
-    for track in video["tracks"]:
+    for track in video["trajectories"]:
         sys.stdout.write(f"track {track['track_id']}: {track['caption']} ({len(track['frames'])} frames)\n")
     sys.stdout.write(f"wrote {args.out}\n")
     return 0

@@ -147,7 +147,7 @@ def caption_word_accuracy(pipe, seeds, video_config=None, progress: bool = False
             path = os.path.join(folder, f"{seed}.mp4")
             write_video(video["frames"], path, fps=video["fps"])
             predicted = pipe(path, progress=False)["trajectories"]
-            truth = video["tracks"]
+            truth = video["trajectories"]
             overlap = np.zeros((len(truth), len(predicted)))
             for i, track in enumerate(truth):
                 boxes = {f["frame_index"]: f["box"] for f in track["frames"]}

@@ -172,7 +172,7 @@ def convert_ytvis(annotation_file: str, frames_root: str, embed: bool = True) ->
             })
         examples.append({
             "video": frames, "video_id": str(video["id"]), "fps": float(video.get("fps", 0) or 0),
-            "height": height, "width": width, "num_frames": len(file_names), "tracks": example_tracks,
+            "height": height, "width": width, "num_frames": len(file_names), "trajectories": example_tracks,
         })
     return to_dataset(examples)
 
@@ -213,7 +213,7 @@ def convert_lvis(annotation_file: str, images_root: str, embed: bool = True) -> 
                 "frames": [{"frame_index": 0, "box": [float(v) for v in box], "mask_rle": rle}],
             })
         examples.append({"video": [frame], "video_id": str(image_id), "fps": 0.0, "height": height, "width": width,
-                          "num_frames": 1, "tracks": example_tracks})
+                          "num_frames": 1, "trajectories": example_tracks})
     return to_dataset(examples)
 
 
@@ -279,7 +279,7 @@ def convert_coco_frames(annotation_file: str, frames_root: str, embed: bool = Tr
                 "frames": entries,
             })
         examples.append({"video": images, "video_id": str(video_id), "fps": float(frames[0].get("fps", 0) or 0),
-                         "height": height, "width": width, "num_frames": len(frames), "tracks": example_tracks})
+                         "height": height, "width": width, "num_frames": len(frames), "trajectories": example_tracks})
     return to_dataset(examples)
 
 

@@ -158,7 +158,7 @@ def _track_masks(example: dict, frame_indices: list[int]):
     for t, f in enumerate(frame_indices):
         position.setdefault(f, []).append(t)
     masks, labels, captions, track_ids = [], [], [], []
-    for track in example["tracks"]:
+    for track in example["trajectories"]:
         entries = [(t, frame) for frame in track["frames"] for t in position.get(frame["frame_index"], ())]
         if not entries:
             continue

@@ -1,9 +1,10 @@
 """`datasets` schema of dense-video-object-captioning examples, validation, and parquet writing.
 
-An example is a video with its trajectories (``docs/format.md``) under ``tracks`` (each with a ``category_id``)."""
+An example is a video with its trajectories (``docs/format.md``) under ``trajectories`` (each with a ``category_id``)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -12,6 +13,8 @@ import datasets
 
 from ..processing.trajectory_captionformer import check_rle, validate_video
 from ..utils import atomic_directory
+
+logger = logging.getLogger(__name__)
 
 FRAME_FEATURES = {
     "frame_index": datasets.Value("int32"),
@@ -45,7 +48,7 @@ def dvoc_features(video_as: str = "video") -> datasets.Features:
             "height": datasets.Value("int32"),
             "width": datasets.Value("int32"),
             "num_frames": datasets.Value("int32"),
-            "tracks": datasets.List(TRACK_FEATURES),
+            "trajectories": datasets.List(TRACK_FEATURES),
         }
     )
 
@@ -60,19 +63,19 @@ def reference_video(example: dict) -> dict:
         "trajectories": [
             {"track_id": t["track_id"], "caption": t["caption"], "category": t.get("category"),
              "frames": [{"frame_index": f["frame_index"], "box": f["box"], "mask_rle": f.get("mask_rle")} for f in t["frames"]]}
-            for t in example["tracks"]
+            for t in example["trajectories"]
         ],
     }
 
 
 def validate_example(example: dict, where: str | None = None) -> None:
     """Raise a ``ValueError`` naming the video / track / frame of the first problem found (the trajectory format's
-    checks, ``docs/format.md``, on the example's ``tracks``; masks must cover the frame exactly)."""
+    checks, ``docs/format.md``, on the example's ``trajectories``; masks must cover the frame exactly)."""
     where = where or f"video {example.get('video_id')!r}"
-    for key in ("video_id", "height", "width", "num_frames", "tracks"):
+    for key in ("video_id", "height", "width", "num_frames", "trajectories"):
         if example.get(key) is None:
             raise ValueError(f"{where}: missing `{key}`")
-    validate_video(example, where, key="tracks")
+    validate_video(example, where, key="trajectories")
 
 
 def check_shard_size(max_shard_size) -> int:
@@ -134,7 +137,18 @@ def load_parquet_dataset(folder: str, streaming: bool = False):
     if not shards:
         raise ValueError(f"{folder}: data/ holds no parquet shards named <split>-NNNNN-of-NNNNN.parquet")
     files = shards
-    return datasets.load_dataset("parquet", data_files=files, streaming=streaming)
+    return rename_legacy_columns(datasets.load_dataset("parquet", data_files=files, streaming=streaming))
+
+
+def rename_legacy_columns(data):
+    """A dataset (dict) whose trajectories column has its old name ``tracks`` with it renamed ``trajectories``
+    (datasets written before the rename); any other dataset as it is."""
+    splits = data.values() if isinstance(data, dict) else [data]
+    columns = [getattr(split, "column_names", None) or list(getattr(split, "features", None) or ()) for split in splits]
+    if any("tracks" in names and "trajectories" not in names for names in columns):
+        logger.warning("renaming the dataset's legacy `tracks` column to `trajectories`")
+        return data.rename_column("tracks", "trajectories")
+    return data
 
 
 SOURCE_LICENSE_NOTE = "the licenses of the source annotations and frames apply"
@@ -178,7 +192,7 @@ def dataset_card(name: str, description: str, splits: dict[str, int], features: 
 {rows}
 
 Each example: `video` (encoded video or frame images), `video_id`, `fps`, `height`, `width`, `num_frames`, and
-`tracks`: `track_id`, `category`, `category_id`, `caption`, `frames` (`frame_index`, `box` [x, y, w, h] in pixels,
+`trajectories`: `track_id`, `category`, `category_id`, `caption`, `frames` (`frame_index`, `box` [x, y, w, h] in pixels,
 `mask_rle` COCO compressed RLE or null). A frame where the object is absent is not listed.
 
 Features: `{features}`

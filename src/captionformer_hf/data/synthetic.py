@@ -158,7 +158,7 @@ def _trajectory(rng, motion, config, size):
 
 
 def generate_video(seed: int, config: SyntheticVideoConfig | None = None) -> dict:
-    """One synthetic video: ``{"frames": uint8 (T, H, W, 3), "fps", "tracks": [{"track_id", "category",
+    """One synthetic video: ``{"frames": uint8 (T, H, W, 3), "fps", "trajectories": [{"track_id", "category",
     "category_id", "color", "motion", "caption", "frames": [{"frame_index", "box": [x, y, w, h], "mask":
     bool (H, W)}]}]}`` (a frame where the object is hidden or outside is not listed)."""
     config = config or SyntheticVideoConfig()
@@ -235,7 +235,7 @@ def generate_video(seed: int, config: SyntheticVideoConfig | None = None) -> dic
                 "frames": track_frames,
             }
         )
-    return {"frames": frames, "fps": config.fps, "height": h, "width": w, "num_frames": n, "tracks": tracks}
+    return {"frames": frames, "fps": config.fps, "height": h, "width": w, "num_frames": n, "trajectories": tracks}
 
 
 def write_video(frames, path: str | os.PathLike, fps: float = 8, codec: str | None = None,
@@ -313,7 +313,7 @@ def synthetic_example(seed: int, video_id: str, config: SyntheticVideoConfig | N
         with open(path, "rb") as f:
             data = f.read()
     tracks = []
-    for track in video["tracks"]:
+    for track in video["trajectories"]:
         frames = []
         for frame in track["frames"]:
             rle = rle_encode(frame["mask"])
@@ -328,7 +328,7 @@ def synthetic_example(seed: int, video_id: str, config: SyntheticVideoConfig | N
         "height": int(height - height % 2),
         "width": int(width - width % 2),
         "num_frames": int(video["num_frames"]),
-        "tracks": tracks,
+        "trajectories": tracks,
     }
 
 

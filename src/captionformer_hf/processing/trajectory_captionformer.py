@@ -13,7 +13,7 @@ and a *trajectory* (one object)::
 Boxes are absolute pixels of the original video (top-left corner, width, height; no +1); ``mask_rle`` is a COCO
 compressed RLE string (pycocotools' ``counts``) of a ``height x width`` mask; a frame where the object is absent is not
 listed. Ground truth has the same shape (``score`` optional); a dataset example stores its trajectories under
-``tracks``.
+``trajectories`` too.
 
 The RLE codec here is pycocotools' (column-major runs starting with a run of zeros; each run, after the first two, as
 its difference to the run two before, written 5 bits a character with a continuation bit, offset by 48), vectorised
@@ -321,8 +321,7 @@ def validate_video(
     require_masks: bool = False,
 ) -> None:
     """Check a video against the trajectory format; the ``ValueError`` / ``TypeError`` names the video, track and
-    frame of the first problem. ``key`` is ``"trajectories"`` (predictions, references) or ``"tracks"`` (dataset
-    examples). String masks need the video's ``height`` and ``width`` and must cover them exactly."""
+    frame of the first problem. ``key``: the field holding the trajectories (``"trajectories"``). String masks need the video's ``height`` and ``width`` and must cover them exactly."""
     if not isinstance(video, Mapping):
         raise TypeError(f"a video must be a dict, got {type(video).__name__}")
     where = where or f"video {video.get('video_id')!r}"

@@ -245,7 +245,7 @@ def load_dataset_dict(spec: dict, config: TrainingConfig):
     """The ``DatasetDict`` (or ``IterableDatasetDict``) of a dataset spec."""
     import datasets
 
-    from ..data.schema import load_parquet_dataset
+    from ..data.schema import load_parquet_dataset, rename_legacy_columns
     from ..data.synthetic import build_synthetic_dataset, sample_video_config
 
     path, streaming = spec["path"], bool(spec.get("streaming"))
@@ -259,7 +259,7 @@ def load_dataset_dict(spec: dict, config: TrainingConfig):
         return load_parquet_dataset(path, streaming=streaming)
     if os.path.exists(path):
         raise ValueError(f"dataset {path!r} is a file; give a dataset folder, a Hub dataset id or 'synthetic'")
-    return datasets.load_dataset(path, streaming=streaming)
+    return rename_legacy_columns(datasets.load_dataset(path, streaming=streaming))
 
 
 def check_features(split, name: str, stage: str) -> None:
@@ -267,15 +267,15 @@ def check_features(split, name: str, stage: str) -> None:
     features = getattr(split, "features", None)
     if not features:
         return
-    missing = [key for key in ("video", "num_frames", "height", "width", "tracks") if key not in features]
-    tracks = features.get("tracks")
+    missing = [key for key in ("video", "num_frames", "height", "width", "trajectories") if key not in features]
+    tracks = features.get("trajectories")
     track_features = getattr(tracks, "feature", tracks) if tracks is not None else None
     if isinstance(track_features, dict):
         for key in ("track_id", "frames"):
             if key not in track_features:
-                missing.append(f"tracks.{key}")
+                missing.append(f"trajectories.{key}")
         if stage != "segmentation" and "caption" not in track_features:
-            missing.append("tracks.caption")
+            missing.append("trajectories.caption")
     if missing:
         raise ValueError(f"dataset {name!r} lacks what stage {stage!r} needs: {missing}")
 

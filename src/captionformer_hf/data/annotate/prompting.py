@@ -99,7 +99,7 @@ def build_object_prompts(example: dict, frames: np.ndarray, num_frames: int = 4,
         raise ValueError(f"`visual` must be 'box' or 'contour', got {visual!r}")
     height, width = frames.shape[1:3]
     prompts = []
-    for track in example["tracks"]:
+    for track in example["trajectories"]:
         by_index = {f["frame_index"]: f for f in track["frames"]}
         chosen = sample_indices(sorted(by_index), num_frames)
         if not chosen:
@@ -114,7 +114,7 @@ def build_object_prompts(example: dict, frames: np.ndarray, num_frames: int = 4,
                 drawn.append(draw_contour(frames[index], mask))
             else:
                 drawn.append(draw_box(frames[index], entry["box"]))
-        others = [t.get("category") for t in example["tracks"] if t is not track]
+        others = [t.get("category") for t in example["trajectories"] if t is not track]
         prompts.append(ObjectPrompt(
             video_id=str(example["video_id"]), track_id=int(track["track_id"]), frames=drawn, frame_indices=chosen,
             user=user_prompt(track, [by_index[i] for i in chosen], others, height, width),

@@ -126,7 +126,7 @@ def annotate_dataset(dataset, backend: Backend, cache_path: str, num_frames: int
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for example in dataset:
-            pending = [t for t in example["tracks"] if _needs(cache, example["video_id"], t["track_id"], retry_flagged)]
+            pending = [t for t in example["trajectories"] if _needs(cache, example["video_id"], t["track_id"], retry_flagged)]
             if not pending:
                 continue
             frames = decode_example_frames(example)
@@ -159,11 +159,11 @@ def merge_captions(dataset, cache: CaptionCache, overwrite: bool = True):
 
     def apply(example):
         tracks = []
-        for track in example["tracks"]:
+        for track in example["trajectories"]:
             entry = cache.entries.get((str(example["video_id"]), int(track["track_id"])))
             if entry is not None and entry["status"] == "ok" and (overwrite or not track.get("caption")):
                 track = {**track, "caption": entry["caption"]}
             tracks.append(track)
-        return {"tracks": tracks}
+        return {"trajectories": tracks}
 
     return dataset.map(apply)
