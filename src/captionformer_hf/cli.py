@@ -53,9 +53,19 @@ def _evaluate(args: argparse.Namespace) -> int:
             from .metrics.protocols import size_breakdown
 
             result["by_size"] = size_breakdown(predictions, references, **settings)
+    if args.vis_map:
+        from .metrics.vis_map import video_instance_map
+
+        raw = _load(args.references) if os.path.isfile(args.references) else None
+        categories = raw.get("categories") if isinstance(raw, dict) else None
+        if categories is not None and not all("partition" in c for c in categories):
+            categories = None  # base / novel need LV-VIS's partitions
+        result["vis_map"] = video_instance_map(predictions, references, categories=categories)
     if args.out:
         atomic_write_json(args.out, result)
-    summary = {k: v for k, v in result.items() if k not in ("per_alpha", "per_video", "by_size")}
+    summary = {k: v for k, v in result.items() if k not in ("per_alpha", "per_video", "by_size", "vis_map")}
+    for key, value in result.get("vis_map", {}).items():
+        summary[f"VIS {key}"] = value
     for size, row in result.get("by_size", {}).items():
         summary[f"CHOTA {size}"] = row["CHOTA"]
         summary[f"detections {size} (gt / pred)"] = f"{row['gt_count']} / {row['pred_count']}"
@@ -372,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--by-size", action="store_true",
                           help="also CHOTA per object size (small < 30,000 px² <= medium < 200,000 px² <= large), each "
                                "detection classed by its own area, as the release's chota_with_size")
+    evaluate.add_argument("--vis-map", action="store_true",
+                          help="also LV-VIS's video instance segmentation mAP (AP, AP50, AP75, APs/m/l, AR; APb / APn "
+                               "when the ground truth's categories carry LV-VIS's partitions); needs masks")
     evaluate.set_defaults(func=_evaluate)
 
     caption = commands.add_parser("caption", help="segment, track and caption every object of a video")

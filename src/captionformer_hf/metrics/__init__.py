@@ -10,6 +10,7 @@ from .caption_scores import (
 )
 from .chota_core import compute_chota
 from .hota import TRACKEVAL_ALPHAS, box_iou, hota_pairs, hota_sequence
+from .vis_map import video_instance_map
 
 
 # the files of the self-contained CHOTA `evaluate` module: its name there -> its source in this package
@@ -83,5 +84,6 @@ __all__ = [
     "compute_chota",
     "hota_pairs",
     "hota_sequence",
+    "video_instance_map",
     "spice_available",
 ]
