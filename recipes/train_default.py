@@ -15,7 +15,9 @@
    phase 5, ``recipes/default_synthetic_video_new_data.json``: 3,000 steps on 800 new videos (``OUT/data-more``,
    dataset seed 2): by then the training captions were learned (loss 0.015) and unseen videos lagged behind them;
    phase 6, ``recipes/default_synthetic_video_new_data_2.json``: 3,000 steps on 800 more new videos
-   (``OUT/data-more-2``, dataset seed 3; they started at loss 0.07, phase 5's new videos at 0.09).
+   (``OUT/data-more-2``, dataset seed 3; they started at loss 0.07, phase 5's new videos at 0.09); phase 7,
+   ``recipes/default_synthetic_video_new_data_3.json``: 3,000 steps on 800 more (``OUT/data-more-3``, dataset seed
+   4; they started at loss 0.06).
 4. calibration (with the per-clip duplicate suppression of ``DUPLICATE_IOU``): the per-clip score threshold and the hysteresis of the tracker, chosen on the validation videos
    (never on test videos) by HOTA (DetA x AssA), then the captions on the chosen tracks.
 5. with ``--ship``: the model is written, in fp16 when that loses nothing on the validation videos, to
@@ -226,7 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "default"))
     parser.add_argument("--ship", action="store_true", help="write the model into the package (checkpoints/default)")
     parser.add_argument("--calibration-videos", type=int, default=40)
-    parser.add_argument("--until", choices=("data", "phase1", "phase2", "phase3", "phase4", "phase5", "phase6", "all"),
+    parser.add_argument("--until", choices=("data", "phase1", "phase2", "phase3", "phase4", "phase5", "phase6", "phase7",
+                                               "all"),
                         default="all",
                         help="stop after this step (a later run continues from there)")
     parser.add_argument("--ablation", action="store_true", help="also train phase 2 once per caption aggregation")
@@ -264,14 +267,16 @@ def main(argv=None) -> int:
         ablation(args, data, phase1)
     if args.until == "phase1":
         return 0
-    # the video-level phases, each from the one before it; phases 5 and 6 on new data sets (dataset seeds 2, 3)
-    more = {os.path.join(args.out, "data-more"): 2, os.path.join(args.out, "data-more-2"): 3}
-    more_data, more_data_2 = list(more)
+    # the video-level phases, each from the one before it; phases 5, 6 and 7 on new data sets (dataset seeds 2-4)
+    more = {os.path.join(args.out, "data-more"): 2, os.path.join(args.out, "data-more-2"): 3,
+            os.path.join(args.out, "data-more-3"): 4}
+    more_data, more_data_2, more_data_3 = list(more)
     video_phases = (("phase2", "default_synthetic_video.json", data),
                     ("phase3", "default_synthetic_video_more.json", data),
                     ("phase4", "default_synthetic_video_longer.json", data),
                     ("phase5", "default_synthetic_video_new_data.json", more_data),
-                    ("phase6", "default_synthetic_video_new_data_2.json", more_data_2))
+                    ("phase6", "default_synthetic_video_new_data_2.json", more_data_2),
+                    ("phase7", "default_synthetic_video_new_data_3.json", more_data_3))
     final = phase1
     for name, recipe, dataset in video_phases:
         if dataset in more:
