@@ -199,3 +199,28 @@ def test_video_level_items_are_time_ordered_clips_spread_over_the_video(tmp_path
     batch = collate_clips([video_clips(example, processor, 2, 2, seed=0), video_clips(example, processor, 2, 3, seed=1)])
     assert batch["pixel_values_videos"].shape[0] == 5
     assert [target["video_index"] for target in unpack_labels(batch["packed_labels"])] == [0, 0, 1, 1, 1]
+
+
+def test_video_frames_read_is_the_one_random_access_decoder(tmp_path):
+    """`VideoFrames.read` (what training clips use): the frames iteration gives, from files (probed or not) and
+    arrays, in the asked order; clear errors for frames a video lacks, non-videos and sampling without a probe."""
+    video = generate_video(4, SyntheticVideoConfig(num_frames=12, fps=8))
+    path = tmp_path / "v.mp4"
+    write_video(video["frames"], path, fps=8)
+    full = np.stack([f for _, f in VideoFrames(str(path))])
+    for probe in (True, False):
+        np.testing.assert_array_equal(VideoFrames(str(path), probe=probe).read([9, 3, 3]), full[[9, 3, 3]])
+    np.testing.assert_array_equal(VideoFrames(video["frames"]).read([11, 0]), video["frames"][[11, 0]])
+    with pytest.raises(ValueError, match="no frame 12 \\(it has 12 frames\\)"):
+        VideoFrames(str(path)).read([11, 12])
+    with pytest.raises(ValueError, match="no frame 12 \\(it has fewer frames\\)"):
+        VideoFrames(str(path), probe=False).read([12])
+    with pytest.raises(ValueError, match="no frame 12"):
+        VideoFrames(video["frames"]).read([12])
+    with pytest.raises(ValueError, match="`indices`: frame indices must be >= 0"):
+        VideoFrames(str(path)).read([-1])
+    with pytest.raises(ValueError, match="`probe=False` is for random access"):
+        VideoFrames(str(path), probe=False, num_frames=4)
+    (tmp_path / "text.mp4").write_text("not a video")
+    with pytest.raises(ValueError, match="could not open"):
+        VideoFrames(str(tmp_path / "text.mp4"), probe=False).read([0])

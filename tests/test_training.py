@@ -224,7 +224,7 @@ def test_config_and_data_errors(tmp_path, monkeypatch):
     rows = [dict(e, trajectories=[{k: v for k, v in t.items() if k != "caption"} for t in e["trajectories"]]) for e in train_split]
     (tmp_path / "nocaptions" / "data").mkdir(parents=True)
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "nocaptions" / "data" / "train-00000-of-00001.parquet"))
-    with pytest.raises(ValueError, match=r"lacks what stage 'end_to_end' needs: \['tracks.caption'\]"):
+    with pytest.raises(ValueError, match=r"lacks what stage 'end_to_end' needs: \['trajectories.caption'\]"):
         train(config(tmp_path, "nocap", dataset=str(tmp_path / "nocaptions")))
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

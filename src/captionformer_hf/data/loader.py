@@ -24,79 +24,15 @@ from .augment import AugmentConfig, augment_clip, boxes_from_masks, resize_clip,
 
 
 # ------------------------------------------------------------------------------------------------------ decoding
-_REFORMATTER = None
-
-
-def _rgb(frame) -> np.ndarray:
-    """``uint8 (H, W, 3)`` of a decoded frame through one reformatter per process, single-threaded: its conversion
-    context is reused (``frame.to_ndarray(format="rgb24")`` builds a new one, with a thread pool, for every frame; the
-    pixels are the same), and a forked data-loader worker inherits no thread pool it could wait on forever."""
-    global _REFORMATTER
-    if _REFORMATTER is None:
-        from av.video.reformatter import VideoReformatter
-
-        _REFORMATTER = VideoReformatter()
-    return _REFORMATTER.reformat(frame, format="rgb24", threads=1).to_ndarray()
-
-
-def _open_container(source):
-    import av
-
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
-    return av.open(source, mode="r")
-
-
 def read_video_frames(source, indices: list[int]) -> np.ndarray:
-    """``uint8 (len(indices), H, W, 3)`` frames of a video file (path or bytes): seek to the keyframe before the first
-    wanted frame, decode forward, convert only the wanted frames and stop after the last one. Frames are identified by
-    their timestamps; a video without usable timestamps is decoded from the start."""
-    wanted = sorted(set(int(i) for i in indices))
-    found = _decode_by_timestamp(source, wanted)
-    if found is None or len(found) < len(wanted):
-        found = _decode_counting(source, wanted)
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise ValueError(f"the video has no frame {missing[0]} (it has fewer frames)")
-    return np.stack([found[i] for i in indices])
+    """``uint8 (len(indices), H, W, 3)`` frames of a video file (path or bytes), decoded by the processor's
+    :class:`~captionformer_hf.processing.VideoFrames` (the one PyAV decoder of the package): seek to the keyframe
+    before the first wanted frame, decode forward, convert only the wanted frames, stop after the last one. A file
+    whose container declares more frames than it holds is read as far as it goes (a frame beyond that is an error).
+    Nothing is probed beforehand (``probe=False``): a clip costs one seek and its frames."""
+    from ..processing.video_processing_captionformer import VideoFrames
 
-
-def _collect(indexed_frames, wanted: list[int]) -> dict | None:
-    """``{index: rgb}`` of the ``wanted`` frames among ``(index, frame)`` pairs in decoding order, stopping after the
-    last wanted one; ``None`` when a frame has no index."""
-    found, targets, last = {}, set(wanted), wanted[-1]
-    for index, frame in indexed_frames:
-        if index is None:
-            return None
-        if index > last:
-            break
-        if index in targets:
-            found[index] = _rgb(frame)
-    return found
-
-
-def _decode_by_timestamp(source, wanted: list[int]) -> dict | None:
-    container = _open_container(source)
-    try:
-        stream = container.streams.video[0]
-        rate, time_base = stream.average_rate, stream.time_base
-        if not rate or not time_base:
-            return None
-        start = stream.start_time or 0
-        if wanted[0] > 0:
-            container.seek(start + int(wanted[0] / rate / time_base), stream=stream, backward=True, any_frame=False)
-        return _collect(((None if frame.pts is None else int(round(float((frame.pts - start) * time_base * rate))),
-                          frame) for frame in container.decode(stream)), wanted)
-    finally:
-        container.close()
-
-
-def _decode_counting(source, wanted: list[int]) -> dict:
-    container = _open_container(source)
-    try:
-        return _collect(enumerate(container.decode(container.streams.video[0])), wanted)
-    finally:
-        container.close()
+    return VideoFrames(source, prefetch=0, probe=False).read(indices)
 
 
 def read_frames(example: dict, indices: list[int]) -> np.ndarray:

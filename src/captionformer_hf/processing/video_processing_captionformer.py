@@ -130,6 +130,22 @@ def _open_source(source):
     return source
 
 
+_REFORMATTERS: dict = {}
+
+
+def _rgb_single_threaded(frame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``uint8 (H, W, 3)`` of a PyAV frame (at ``size`` ``(height, width)`` when given) through one reformatter per
+    process, single-threaded: its conversion context is reused (``frame.to_ndarray`` builds one, with a thread pool,
+    per frame; the pixels are the same), and a forked data-loader worker inherits no thread pool it could wait on."""
+    reformatter = _REFORMATTERS.get(os.getpid())
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = _REFORMATTERS[os.getpid()] = VideoReformatter()
+    height, width = size if size is not None else (None, None)
+    return reformatter.reformat(frame, format="rgb24", width=width, height=height, threads=1).to_ndarray()
+
+
 def _fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
     """``(height, width)`` scaled so that the longer side is ``max_side`` (even sizes, at least 8)."""
     scale = max_side / max(height, width)
@@ -229,14 +245,21 @@ class VideoFrames:
     the frames, with a ``ValueError`` once it is passed. A file whose container declares more frames than it holds
     (a truncated download or copy) is refused on construction, before any decoding work, unless ``allow_truncated``;
     then ``truncated`` is set and ``warnings`` says how many frames are missing. ``declared_frames``: the count the container declares (``None``
-    if it declares none)."""
+    if it declares none).
+
+    ``probe=False`` opens nothing on construction (random access with :meth:`read`, as a training data loader does
+    for every clip; no sampling settings, no ``max_side``): an empty or corrupt file fails when it is read, and a
+    frame a truncated file lacks is a ``ValueError`` then."""
 
     is_video_frames = True  # recognised without isinstance (remote code may load two copies of this class)
 
     def __init__(self, video, num_frames=None, fps=None, max_frames=None, video_fps=None, prefetch: int = 16,
                  max_side: int | None = None, allow_truncated: bool = False,
                  max_download_bytes: int = MAX_DOWNLOAD_BYTES, max_decoded_frames: int | None = None,
-                 deadline: float | None = None):
+                 deadline: float | None = None, probe: bool = True):
+        if not probe and (num_frames is not None or fps is not None or max_frames is not None or max_side is not None):
+            raise ValueError("`probe=False` is for random access with read(): it takes no `num_frames`, `fps`, "
+                             "`max_frames` or `max_side`")
         if num_frames is not None and fps is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive")
         check_positive_ints(True, num_frames=num_frames, max_frames=max_frames, max_decoded_frames=max_decoded_frames)
@@ -277,6 +300,13 @@ class VideoFrames:
             if fps is not None and video_fps is None:
                 raise ValueError("`fps` sampling of frames given as an array needs `video_fps`")
             first = self._array[0]
+        elif not probe:  # nothing known until frames are read
+            self.video_fps, self.total_frames, self._target_size = video_fps, None, None
+            self.source_height = self.source_width = self.height = self.width = None
+            self.downscaled = False
+            self.decoded_frames = 0
+            self.read_to_end = False
+            return
         else:
             self.video_fps, self.total_frames, first = self._probe()
         if self._array is not None:
@@ -519,6 +549,76 @@ class VideoFrames:
             yield index, read, array
             yielded += 1
         yield None, read, None
+
+    def read(self, indices) -> np.ndarray:
+        """``uint8 (len(indices), H, W, 3)``: the source frames ``indices`` (any order, repeats allowed), for random
+        access such as a training clip; the sampling settings do not apply. Arrays are indexed; files are sought to
+        the keyframe before the first wanted frame (frames identified by their timestamps), decoded forward, and only
+        the wanted frames are converted (single-threaded: safe in forked data-loader workers), stopping after the
+        last; a video whose timestamps do not identify its frames is decoded from the start. A frame the video does
+        not have is a ``ValueError``."""
+        wanted = sorted({int(i) for i in indices})
+        if not wanted:
+            raise ValueError("`indices`: no frame asked for")
+        if wanted[0] < 0:
+            raise ValueError(f"`indices`: frame indices must be >= 0, got {wanted[0]}")
+        if self._array is not None:
+            found = {i: self._to_rgb(self._array[i]) for i in wanted if i < len(self._array)}
+        else:
+            found = self._read_by_timestamp(wanted)
+            if found is None or len(found) < len(wanted):
+                found = self._collect(enumerate(self._decode_all()), wanted)
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            known = f"it has {self.total_frames} frames" if self.total_frames else "it has fewer frames"
+            raise ValueError(f"`video` has no frame {missing[0]} ({known})")
+        return np.stack([found[int(i)] for i in indices])
+
+    def _to_rgb(self, frame) -> np.ndarray:
+        if isinstance(frame, np.ndarray):
+            array = frame
+        else:
+            array = _rgb_single_threaded(frame, self._target_size)
+        array = _check_frame(array, "`video`", self.max_side)
+        if self._target_size is not None and array.shape[:2] != self._target_size:
+            array = _resize_rgb(array, self._target_size)
+        return array
+
+    def _collect(self, indexed_frames, wanted: list[int]) -> dict | None:
+        """``{index: rgb}`` of the ``wanted`` frames among ``(index, frame)`` pairs in decoding order, stopping after
+        the last wanted one; ``None`` when a frame has no index."""
+        found, targets, last = {}, set(wanted), wanted[-1]
+        for index, frame in indexed_frames:
+            if index is None:
+                return None
+            if index > last:
+                break
+            if index in targets:
+                found[index] = self._to_rgb(frame)
+        return found
+
+    def _read_by_timestamp(self, wanted: list[int]) -> dict | None:
+        import av
+
+        container = self._container()
+        try:
+            if not container.streams.video:
+                raise ValueError(f"`video`: {self._describe()} has no video stream")
+            stream = container.streams.video[0]
+            rate, time_base = stream.average_rate, stream.time_base
+            if not rate or not time_base:
+                return None
+            start = stream.start_time or 0
+            if wanted[0] > 0:
+                container.seek(start + int(wanted[0] / rate / time_base), stream=stream, backward=True, any_frame=False)
+            frames = ((None if frame.pts is None else int(round(float((frame.pts - start) * time_base * rate))), frame)
+                      for frame in container.decode(stream))
+            try:
+                return self._collect(frames, wanted)
+            except av.error.FFmpegError:
+                return None  # decoded from the start instead, where the damage is reported
+        finally:
+            container.close()
 
     @property
     def num_source_frames(self) -> int:
