@@ -839,3 +839,80 @@ def test_load_release_label_mapping_reads_the_release_json_one_based(tmp_path):
     assert load_release_label_mapping({"2": 2}) == {1: 1}
     with pytest.raises(ValueError, match="1-based"):
         load_release_label_mapping({"0": 1})
+
+
+def ref_giou(a, b, eps=1e-7):
+    """The release's generalized_box_iou (pairwise, with its 1e-7 clamps) on (x0, y0, x1, y1) boxes."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    inter_wh = (torch.min(a[:, None, 2:], b[:, 2:]) - torch.max(a[:, None, :2], b[:, :2])).clamp(min=0)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    union = area_a[:, None] + area_b - inter
+    iou = inter / union.clamp(min=eps)
+    hull_wh = (torch.max(a[:, None, 2:], b[:, 2:]) - torch.min(a[:, None, :2], b[:, :2])).clamp(min=0)
+    hull = hull_wh[..., 0] * hull_wh[..., 1]
+    return iou - (hull - union) / hull.clamp(min=eps)
+
+
+def ref_temporal_match(src, tgt, w):
+    """VideoHungarianTemporalMatcher.box_memory_efficient_forward on the release's representation (two objectness
+    logits, raw (x, y, w, h) boxes (Q, T, 4))."""
+    def prob(d):
+        obj = d["obj"].softmax(-1)
+        return torch.cat([(d["cls"][:, :-1].sigmoid() * obj[:, 0:1]) ** 0.5, obj[:, 1:2]], dim=1)
+
+    def xyxy(b):
+        x1, y1, bw, bh = b.unbind(-1)
+        x2, y2 = x1 + bw, y1 + bh
+        return torch.stack([x1, y1, torch.max(x1, x2), torch.max(y1, y2)], dim=-1)
+
+    cost_class = torch.cdist(prob(src), prob(tgt), p=1)
+    a = src["emb"] / src["emb"].norm(dim=1)[:, None]
+    b = tgt["emb"] / tgt["emb"].norm(dim=1)[:, None]
+    cost_embed = 1 - torch.mm(a, b.transpose(0, 1))
+    last, first = src["boxes"].transpose(0, 1)[-1], tgt["boxes"].transpose(0, 1)[0]
+    cost_bbox = torch.cdist(last, first, p=1)
+    cost_giou = 1 - ref_giou(xyxy(last), xyxy(first))
+    cost = w["class"] * cost_class + w["embed"] * cost_embed + w["giou"] * cost_giou + w["bbox"] * cost_bbox
+    return linear_sum_assignment(cost.reshape(cost.shape[0], -1).cpu())[1]
+
+
+@pytest.mark.parametrize("weights", [{"embed": 1.0, "class": 0.0, "bbox": 0.0, "giou": 0.0},
+                                     {"embed": 1.0, "class": 2.0, "bbox": 5.0, "giou": 2.0},
+                                     {"embed": 0.0, "class": 0.0, "bbox": 1.0, "giou": 1.0}])
+@pytest.mark.parametrize("seed", range(3))
+def test_release_hungarian_temporal_association_equals_the_release(weights, seed):
+    """HUNGARIAN_TRACK_MATCHING: each clip's permutation is the release matcher's against the previous permuted clip;
+    with box costs it differs from the top-K vote's on these clips."""
+    clips = make_clips(seed, frames_per_clip=(2,))
+    tracker = CaptionFormerReleaseTracker(box_mode=True, precision="native", association="hungarian_temporal",
+                                          association_weights=weights, clip_length=2)
+    top_k = CaptionFormerReleaseTracker(box_mode=True, precision="native", k_match=3, t_match=6, clip_length=2)
+    previous = None
+    differ = 0
+    for c, clip in enumerate(clips):
+        raw = torch.cat([clip["boxes"][..., :2] - clip["boxes"][..., 2:] / 2, clip["boxes"][..., 2:]], dim=-1)
+        release = {"emb": clip["emb"], "cls": clip["cls"], "obj": clip["obj"], "boxes": raw}
+        expected = list(range(6)) if previous is None else list(ref_temporal_match(previous, release, weights))
+        args = (clip["emb"], ref_scores(clip["cls"], clip["obj"]), clip["cls"][:, :-1],
+                torch.softmax(clip["obj"], dim=-1)[:, 0], clip["boxes"])
+        perm = tracker.update(*args)
+        assert perm.tolist() == expected, c
+        differ += perm.tolist() != top_k.update(*args).tolist()
+        previous = {key: value[torch.as_tensor(expected)] for key, value in release.items()}
+    if weights["bbox"]:
+        assert differ > 0
+
+
+def test_release_association_settings_are_checked(toy_config):
+    with pytest.raises(ValueError, match="needs a box model"):
+        CaptionFormerReleaseTracker(box_mode=False, association="hungarian_temporal")
+    with pytest.raises(ValueError, match="association_weights"):
+        CaptionFormerReleaseTracker(association="hungarian_temporal", association_weights={"mask": 1.0})
+    with pytest.raises(ValueError, match="release_association"):
+        toy_config(release_association="greedy")
+    config = toy_config(video_inference_mode="release", box_head_layers=2, box_only=True,
+                        release_association="hungarian_temporal", release_association_weights={"giou": 2.0})
+    tracker = CaptionFormerReleaseTracker.from_config(config)
+    assert tracker.association == "hungarian_temporal"
+    assert tracker.association_weights == {"embed": 1.0, "class": 0.0, "bbox": 0.0, "giou": 2.0}

@@ -182,6 +182,12 @@ class CaptionFormerConfig(PreTrainedConfig):
             dropped. ``release_id2label`` names the mapped ids. See ``load_release_label_mapping`` for the
             release's 1-based ``lvvis_to_vidstg`` JSON.
         release_id2label (`dict[int, str]`, *optional*): names of the mapped labels (default: ``id2label``).
+        release_association (`str`, defaults to ``"top_k"``): release mode: how a clip's queries join the slots:
+            ``"top_k"`` (``TOPK_MATCHING``: the top-K vote over the memory, ``k_match`` / ``t_match``) or
+            ``"hungarian_temporal"`` (box models, ``HUNGARIAN_TRACK_MATCHING``: one assignment against the previous
+            clip on ``release_association_weights``).
+        release_association_weights (`dict`, *optional*): ``"hungarian_temporal"``'s cost weights ``embed``,
+            ``class``, ``bbox``, ``giou`` (the release's ``TRACKING_*_WEIGHT``; default 1, 0, 0, 0).
         release_precision (`str`, defaults to ``"fp16_autocast"``): release mode: the arithmetic of the video level.
             ``"fp16_autocast"``: what the released evaluation computes under ``torch.cuda.amp.autocast()`` (fp16
             class / objectness logits, boxes, mask logits and tracking costs; float32 where autocast or the release
@@ -278,6 +284,8 @@ class CaptionFormerConfig(PreTrainedConfig):
     release_middle_clip_caption: bool = False
     release_label_mapping: dict | None = None
     release_id2label: dict | None = None
+    release_association: str = "top_k"
+    release_association_weights: dict | None = None
 
     caption_frame: str = "middle"
     caption_mask_threshold: float = 0.5
@@ -483,6 +491,15 @@ class CaptionFormerConfig(PreTrainedConfig):
             self.release_label_mapping = _int_mapping(self.release_label_mapping, "release_label_mapping", int)
         if self.release_id2label is not None:
             self.release_id2label = _int_mapping(self.release_id2label, "release_id2label", str)
+        if self.release_association not in ("top_k", "hungarian_temporal"):
+            raise ValueError(f"`release_association` must be 'top_k' or 'hungarian_temporal', got "
+                             f"{self.release_association!r}")
+        weights = self.release_association_weights
+        if weights is not None and (not isinstance(weights, dict) or not set(weights) <= {"embed", "class", "bbox", "giou"}
+                                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                               for v in weights.values())):
+            raise ValueError("`release_association_weights` must map 'embed', 'class', 'bbox', 'giou' to numbers >= 0, "
+                             f"got {weights!r}")
         if self.release_precision not in _RELEASE_PRECISIONS:
             raise ValueError(f"`release_precision` must be one of {_RELEASE_PRECISIONS}, got {self.release_precision!r}")
         if self.box_format not in ("cxcywh", "xywh"):

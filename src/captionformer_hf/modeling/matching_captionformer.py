@@ -30,9 +30,10 @@ def sample_clip_masks(masks: torch.Tensor, point_coordinates: torch.Tensor) -> t
     return sample_point(masks, coords, align_corners=False).flatten(1)
 
 
-def broadcast_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+def broadcast_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """GIoU of ``(x0, y0, x1, y1)`` boxes broadcast against each other (``(..., 4)`` with ``(..., 4)``), the formula of
-    ``torchvision.ops.generalized_box_iou`` without its pair-wise layout (a test checks the two agree)."""
+    ``torchvision.ops.generalized_box_iou`` without its pair-wise layout (a test checks the two agree). ``eps`` > 0
+    clamps the union and the hull from below, as the released code's ``generalized_box_iou`` (``1e-7``)."""
     area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
     lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
@@ -40,12 +41,12 @@ def broadcast_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) ->
     wh = (rb - lt).clamp(min=0)
     intersection = wh[..., 0] * wh[..., 1]
     union = area1 + area2 - intersection
-    iou = intersection / union
+    iou = intersection / (union.clamp(min=eps) if eps else union)
     lt_hull = torch.minimum(boxes1[..., :2], boxes2[..., :2])
     rb_hull = torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
     wh_hull = (rb_hull - lt_hull).clamp(min=0)
     hull = wh_hull[..., 0] * wh_hull[..., 1]
-    return iou - (hull - union) / hull
+    return iou - (hull - union) / (hull.clamp(min=eps) if eps else hull)
 
 
 def pair_wise_box_costs(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, valid: torch.Tensor):

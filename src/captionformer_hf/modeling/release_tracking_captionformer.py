@@ -37,6 +37,11 @@ from .video_level_captionformer import (
 # float32 under autocast), fp16 tracking costs (`torch.mm` of the normalised embeddings), float32 softmax, products
 # with float32 tensors and powers. "fp16_autocast" computes the same: on CUDA under autocast, on the CPU by explicit
 # rounding of the same tensors.
+RELEASE_ASSOCIATIONS = ("top_k", "hungarian_temporal")
+# the release's TRACKING_*_WEIGHT defaults (the object, mask and dice weights do not enter its box-mode matcher)
+HUNGARIAN_TEMPORAL_WEIGHTS = {"embed": 1.0, "class": 0.0, "bbox": 0.0, "giou": 0.0}
+
+
 def autocast_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` as autocast computes it: both operands in fp16, an fp16 product (accumulated in float32)."""
     return torch.mm(a.half(), b.half())
@@ -180,6 +185,8 @@ class CaptionFormerReleaseTracker:
         score_class: int | None = None,
         middle_clip_caption: bool = False,
         label_mapping: dict | None = None,
+        association: str = "top_k",
+        association_weights: dict | None = None,
     ):
         check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
                              clip_length=clip_length)
@@ -210,6 +217,17 @@ class CaptionFormerReleaseTracker:
                              f"{ORDER_FREE_AGGREGATIONS}, got {aggregation!r}")
         self.middle_clip_caption = bool(middle_clip_caption)
         self.label_mapping = None if label_mapping is None else {int(k): int(v) for k, v in label_mapping.items()}
+        if association not in RELEASE_ASSOCIATIONS:
+            raise ValueError(f"`association` must be one of {RELEASE_ASSOCIATIONS}, got {association!r}")
+        if association == "hungarian_temporal" and not box_mode:
+            raise ValueError("`association='hungarian_temporal'` is the release's box-mode matcher: it needs a box model")
+        self.association = association
+        weights = dict(HUNGARIAN_TEMPORAL_WEIGHTS, **(association_weights or {}))
+        unknown = sorted(set(weights) - set(HUNGARIAN_TEMPORAL_WEIGHTS))
+        if unknown or not any(weights.values()):
+            raise ValueError(f"`association_weights` takes {sorted(HUNGARIAN_TEMPORAL_WEIGHTS)} (not all 0), got "
+                             f"{association_weights!r}")
+        self.association_weights = weights
         self.memory: deque = deque(maxlen=t_match)
         self.clips: list[dict] = []
 
@@ -225,7 +243,8 @@ class CaptionFormerReleaseTracker:
             "aggregation": config.aggregation, "clip_length": config.clip_length,
             "precision": config.release_precision, "class_agnostic": config.release_class_agnostic,
             "score_class": config.release_score_class, "middle_clip_caption": config.release_middle_clip_caption,
-            "label_mapping": config.release_label_mapping,
+            "label_mapping": config.release_label_mapping, "association": config.release_association,
+            "association_weights": config.release_association_weights,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
@@ -282,7 +301,12 @@ class CaptionFormerReleaseTracker:
             raise ValueError(f"every clip must have the same {self.memory[0].shape[0]} queries")
         if self.score_class is not None:  # get_pred_score's [:, k : k + 1] slice of S
             scores = self.class_scores(class_logits[:, self.score_class : self.score_class + 1], objectness)
-        perm = torch.arange(embeddings.shape[0]) if not self.memory else self.match(embeddings)
+        if not self.memory:
+            perm = torch.arange(embeddings.shape[0])
+        elif self.association == "hungarian_temporal":
+            perm = self.match_temporal(embeddings, class_logits, objectness, boxes)
+        else:
+            perm = self.match(embeddings)
         index = perm.to(embeddings.device)
         self.memory.append(embeddings[index])
         real = boxes.shape[1]
@@ -298,6 +322,44 @@ class CaptionFormerReleaseTracker:
             "caption_frames": caption_frames,
         })
         return perm
+
+    def match_temporal(self, embeddings, class_logits, objectness, boxes) -> torch.Tensor:
+        """The release's ``VideoHungarianTemporalMatcher`` (box mode, ``HUNGARIAN_TRACK_MATCHING``): one Hungarian
+        assignment of the clip's queries to the previous clip's (permuted) ones on ``class * L1 of the
+        [sqrt(p_c * p_obj)..., 1 - p_obj] vectors + embed * (1 - cos) + bbox * L1 + giou * (1 - GIoU)`` of the
+        previous clip's last box and this clip's first (``x, y, w, h``; GIoU with the release's 1e-7 clamps), in
+        float32."""
+        from .matching_captionformer import broadcast_generalized_box_iou
+
+        previous = self.clips[-1]
+        weights = self.association_weights
+
+        def probabilities(logits, p_obj):
+            p_obj = p_obj.float().cpu()[:, None]
+            return torch.cat([(logits.float().cpu().sigmoid() * p_obj) ** 0.5, 1 - p_obj], dim=1)
+
+        def xywh(b):  # (Q, 4) (cx, cy, w, h) -> the release's (x, y, w, h)
+            b = b.float().cpu()
+            return torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], dim=1)
+
+        def xyxy(b):  # box_xywh_to_xyxy, then the release's box_clamp_xyxy (x1 >= x0, y1 >= y0)
+            corner = b[:, :2] + b[:, 2:]
+            return torch.cat([b[:, :2], torch.maximum(b[:, :2], corner)], dim=1)
+
+        cost = torch.zeros(embeddings.shape[0], embeddings.shape[0])
+        if weights["class"]:
+            cost += weights["class"] * torch.cdist(probabilities(previous["class_logits"], previous["objectness"]),
+                                                   probabilities(class_logits, objectness), p=1)
+        if weights["embed"]:
+            before = torch.nn.functional.normalize(previous["embeddings"].float().cpu(), dim=1)
+            now = torch.nn.functional.normalize(embeddings.float().cpu(), dim=1)
+            cost += weights["embed"] * (1 - before @ now.T)
+        last, first = xywh(previous["boxes"][:, -1]), xywh(boxes[:, 0])
+        if weights["bbox"]:
+            cost += weights["bbox"] * torch.cdist(last, first, p=1)
+        if weights["giou"]:
+            cost += weights["giou"] * (1 - broadcast_generalized_box_iou(xyxy(last)[:, None], xyxy(first)[None], 1e-7))
+        return torch.as_tensor(linear_sum_assignment(cost.numpy())[1])
 
     def class_scores(self, class_logits: torch.Tensor, objectness: torch.Tensor) -> torch.Tensor:
         """S = ``(max_c sigmoid(class_logits) * objectness) ** 0.5`` over the given classes (fp16 sigmoid under
