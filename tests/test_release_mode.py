@@ -222,6 +222,47 @@ def ref_mask_mode(out_cls, out_obj, clip_frames, top=50, class_agnostic=False, p
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
+def ref_greedy_ids(mask_embed, half=False):
+    """GREEDY_MATCHING: ``get_association_matrix`` (normalised embeddings, ``torch.mm``, softmax; under autocast an
+    fp16 product and a float32 softmax) and ``greedy_extract_trajectories``, as the release writes them."""
+    all_embeddings = torch.cat(mask_embed, dim=0)
+    all_embeddings = all_embeddings / all_embeddings.norm(dim=1, keepdim=True)
+    if half:
+        similarity = torch.mm(all_embeddings.half(), all_embeddings.T.half()).float()
+    else:
+        similarity = torch.mm(all_embeddings, all_embeddings.T)
+    asso_scores = torch.nn.functional.softmax(similarity, dim=-1)
+    num_frames = len(mask_embed)
+    num_tot_objs = asso_scores.shape[0]
+    num_objs = num_tot_objs // num_frames
+    idx = torch.arange(num_tot_objs)
+    frame_ids = idx // num_objs
+    mask = (frame_ids[:, None] != frame_ids[None, :])
+    mask |= torch.eye(num_tot_objs, dtype=torch.bool)
+    asso_scores = asso_scores * mask
+    ids = torch.zeros(num_tot_objs, dtype=torch.int32)
+    while ids.min() == 0:
+        scores_3d = asso_scores.reshape(num_tot_objs, num_frames, num_objs)
+        best_per_frame, best_id = scores_3d.max(dim=2)
+        traj_scores = best_per_frame.sum(dim=1)
+        ind = torch.argmax(traj_scores)
+        id_count = ids.max() + 1
+        merge_inds = torch.nn.functional.one_hot(best_id[ind], num_objs).reshape(-1).bool()
+        ids += merge_inds.to(torch.int32) * id_count
+        outer = torch.ger(1. - merge_inds.float(), 1. - merge_inds.float())
+        asso_scores = asso_scores * outer
+    return (ids - 1).reshape(num_frames, num_objs).numpy()
+
+
+def ref_track_greedy(clips, half=False):
+    """The release's loop with GREEDY_MATCHING: every clip (the first too) gathered by its trajectory ids."""
+    grid_ids = ref_greedy_ids([clip["emb"] for clip in clips], half)
+    outs = {key: [clip[key][torch.as_tensor(grid_ids[i])] for i, clip in enumerate(clips)]
+            for key in ("cls", "obj", "pred", "emb")}
+    scores = torch.stack([ref_scores(c, o) for c, o in zip(outs["cls"], outs["obj"])], dim=1)
+    return outs["cls"], outs["obj"], outs["pred"], outs["emb"], scores
+
+
 def make_clips(seed, num_clips=14, queries=6, dim=8, classes=3, frames_per_clip=(1,), adversarial=True):
     """Per-clip outputs in both representations: objects whose query slot moves from clip to clip, one that
     disappears and comes back, scores near every threshold, a track still alive at the end."""
@@ -266,7 +307,8 @@ def run_package(clips, box_mode, caption_seed=0, **kwargs):
 
 
 def run_reference(clips, box_mode, k, t, t_agg, method, low, high, min_length, track_threshold=0.0, caption_seed=0,
-                  half=False, class_agnostic=False, person=None, mapping=None, middle=False, clip_length=1):
+                  half=False, class_agnostic=False, person=None, mapping=None, middle=False, clip_length=1,
+                  greedy=False):
     """``half``: the release under fp16 autocast: fp16 class and objectness logits and predictions (outputs of linear
     layers and einsum), float32 embeddings (the decoder's layer norm), fp16 tracking costs. ``class_agnostic``,
     ``person`` (a class), ``mapping`` (label dict), ``middle``: the release's evaluation options."""
@@ -275,7 +317,10 @@ def run_reference(clips, box_mode, k, t, t_agg, method, low, high, min_length, t
     cast = (lambda x: x.half()) if half else (lambda x: x)
     ref_clips = [{"emb": c["emb"], "cls": cast(c["cls"]), "obj": cast(c["obj"]), "pred": cast(p)}
                  for c, p in zip(clips, preds)]
-    out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t, half, person)
+    if greedy:
+        out_cls, out_obj, out_pred, out_emb, scores = ref_track_greedy(ref_clips, half)
+    else:
+        out_cls, out_obj, out_pred, out_emb, scores = ref_track(ref_clips, k, t, half, person)
     torch.manual_seed(caption_seed)
     plans = ref_caption_plan(scores, frames, t_agg, method, middle=middle, clip_length=clip_length)
     options = {"class_agnostic": class_agnostic, "person": person, "mapping": mapping}
@@ -670,8 +715,8 @@ def _fp16_objectness(clips):
 
 @pytest.mark.parametrize("precision", ["native", "fp16_autocast"])
 @pytest.mark.parametrize("box_mode", [False, True])
-@pytest.mark.parametrize("seed", range(3))
-def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed, precision):
+@pytest.mark.parametrize("seed,association", [(0, "top_k"), (1, "top_k"), (2, "top_k"), (0, "greedy"), (1, "greedy")])
+def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed, association, precision):
     """From per-clip model outputs through the model's score conversion, the video session, finalize, the processor's
     mask encoding and post-processing, compared in pixels with the reference: the same tracks, scores, labels,
     per-frame scores, boxes (the release's pixel conversion) and masks (the release's resize, thresholded). With
@@ -687,7 +732,8 @@ def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed,
     injected = [dict(clip, boxes=torch.cat([b[..., :2] + b[..., 2:] / 2, b[..., 2:]], -1)) for clip, b in zip(clips, raw)]
     extra = {"box_head_layers": 2, "box_only": True} if box_mode else {}
     config = toy_config(clip_length=1, video_inference_mode="release", k_match=k, t_match=t, hysteresis_low=low,
-                        hysteresis_high=high, hysteresis_min_length=min_length, release_precision=precision, **extra)
+                        hysteresis_high=high, hysteresis_min_length=min_length, release_precision=precision,
+                        release_association=association, **extra)
     model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
     _inject_clip_outputs(model, injected)
     height, width = 32, 32  # the input (= content = original for masks); the masks are 6 x 6, resized to it
@@ -701,7 +747,7 @@ def test_release_parity_end_to_end_through_the_model(toy_config, box_mode, seed,
     assert out.precision == precision
     result = processor.post_process_dense_captions(out, original, content, mask_rles=None if box_mode else masks)
     reference, _, out_pred, _ = run_reference(clips, box_mode, k, t, 8, "weighted mean", low, high, min_length,
-                                              half=half)
+                                              half=half, greedy=association == "greedy")
     ours = {trajectory["track_id"]: trajectory for trajectory in result["trajectories"]}
     assert sorted(ours) == sorted(reference["query"]) and ours
     moved = 0
@@ -910,9 +956,70 @@ def test_release_association_settings_are_checked(toy_config):
     with pytest.raises(ValueError, match="association_weights"):
         CaptionFormerReleaseTracker(association="hungarian_temporal", association_weights={"mask": 1.0})
     with pytest.raises(ValueError, match="release_association"):
-        toy_config(release_association="greedy")
+        toy_config(release_association="offline")
     config = toy_config(video_inference_mode="release", box_head_layers=2, box_only=True,
                         release_association="hungarian_temporal", release_association_weights={"giou": 2.0})
     tracker = CaptionFormerReleaseTracker.from_config(config)
     assert tracker.association == "hungarian_temporal"
     assert tracker.association_weights == {"embed": 1.0, "class": 0.0, "bbox": 0.0, "giou": 2.0}
+
+
+@pytest.mark.parametrize("box_mode", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_release_greedy_association_equals_the_release(box_mode, seed):
+    """GREEDY_MATCHING: every clip associated at the end by the release's greedy extraction and gathered by its
+    trajectory ids: the same kept tracks, scores, labels, per-frame boxes / masks and caption plans as the
+    transcription (fp16 autocast: the end-to-end parity test); on these clips it differs from the top-K vote."""
+    _, k, t, t_agg, aggregation, (low, high, min_length), threshold, _ = SETTINGS[0] if box_mode else SETTINGS[3]
+    clips = make_clips(seed, num_clips=8)
+    common = dict(k_match=k, t_match=t, t_agg=t_agg, aggregation=aggregation, hysteresis_low=low, hysteresis_high=high,
+                  hysteresis_min_length=min_length, track_score_threshold=threshold, caption_seed=seed)
+    tracker, tracks = run_package(clips, box_mode, association="greedy", **common)
+    reference, plans, out_pred, out_emb = run_reference(
+        clips, box_mode, k, t, t_agg, {"weighted": "weighted mean", "mean": "mean"}[aggregation], low, high,
+        min_length, threshold, caption_seed=seed, greedy=True)
+    ours = {track.slot: track for track in tracks}
+    assert tracks and sorted(ours) == sorted(reference["query"])
+    by_query = dict(zip(reference["query"], range(len(reference["query"]))))
+    for slot, track in ours.items():
+        r = by_query[slot]
+        assert track.score == pytest.approx(reference["pred_scores"][r], abs=1e-6)
+        assert track.label == reference["pred_labels"][r]
+        if box_mode:
+            expected = [(i, b) for i, b in enumerate(reference["pred_boxes"][r]) if b is not None]
+            assert [f[2] for f in track.frames] == [i for i, _ in expected]
+            for (c, f, _, _), (_, b) in zip(track.frames, expected):
+                assert tracker.clips[c]["boxes"][slot, f].tolist() == b
+        else:
+            for c, f, _, _ in track.frames:
+                assert torch.equal(tracker.clips[c]["masks"][slot, f], out_pred[c][slot, f])
+        pairs, weights = plans.get(slot, ([], []))
+        assert track.caption_clips == pairs
+        assert track.caption_weights == pytest.approx(weights, abs=1e-6)
+        for c, _ in pairs:
+            assert torch.equal(tracker.clips[c]["embeddings"][slot], out_emb[c][slot])
+    top_k = run_package(clips, box_mode, **common)[1]
+    assert [(t.slot, t.frames) for t in top_k] != [(t.slot, t.frames) for t in tracks]
+
+
+def test_release_greedy_association_by_hand():
+    """Three clips of three objects A, B, C; clip 1 lists them as B, C, A (a 3-cycle), clip 2 as C, A, B. The
+    greedy rounds give A, B, C the ids 0, 1, 2 in every clip; the release then gathers clip c by its ids: slot j
+    takes query ids[c][j], so that only clip 0 keeps its objects in their slots (the release's behaviour, kept)."""
+    from captionformer_hf.modeling.release_tracking_captionformer import greedy_trajectory_ids
+
+    objects = torch.eye(3) * torch.tensor([3.0, 2.0, 1.0])[:, None] + 0.05  # A, B, C; A the most similar to itself
+    orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    embeddings = [objects[order] for order in orders]
+    unit = torch.nn.functional.normalize(torch.cat(embeddings), dim=1)
+    ids = greedy_trajectory_ids((unit @ unit.T).softmax(dim=-1), 3)
+    assert ids.tolist() == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]  # the object's id, whatever its position
+    assert ids.tolist() == ref_greedy_ids(embeddings).tolist()
+    tracker = CaptionFormerReleaseTracker(precision="native", association="greedy")
+    for e in embeddings:
+        assert tracker.update(e, torch.ones(3), torch.zeros(3, 2), torch.ones(3), torch.rand(3, 1, 4)).tolist() == [0, 1, 2]
+    tracker.associate_greedy()
+    gathered = [[orders[c][q] for q in tracker.clips[c]["mask_keys"].tolist()] for c in range(3)]
+    assert gathered == [[0, 1, 2], [2, 0, 1], [1, 2, 0]]  # the objects in slots 0, 1, 2 of each clip
+    with pytest.raises(ValueError, match="num_clips"):
+        greedy_trajectory_ids(torch.rand(9, 9), 2)

@@ -185,7 +185,9 @@ class CaptionFormerConfig(PreTrainedConfig):
         release_association (`str`, defaults to ``"top_k"``): release mode: how a clip's queries join the slots:
             ``"top_k"`` (``TOPK_MATCHING``: the top-K vote over the memory, ``k_match`` / ``t_match``) or
             ``"hungarian_temporal"`` (box models, ``HUNGARIAN_TRACK_MATCHING``: one assignment against the previous
-            clip on ``release_association_weights``).
+            clip on ``release_association_weights``) or ``"greedy"`` (``GREEDY_MATCHING``: offline, all clips
+            associated at the end of the video by the release's greedy extraction from the softmax of the queries'
+            cosine similarities; as the release, a clip's trajectory ids are used as its gather permutation).
         release_association_weights (`dict`, *optional*): ``"hungarian_temporal"``'s cost weights ``embed``,
             ``class``, ``bbox``, ``giou`` (the release's ``TRACKING_*_WEIGHT``; default 1, 0, 0, 0).
         release_precision (`str`, defaults to ``"fp16_autocast"``): release mode: the arithmetic of the video level.
@@ -491,8 +493,8 @@ class CaptionFormerConfig(PreTrainedConfig):
             self.release_label_mapping = _int_mapping(self.release_label_mapping, "release_label_mapping", int)
         if self.release_id2label is not None:
             self.release_id2label = _int_mapping(self.release_id2label, "release_id2label", str)
-        if self.release_association not in ("top_k", "hungarian_temporal"):
-            raise ValueError(f"`release_association` must be 'top_k' or 'hungarian_temporal', got "
+        if self.release_association not in ("top_k", "hungarian_temporal", "greedy"):
+            raise ValueError(f"`release_association` must be 'top_k', 'hungarian_temporal' or 'greedy', got "
                              f"{self.release_association!r}")
         weights = self.release_association_weights
         if weights is not None and (not isinstance(weights, dict) or not set(weights) <= {"embed", "class", "bbox", "giou"}

@@ -37,7 +37,7 @@ from .video_level_captionformer import (
 # float32 under autocast), fp16 tracking costs (`torch.mm` of the normalised embeddings), float32 softmax, products
 # with float32 tensors and powers. "fp16_autocast" computes the same: on CUDA under autocast, on the CPU by explicit
 # rounding of the same tensors.
-RELEASE_ASSOCIATIONS = ("top_k", "hungarian_temporal")
+RELEASE_ASSOCIATIONS = ("top_k", "hungarian_temporal", "greedy")
 # the release's TRACKING_*_WEIGHT defaults (the object, mask and dice weights do not enter its box-mode matcher)
 HUNGARIAN_TEMPORAL_WEIGHTS = {"embed": 1.0, "class": 0.0, "bbox": 0.0, "giou": 0.0}
 
@@ -72,6 +72,32 @@ def autocast_outputs(outputs):
         "pred_boxes": torch.cat([xywh[..., :2] + xywh[..., 2:] / 2, xywh[..., 2:]], dim=-1),
         "masks_logits": None if outputs.masks_logits is None else outputs.masks_logits.half(),
     })
+
+
+def greedy_trajectory_ids(association: torch.Tensor, num_clips: int) -> torch.LongTensor:
+    """The release's offline greedy association (``GREEDY_MATCHING``: ``greedy_extract_trajectories``) of C clips
+    of Q queries from their ``(C*Q, C*Q)`` association matrix (clip-major rows; the release's: a softmax of the
+    cosine similarities, every entry > 0). Pairs inside one clip are excluded, a query's own entry kept. Each round
+    takes the query whose best match in every clip sums highest; it and its best match in every other clip get the
+    next trajectory id, and their rows and columns leave the matrix. Q rounds; returns ``(C, Q)``: the trajectory id
+    (0..Q-1) of each query of each clip."""
+    total = association.shape[0]
+    if association.shape != (total, total) or num_clips < 1 or total % num_clips:
+        raise ValueError(f"`association` must be (C*Q, C*Q) for num_clips={num_clips}, got {tuple(association.shape)}")
+    per_clip = total // num_clips
+    clip_of = torch.arange(total, device=association.device) // per_clip
+    scores = association * ((clip_of[:, None] != clip_of[None, :])
+                            | torch.eye(total, dtype=torch.bool, device=association.device))
+    ids = torch.full((total,), -1, dtype=torch.long, device=association.device)
+    offsets = torch.arange(num_clips, device=association.device) * per_clip
+    for trajectory in range(per_clip):
+        best, best_query = scores.view(total, num_clips, per_clip).max(dim=2)  # (C*Q, C)
+        anchor = torch.argmax(best.sum(dim=1))
+        members = best_query[anchor] + offsets
+        ids[members] = trajectory
+        scores[members, :] = 0
+        scores[:, members] = 0
+    return ids.view(num_clips, per_clip)
 
 
 def load_release_label_mapping(source) -> dict[int, int]:
@@ -155,10 +181,12 @@ class CaptionFormerReleaseTracker:
     """The released code's video level (``video_inference_mode="release"``), for converted official checkpoints.
 
     Every query slot of every clip is tracked: the first clip's queries define the slots; each new clip's queries
-    are permuted onto the slots by the release's top-K vote matching (one Hungarian assignment per memory clip on
+    are permuted onto the slots (``association="top_k"``, the default) by the release's top-K vote matching (one Hungarian assignment per memory clip on
     ``1 - cos``, the ``k_match`` cheapest memory clips' cost matrices weighted by recency ``i + 1`` and averaged, a
     final Hungarian assignment; fewer memory clips than ``k_match``: the cheapest one's assignment), with no cost
-    gate; the memory keeps the last ``t_match`` permuted clips. :meth:`finalize` applies the release's video-level
+    gate; the memory keeps the last ``t_match`` permuted clips (``"hungarian_temporal"``: :meth:`match_temporal`;
+    ``"greedy"``: the queries stay in place until :meth:`finalize` associates all clips, :meth:`associate_greedy`).
+    :meth:`finalize` applies the release's video-level
     selection (``box_mode``: clips with S > ``presence_threshold``, class-only video score; else the
     ``max_trajectories`` best slots by ``sqrt(class * objectness)`` video score, every frame), its hysteresis, its
     per-frame score threshold, and plans the captions (``aggregation``: ``"weighted"`` / ``"mean"`` over the
@@ -301,7 +329,7 @@ class CaptionFormerReleaseTracker:
             raise ValueError(f"every clip must have the same {self.memory[0].shape[0]} queries")
         if self.score_class is not None:  # get_pred_score's [:, k : k + 1] slice of S
             scores = self.class_scores(class_logits[:, self.score_class : self.score_class + 1], objectness)
-        if not self.memory:
+        if not self.memory or self.association == "greedy":  # greedy: associated at the end (offline)
             perm = torch.arange(embeddings.shape[0])
         elif self.association == "hungarian_temporal":
             perm = self.match_temporal(embeddings, class_logits, objectness, boxes)
@@ -361,6 +389,26 @@ class CaptionFormerReleaseTracker:
             cost += weights["giou"] * (1 - broadcast_generalized_box_iou(xyxy(last)[:, None], xyxy(first)[None], 1e-7))
         return torch.as_tensor(linear_sum_assignment(cost.numpy())[1])
 
+    def associate_greedy(self) -> torch.LongTensor:
+        """``association="greedy"`` (``GREEDY_MATCHING``): all clips at once, at the end of the video. The association
+        matrix is the softmax of the cosine similarities of every clip's queries (an fp16 ``torch.mm`` under
+        ``fp16_autocast``, a float32 softmax), :func:`greedy_trajectory_ids` gives each query a trajectory id, and,
+        as the release, a clip's ids are then used as its gather permutation: slot j of clip c takes query
+        ``ids[c, j]`` (the query whose trajectory id is j only when the id permutations agree, e.g. queries in the
+        same order in every clip). Each clip's stored outputs are permuted so; ``mask_keys`` records the query (its
+        provisional track id from :meth:`update`) whose mask each slot uses. Returns the ids ``(C, Q)``."""
+        embeddings = torch.cat([c["embeddings"] for c in self.clips])
+        embeddings = embeddings.float() if self.fp16 else embeddings
+        unit = embeddings / embeddings.norm(dim=1, keepdim=True)
+        similarity = autocast_mm(unit, unit.T).float() if self.fp16 else unit @ unit.T
+        ids = greedy_trajectory_ids(similarity.softmax(dim=-1).float().cpu(), len(self.clips))
+        for clip, perm in zip(self.clips, ids):
+            for key in ("embeddings", "scores", "class_logits", "objectness", "boxes", "masks"):
+                if clip[key] is not None:
+                    clip[key] = clip[key][perm.to(clip[key].device)]
+            clip["mask_keys"] = perm
+        return ids
+
     def class_scores(self, class_logits: torch.Tensor, objectness: torch.Tensor) -> torch.Tensor:
         """S = ``(max_c sigmoid(class_logits) * objectness) ** 0.5`` over the given classes (fp16 sigmoid under
         ``fp16_autocast``, as :func:`autocast_scores`)."""
@@ -373,6 +421,8 @@ class CaptionFormerReleaseTracker:
         """The release's video-level selection, hysteresis, per-frame threshold and caption plan."""
         if not self.clips:
             return []
+        if self.association == "greedy" and "mask_keys" not in self.clips[0]:
+            self.associate_greedy()
         scores = torch.stack([c["scores"] for c in self.clips], dim=0)  # (clips, Q)
         class_logits = torch.stack([c["class_logits"] for c in self.clips], dim=0)  # (clips, Q, C)
         # the release averages its (clips, Q, C + 1) stack without the last (no-object) column: the same strided
@@ -535,13 +585,15 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
             raise ValueError("release mode: set the aggregation when the session is created (tracker_overrides)")
         tracks = self.tracker.finalize()
         clips = self.tracker.clips
-        frame_track, frame_index, frame_boxes, frame_scores = [], [], [], []
+        frame_track, frame_index, frame_boxes, frame_scores, mask_keys = [], [], [], [], []
         for position, track in enumerate(tracks):
             for c, t, index, score in track.frames:
                 frame_track.append(position)
                 frame_index.append(index)
                 frame_scores.append(score)
                 frame_boxes.append(clips[c]["boxes"][track.slot, t])
+                keys = clips[c].get("mask_keys")  # greedy: the slot's query of that clip (its id at `step`)
+                mask_keys.append(track.slot if keys is None else int(keys[track.slot]))
         caption_ids = captioned = None
         if caption and session.caption and tracks:
             captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
@@ -551,7 +603,8 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
         return self.video_output(session, [t.slot for t in tracks], [t.score for t in tracks],
                                  [t.label for t in tracks], caption_ids, captioned, frame_track, frame_index,
                                  torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores,
-                                 precision=self.tracker.precision)
+                                 precision=self.tracker.precision,
+                                 frame_mask_track_ids=mask_keys if self.tracker.association == "greedy" else None)
 
     def _caption_queries(self, model, tracks, clips, batch_size: int) -> torch.Tensor:
         """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
@@ -595,6 +648,7 @@ __all__ = [
     "autocast_mm",
     "autocast_outputs",
     "autocast_scores",
+    "greedy_trajectory_ids",
     "load_release_label_mapping",
     "release_hysteresis",
 ]

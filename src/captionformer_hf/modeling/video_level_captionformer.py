@@ -56,6 +56,9 @@ class CaptionFormerVideoOutput(ModelOutput):
     num_frames (`int`): frames processed. input_size (`tuple[int, int]`): the padded model input `(H, W)`.
     video_inference_mode (`str`): the algorithm that made it (see the config); `"release"` outputs are
         post-processed as the released code does (boxes clamped per coordinate and rounded to whole pixels).
+    frame_mask_track_ids (`torch.LongTensor` of shape `(M,)`, *optional*): the track id under which each entry's mask
+        was keyed when its clip batch was post-processed (`None`: its trajectory's track id; they differ only when the
+        algorithm assigns the final ids after the clips, as release mode's greedy association).
     precision (`str`, *optional*): release mode: `config.release_precision` (`"fp16_autocast"`: the processor
         converts the boxes to pixels in fp16, as the release).
     """
@@ -72,6 +75,7 @@ class CaptionFormerVideoOutput(ModelOutput):
     num_frames: int | None = None
     input_size: tuple | None = None
     video_inference_mode: str | None = None
+    frame_mask_track_ids: torch.LongTensor | None = None
     precision: str | None = None
 
 
@@ -132,10 +136,10 @@ class CaptionFormerVideoLevel:
 
     def video_output(self, session, track_ids, scores, category_ids, caption_ids, captioned, frame_track,
                      frame_index, frame_boxes: torch.Tensor, frame_scores,
-                     precision: str | None = None) -> CaptionFormerVideoOutput:
+                     precision: str | None = None, frame_mask_track_ids=None) -> CaptionFormerVideoOutput:
         """The :class:`CaptionFormerVideoOutput` of per-trajectory lists (``track_ids``, ``scores``,
         ``category_ids``) and per-frame lists (``frame_track``, ``frame_index``, ``frame_scores``; ``frame_boxes``
-        ``(M, 4)``), tagged with this mode's name and the session's frame count and input size."""
+        ``(M, 4)``; ``frame_mask_track_ids``: see the output), tagged with this mode's name and the session's frame count and input size."""
         return CaptionFormerVideoOutput(
             video_inference_mode=self.name,
             track_ids=torch.tensor(track_ids, dtype=torch.long),
@@ -150,6 +154,8 @@ class CaptionFormerVideoLevel:
             num_frames=session.num_frames,
             input_size=session.input_size,
             precision=precision,
+            frame_mask_track_ids=(None if frame_mask_track_ids is None
+                                  else torch.tensor(frame_mask_track_ids, dtype=torch.long)),
         )
 
     def memory_nbytes(self) -> int:

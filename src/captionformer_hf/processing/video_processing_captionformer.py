@@ -945,10 +945,13 @@ class CaptionFormerVideoProcessor(BaseVideoProcessor):
                 "caption": "",
                 "frames": [],
             })
+        mask_track_ids = getattr(outputs, "frame_mask_track_ids", None)  # the ids the masks were keyed by, if not the tracks'
+        mask_track_ids = None if mask_track_ids is None else mask_track_ids.tolist()
         for m, track in enumerate(outputs.frame_track_indices.tolist()):
             entry = {"frame_index": int(frame_indices[m]), "box": absolute[m], "score": frame_scores[m]}
             if mask_rles is not None:
-                key = (trajectories[track]["track_id"], entry["frame_index"])
+                mask_track = trajectories[track]["track_id"] if mask_track_ids is None else int(mask_track_ids[m])
+                key = (mask_track, entry["frame_index"])
                 if key not in mask_rles:
                     raise ValueError(f"`mask_rles` has no mask for track {key[0]} in frame {key[1]} (give the union "
                                      "of `post_process_clip_masks` over every clip batch of the video)")
