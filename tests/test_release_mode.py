@@ -455,7 +455,10 @@ def test_release_evaluation_options_through_the_config(toy_config):
     string keys are read back as ids; a middle-clip caption with an order-aware aggregation is refused."""
     config = toy_config(video_inference_mode="release", release_class_agnostic=True, release_score_class=1,
                         release_middle_clip_caption=True, release_label_mapping={"0": 5, "2": 7},
-                        release_id2label={"5": "dog", "7": "cat"})
+                        release_id2label={"5": "dog", "7": "cat"}, release_captions_per_video=3)
+    assert CaptionFormerReleaseTracker.from_config(config).captions_per_video == 3
+    with pytest.raises(ValueError, match="release_captions_per_video"):
+        toy_config(release_captions_per_video=0)
     assert config.release_label_mapping == {0: 5, 2: 7} and config.release_id2label == {5: "dog", 7: "cat"}
     reloaded = type(config).from_dict(config.to_dict())
     assert reloaded.release_label_mapping == {0: 5, 2: 7}
@@ -1023,3 +1026,158 @@ def test_release_greedy_association_by_hand():
     assert gathered == [[0, 1, 2], [2, 0, 1], [1, 2, 0]]  # the objects in slots 0, 1, 2 of each clip
     with pytest.raises(ValueError, match="num_clips"):
         greedy_trajectory_ids(torch.rand(9, 9), 2)
+
+
+# ------------------------------------------------------------------------------- several captions per video
+def ref_part_captions(scores, clip_frames, num_captions, c, threshold=0.3):
+    """The release's NUM_CAPTIONS_PER_VIDEO > 1 branch of the forward pass (``scores`` (Q, clips)): per query, the
+    per-frame list ``out_captions[qid]`` with ``(clip, frame in clip)`` of the caption written there (None: '')."""
+    num_frames = sum(clip_frames)
+    out_captions = [[None] * num_frames for _ in range(scores.shape[0])]
+    for part in range(num_captions):
+        idx_start = num_frames * part // num_captions
+        idx_end = num_frames * (part + 1) // num_captions
+        idx_clip_start = idx_start // c
+        idx_clip_end = idx_end // c
+        scores_part = torch.zeros_like(scores, dtype=torch.float)
+        scores_part[:, idx_clip_start:idx_clip_end] = scores[:, idx_clip_start:idx_clip_end]
+        max_score_part, max_score_index_part = scores_part.max(dim=1)
+        for qid in range(max_score_index_part.shape[0]):
+            if max_score_part[qid] < threshold:
+                continue
+            clip_selected = int(max_score_index_part[qid])
+            nframes = clip_frames[clip_selected]
+            frame = int(torch.randint(0, nframes, (1,))[0]) if nframes > 1 else 0  # generate's frame sample
+            for idx in range(idx_start, idx_end):
+                out_captions[qid][idx] = (clip_selected, frame)
+            if idx_end >= num_frames:
+                break
+    return out_captions
+
+
+def _per_frame_plan(track, num_frames):
+    """A track's part captions as the release's per-frame list."""
+    frames = [None] * num_frames
+    for start, end, clip, frame in track.part_captions:
+        for idx in range(start, end):
+            frames[idx] = (clip, frame)
+    return frames
+
+
+@pytest.mark.parametrize("num_captions", [2, 3, 20])
+@pytest.mark.parametrize("setting", [SETTINGS[0], SETTINGS[3], SETTINGS[4]], ids=["boxes", "masks", "masks-T5"])
+@pytest.mark.parametrize("seed", range(2))
+def test_release_several_captions_per_video_equal_the_release(setting, num_captions, seed):
+    """NUM_CAPTIONS_PER_VIDEO: every kept track's per-frame captions come from the clips (and, for T > 1, the frames)
+    that the release's loop picks, part by part, the last part included (its early break), with more parts than
+    frames too; the tracks themselves are those of one caption per video."""
+    box_mode, k, t, t_agg, aggregation, (low, high, min_length), threshold, frames_per_clip = setting
+    clips = make_clips(seed, frames_per_clip=frames_per_clip)
+    common = dict(k_match=k, t_match=t, t_agg=t_agg, aggregation=aggregation, hysteresis_low=low, hysteresis_high=high,
+                  hysteresis_min_length=min_length, track_score_threshold=threshold, clip_length=max(frames_per_clip))
+    tracker, tracks = run_package(clips, box_mode, caption_seed=seed, captions_per_video=num_captions, **common)
+    _, single = run_package(clips, box_mode, caption_seed=seed, **common)
+    assert [(t.slot, t.frames) for t in tracks] == [(t.slot, t.frames) for t in single] and tracks
+    assert all(not t.caption_clips for t in tracks)
+    frames = [clip["boxes"].shape[1] for clip in clips]
+    _, _, _, _, scores = ref_track([dict(c, pred=c["boxes"]) for c in clips], k, t)
+    torch.manual_seed(seed)
+    expected = ref_part_captions(scores, frames, num_captions, max(frames_per_clip))
+    parts_seen = set()
+    for track in tracks:
+        assert _per_frame_plan(track, sum(frames)) == expected[track.slot]
+        parts_seen.update((start, end) for start, end, _, _ in track.part_captions)
+    # (two parts: the last one captions only the first qualifying slot, often one that is not kept)
+    assert len(parts_seen) >= (1 if num_captions == 2 else 2), "too few captioned parts: the case tests little"
+
+
+def test_release_several_captions_per_video_by_hand():
+    """Three slots, four one-frame clips, two parts (frames 0-1 and 2-3): in part 0 every slot is captioned from its
+    best clip there (slot 1's best clip overall, 3, lies in part 1); in the last part only the first slot that
+    qualifies (the release's loop breaks after it): slot 1, as slot 0 is below the caption threshold there."""
+    s = torch.tensor([[0.9, 0.5, 0.2, 0.1],   # slot 0 (rows: slots, columns: clips)
+                      [0.4, 0.6, 0.7, 0.95],  # slot 1
+                      [0.8, 0.3, 0.6, 0.5]])  # slot 2
+    tracker = CaptionFormerReleaseTracker(precision="native", captions_per_video=2, box_mode=True,
+                                          presence_threshold=0.0, hysteresis_low=0.0, hysteresis_high=0.0,
+                                          hysteresis_min_length=1)
+    for c in range(4):
+        tracker.update(torch.eye(3), s[:, c], torch.zeros(3, 2), torch.ones(3), torch.rand(3, 1, 4),
+                       frame_indices=[c])
+    plans = {track.slot: track.part_captions for track in tracker.finalize()}
+    assert plans == {0: [(0, 2, 0, 0)], 1: [(0, 2, 1, 0), (2, 4, 3, 0)], 2: [(0, 2, 0, 0)]}
+
+
+def test_release_several_captions_per_video_end_to_end(toy_config):
+    """Through the model and the processor: each frame of a trajectory carries the caption generated from the
+    caption query of its part's planned (slot, clip) (the slot's query of that clip attending to that clip's frame
+    through the slot's mask there, recomputed here from the reference tracking), the trajectory's caption is its
+    first part's, frames of uncaptioned parts carry ""; the result is a valid video of the format. The LM is replaced
+    by one that names which recomputed query it was given (an untrained LM writes the same words for every query)."""
+    from captionformer_hf.modeling.captioning_captionformer import mask_logits_on_grid
+    from captionformer_hf.modeling.video_level_captionformer import caption_head_outputs
+    from captionformer_hf.processing import VideoGeometry
+    from captionformer_hf.processing.trajectory_captionformer import validate_video
+    from captionformer_hf.toy import TOY_WORDS, toy_processor
+
+    clips = make_clips(3, num_clips=8, dim=32, frames_per_clip=(1,))  # the toy model's query width
+    num_captions = 3
+    config = toy_config(clip_length=1, video_inference_mode="release", k_match=2, t_match=5, hysteresis_low=0.3,
+                        hysteresis_high=0.8, hysteresis_min_length=3, release_precision="native",
+                        release_captions_per_video=num_captions)
+    model = CaptionFormerForDenseVideoObjectCaptioning(config).eval()
+    _inject_clip_outputs(model, clips)
+    processor = toy_processor(clip_length=1)
+    height = width = 32
+    torch.manual_seed(0)
+    pixels = torch.rand(len(clips), 3, height, width)
+    # the release's plan and, for each planned (slot, clip, frame), its caption query
+    _, _, out_pred, out_emb, scores = ref_track([dict(c, pred=c["masks"]) for c in clips], 2, 5)
+    expected = ref_part_captions(scores, [1] * len(clips), num_captions, 1)
+    planned = sorted({(slot, plan) for slot, frames in enumerate(expected) for plan in frames if plan is not None})
+    head = model.model.caption_head
+    with torch.no_grad():
+        queries = [caption_head_outputs(head, [head.prepare_frames(pixels[c:c + 1])[0]], torch.tensor([0]),
+                                        out_emb[c][slot][None],
+                                        mask_logits_on_grid(out_pred[c][slot, f][None], head.grid_size), None, 1)[0]
+                   for slot, (c, f) in planned]
+
+    def naming_lm(caption_queries, *args, **kwargs):  # word 3 + i for the i-th planned query, then the end token
+        rows = []
+        for query in caption_queries:
+            found = [i for i, q in enumerate(queries) if torch.allclose(query, q, atol=1e-5)]
+            rows.append([3 + found[0] if len(found) == 1 else 0, 2])
+        return torch.tensor(rows)
+
+    model.generate_captions = naming_lm
+    geometry = VideoGeometry((height, width), (height, width), (height, width))
+    masks = {}
+    out = model.track_video(pixels, caption=True,
+                            on_clip_batch=lambda o: masks.update(processor.post_process_clip_masks(o, geometry)))
+    result = processor.post_process_dense_captions(out, (height, width), (height, width), mask_rles=masks)
+    validate_video(result, require_masks=True)
+    captioned_frames = 0
+    for trajectory in result["trajectories"]:
+        slot = trajectory["track_id"]
+        for entry in trajectory["frames"]:
+            plan = expected[slot][entry["frame_index"]]
+            word = "" if plan is None else TOY_WORDS[planned.index((slot, plan))]
+            assert entry["caption"] == word
+            captioned_frames += plan is not None
+        firsts = [entry["caption"] for entry in trajectory["frames"] if entry["caption"]]
+        assert trajectory["caption"] == (firsts[0] if firsts else "")
+    parts = {(slot, plan) for slot, plan in planned if slot in out.track_ids.tolist()}
+    assert captioned_frames and len(parts) >= 3, "too few captioned parts: the case tests little"
+    assert len(out.part_caption_ids) == len(parts)  # one caption per part of a kept track
+
+
+def test_the_overlay_labels_each_frame_with_its_own_caption_when_it_has_one():
+    """Several captions per trajectory: the overlay writes a frame's caption; frames without one, the trajectory's."""
+    from captionformer_hf.visualization import detections_by_frame
+
+    prediction = {"trajectories": [{"track_id": 4, "caption": "a dog sitting", "category": "dog", "frames": [
+        {"frame_index": 0, "box": [0, 0, 2, 2], "caption": "a dog sitting"},
+        {"frame_index": 1, "box": [0, 0, 2, 2], "caption": "a dog running"},
+        {"frame_index": 2, "box": [0, 0, 2, 2]}]}]}
+    by_frame = detections_by_frame(prediction)
+    assert [by_frame[f][0]["caption"] for f in range(3)] == ["a dog sitting", "a dog running", "a dog sitting"]

@@ -62,7 +62,8 @@ def detections_by_frame(prediction: dict) -> dict[int, list[dict]]:
                     "track_id": trajectory["track_id"],
                     "box": entry["box"],
                     "mask_rle": entry.get("mask_rle"),
-                    "caption": trajectory.get("caption"),
+                    # a per-frame caption (several captions per trajectory) wins over the trajectory's
+                    "caption": entry.get("caption", trajectory.get("caption")),
                     "category": trajectory.get("category"),
                 }
             )

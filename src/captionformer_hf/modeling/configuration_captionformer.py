@@ -177,6 +177,10 @@ class CaptionFormerConfig(PreTrainedConfig):
         release_middle_clip_caption (`bool`, defaults to `False`): release mode (``MIDDLE_FRAME_CAPTIONING`` /
             ``TEST_AGG_MIDDLE_CLIP``): a track is captioned from the video's middle clip (``frames // clip_length //
             2``) alone, instead of its best clip (``aggregation="best"``) or the ``t_agg`` sampled clips.
+        release_captions_per_video (`int`, defaults to 1): release mode (``NUM_CAPTIONS_PER_VIDEO``): P > 1 cuts the
+            video's frames into P parts and captions a track in each part from its best clip there (no aggregation;
+            this overrides ``aggregation`` and ``release_middle_clip_caption`` for captions), each frame carrying
+            its part's caption; as the release, only the first qualifying track is captioned in the last part.
         release_label_mapping (`dict[int, int]`, *optional*): release mode (``LVVIS_ZS_VIDSTG_CLASS_FILTERING``):
             labels mapped through this dict (0-based ids; JSON keys may be strings), tracks whose label has no entry
             dropped. ``release_id2label`` names the mapped ids. See ``load_release_label_mapping`` for the
@@ -284,6 +288,7 @@ class CaptionFormerConfig(PreTrainedConfig):
     release_class_agnostic: bool = False
     release_score_class: int | None = None
     release_middle_clip_caption: bool = False
+    release_captions_per_video: int = 1
     release_label_mapping: dict | None = None
     release_id2label: dict | None = None
     release_association: str = "top_k"
@@ -378,6 +383,7 @@ class CaptionFormerConfig(PreTrainedConfig):
             "clip_image_context_heads",
             "max_trajectories",
             "aggregation_num_heads",
+            "release_captions_per_video",
         ):
             positive_int(name)
         positive_int("box_head_layers", minimum=0)

@@ -167,7 +167,9 @@ def release_hysteresis(scores, low: float, high: float, min_duration: int) -> li
 class ReleaseTrack:
     """One query slot kept by the release's video level: ``slot`` (its track id), ``score`` (video score),
     ``label``, per-frame ``(clip index, frame in clip, frame index, score)`` entries, and the caption plan:
-    ``caption_clips`` (clip, frame in clip) with ``caption_weights`` (empty: no caption)."""
+    ``caption_clips`` (clip, frame in clip) with ``caption_weights`` (empty: no caption), or, with several captions
+    per video, ``part_captions``: ``(first frame, end frame, clip, frame in clip)`` per captioned part of the video
+    (frame positions in the processed sequence, end excluded)."""
 
     slot: int
     score: float
@@ -175,6 +177,7 @@ class ReleaseTrack:
     frames: list = field(default_factory=list)
     caption_clips: list = field(default_factory=list)
     caption_weights: list = field(default_factory=list)
+    part_captions: list = field(default_factory=list)
 
 
 class CaptionFormerReleaseTracker:
@@ -190,8 +193,8 @@ class CaptionFormerReleaseTracker:
     selection (``box_mode``: clips with S > ``presence_threshold``, class-only video score; else the
     ``max_trajectories`` best slots by ``sqrt(class * objectness)`` video score, every frame), its hysteresis, its
     per-frame score threshold, and plans the captions (``aggregation``: ``"weighted"`` / ``"mean"`` over the
-    ``linspace`` clips of the video, ``"best"``: the highest-S clip). All per-clip outputs are kept (offline, as the
-    release)."""
+    ``linspace`` clips of the video, ``"best"``: the highest-S clip; ``captions_per_video > 1``: one caption per part
+    of the video, :meth:`_part_caption_plans`). All per-clip outputs are kept (offline, as the release)."""
 
     def __init__(
         self,
@@ -215,9 +218,11 @@ class CaptionFormerReleaseTracker:
         label_mapping: dict | None = None,
         association: str = "top_k",
         association_weights: dict | None = None,
+        captions_per_video: int = 1,
     ):
         check_positive_ints(k_match=k_match, t_match=t_match, t_agg=t_agg, max_trajectories=max_trajectories,
-                             clip_length=clip_length)
+                             clip_length=clip_length, captions_per_video=captions_per_video)
+        self.captions_per_video = captions_per_video
         if aggregation not in ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS:
             raise ValueError(f"`aggregation` must be one of {ORDER_FREE_AGGREGATIONS + ORDER_AWARE_AGGREGATIONS}, "
                              f"got {aggregation!r}")
@@ -273,6 +278,7 @@ class CaptionFormerReleaseTracker:
             "score_class": config.release_score_class, "middle_clip_caption": config.release_middle_clip_caption,
             "label_mapping": config.release_label_mapping, "association": config.release_association,
             "association_weights": config.release_association_weights,
+            "captions_per_video": config.release_captions_per_video,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
@@ -454,7 +460,8 @@ class CaptionFormerReleaseTracker:
             count = min(self.max_trajectories, video_scores.shape[0])
             slots = torch.topk(video_scores, count, sorted=False)[1].tolist()
             present = torch.ones_like(scores, dtype=torch.bool)
-        plans = self._caption_plans(scores)
+        several = self.captions_per_video > 1
+        plans = self._part_caption_plans(scores) if several else self._caption_plans(scores)
         tracks = []
         for slot in slots:
             label = int(labels[slot])
@@ -478,10 +485,43 @@ class CaptionFormerReleaseTracker:
                 if self.track_score_threshold > 0 and not score > self.track_score_threshold:
                     continue
                 kept = [e[:4] for e in entries]
+            if several:
+                tracks.append(ReleaseTrack(slot=slot, score=score, label=label, frames=kept,
+                                           part_captions=plans.get(slot, [])))
+                continue
             clips, weights = plans.get(slot, ([], []))
             tracks.append(ReleaseTrack(slot=slot, score=score, label=label, frames=kept,
                                        caption_clips=clips, caption_weights=weights))
         return tracks
+
+    def _part_caption_plans(self, scores: torch.Tensor) -> dict[int, list[tuple[int, int, int, int]]]:
+        """``captions_per_video`` = P > 1 (the release's ``NUM_CAPTIONS_PER_VIDEO``): the video's F frames are cut
+        into P parts, part p covering frames ``[F p // P, F (p + 1) // P)``; in each part, every slot whose best S
+        over the part's clips ``[start // T, end // T)`` (T = ``clip_length``; the other clips count as S = 0) is at
+        least ``caption_score_threshold`` gets one caption from that best clip alone (no aggregation, as the
+        release's single-clip ``generate``; the frame of a clip of T > 1 frames drawn by ``torch.randint``, part by
+        part, slot by slot), written on every frame of the part. As the release, the last part captions only the
+        first slot that qualifies there (its loop breaks once the part reaches the last frame), and a part without
+        a whole clip of its own scores 0 everywhere. Returns ``{slot: [(start, end, clip, frame in clip), ...]}``."""
+        num_frames = sum(clip["num_frames"] for clip in self.clips)
+        parts = self.captions_per_video
+        plans: dict[int, list] = {}
+        for part in range(parts):
+            start, end = num_frames * part // parts, num_frames * (part + 1) // parts
+            first_clip, end_clip = start // self.clip_length, end // self.clip_length
+            part_scores = torch.zeros_like(scores, dtype=torch.float32)
+            part_scores[first_clip:end_clip] = scores[first_clip:end_clip]
+            best_score, best_clip = part_scores.max(dim=0)
+            for slot in range(scores.shape[1]):
+                if best_score[slot] < self.caption_score_threshold:
+                    continue
+                clip = int(best_clip[slot])
+                real = self.clips[clip]["num_frames"]
+                frame = int(torch.randint(0, real, (1,))) if real > 1 else 0
+                plans.setdefault(slot, []).append((start, end, clip, frame))
+                if end >= num_frames:  # the release's loop ends here: one caption in the last part
+                    break
+        return plans
 
     def _caption_plans(self, scores: torch.Tensor) -> dict[int, tuple[list, list]]:
         """Per slot with a best S of at least ``caption_score_threshold``: the (clip, frame in clip) pairs and
@@ -594,8 +634,11 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
                 frame_boxes.append(clips[c]["boxes"][track.slot, t])
                 keys = clips[c].get("mask_keys")  # greedy: the slot's query of that clip (its id at `step`)
                 mask_keys.append(track.slot if keys is None else int(keys[track.slot]))
-        caption_ids = captioned = None
-        if caption and session.caption and tracks:
+        caption_ids = captioned = part_caption_ids = frame_caption_indices = None
+        if caption and session.caption and tracks and self.tracker.captions_per_video > 1:
+            caption_ids, captioned, part_caption_ids, frame_caption_indices = self._part_captions(
+                model, tracks, clips, batch_size, generate_kwargs)
+        elif caption and session.caption and tracks:
             captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
             with self.autocast(model.device):
                 queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
@@ -604,31 +647,48 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
                                  [t.label for t in tracks], caption_ids, captioned, frame_track, frame_index,
                                  torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores,
                                  precision=self.tracker.precision,
-                                 frame_mask_track_ids=mask_keys if self.tracker.association == "greedy" else None)
+                                 frame_mask_track_ids=mask_keys if self.tracker.association == "greedy" else None,
+                                 part_caption_ids=part_caption_ids, frame_caption_indices=frame_caption_indices)
+
+    def _part_captions(self, model, tracks, clips, batch_size: int, generate_kwargs):
+        """Several captions per video (:meth:`CaptionFormerReleaseTracker._part_caption_plans`): every planned part
+        captioned from its one clip (K captions, in track then part order), each per-frame entry pointed at the
+        caption of the part holding its frame (-1: none), and each track's first caption as its trajectory caption.
+        Returns ``(caption_ids (N, L), captioned (N,), part_caption_ids (K, L), frame_caption_indices (M,))``."""
+        parts = [(position, plan) for position, track in enumerate(tracks) for plan in track.part_captions]
+        if parts:
+            with self.autocast(model.device):
+                queries = self._query_outputs(model, [(tracks[p].slot, c, t) for p, (_, _, c, t) in parts], clips,
+                                              batch_size)
+                part_caption_ids = generate_track_captions(model, queries, torch.ones(len(parts), dtype=torch.bool),
+                                                           **generate_kwargs)
+        else:
+            part_caption_ids = generate_track_captions(model, None, torch.zeros(0, dtype=torch.bool))
+        first_frame = [0]  # position of each clip's first frame in the processed sequence
+        for clip in clips:
+            first_frame.append(first_frame[-1] + clip["num_frames"])
+        rows_of_track: dict[int, list] = {}
+        for row, (position, (start, end, _, _)) in enumerate(parts):
+            rows_of_track.setdefault(position, []).append((start, end, row))
+        frame_caption_indices = []
+        for position, track in enumerate(tracks):
+            for c, t, _, _ in track.frames:
+                at = first_frame[c] + t
+                rows = [row for start, end, row in rows_of_track.get(position, []) if start <= at < end]
+                frame_caption_indices.append(rows[0] if rows else -1)
+        captioned = torch.tensor([position in rows_of_track for position in range(len(tracks))])
+        caption_ids = part_caption_ids.new_full((len(tracks), part_caption_ids.shape[1]),
+                                                int(model.generation_config.pad_token_id or 0))
+        for position, rows in rows_of_track.items():
+            caption_ids[position] = part_caption_ids[rows[0][2]]
+        return caption_ids, captioned, part_caption_ids, torch.tensor(frame_caption_indices, dtype=torch.long)
 
     def _caption_queries(self, model, tracks, clips, batch_size: int) -> torch.Tensor:
         """Caption queries of the captioned tracks: ``(N_captioned, L, D)``, the Q-Former outputs of each track's
         planned (clip, frame) pairs summed with the plan's weights, or, for an order-aware aggregation,
         ``(N_captioned, t_agg, L, D)``, the planned clips' outputs in time order."""
-        head = model.model.caption_head
-        pairs = [(track, c, t) for track in tracks if track.caption_clips for c, t in track.caption_clips]
-        unique = list(dict.fromkeys((c, t) for _, c, t in pairs))
-        position = {key: i for i, key in enumerate(unique)}
-        if self.config.box_only:
-            boxes = torch.stack([clips[c]["boxes"][track.slot, t] for track, c, t in pairs]).to(model.device)
-            grids = boxes.new_zeros(len(pairs), head.grid_size, head.grid_size)
-        else:
-            boxes = None
-            grids = torch.stack([clips[c]["masks"][track.slot, t] for track, c, t in pairs])  # on the patch grid
-        outputs = caption_head_outputs(
-            head,
-            [clips[c]["caption_frames"][t] for c, t in unique],
-            torch.tensor([position[(c, t)] for _, c, t in pairs]),
-            torch.stack([clips[c]["embeddings"][track.slot] for track, c, t in pairs]),
-            grids,
-            boxes,
-            batch_size,
-        )
+        pairs = [(track.slot, c, t) for track in tracks if track.caption_clips for c, t in track.caption_clips]
+        outputs = self._query_outputs(model, pairs, clips, batch_size)
         count = len(next(t for t in tracks if t.caption_clips).caption_clips)
         per_track = outputs.view(-1, count, *outputs.shape[1:])  # every plan has as many clips
         if self.config.aggregation in ORDER_AWARE_AGGREGATIONS:  # the plan's t_agg clips in time order
@@ -636,6 +696,28 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
         weights = torch.tensor([t.caption_weights for t in tracks if t.caption_clips], dtype=outputs.dtype,
                                device=outputs.device)
         return torch.einsum("nk,nkld->nld", weights, per_track)
+
+    def _query_outputs(self, model, pairs, clips, batch_size: int) -> torch.Tensor:
+        """Q-Former outputs ``(len(pairs), L, D)`` of ``(slot, clip, frame in clip)`` pairs: the slot's query of that
+        clip, attending to that frame through the slot's box or patch-grid mask there (each frame encoded once)."""
+        head = model.model.caption_head
+        unique = list(dict.fromkeys((c, t) for _, c, t in pairs))
+        position = {key: i for i, key in enumerate(unique)}
+        if self.config.box_only:
+            boxes = torch.stack([clips[c]["boxes"][slot, t] for slot, c, t in pairs]).to(model.device)
+            grids = boxes.new_zeros(len(pairs), head.grid_size, head.grid_size)
+        else:
+            boxes = None
+            grids = torch.stack([clips[c]["masks"][slot, t] for slot, c, t in pairs])  # on the patch grid
+        return caption_head_outputs(
+            head,
+            [clips[c]["caption_frames"][t] for c, t in unique],
+            torch.tensor([position[(c, t)] for _, c, t in pairs]),
+            torch.stack([clips[c]["embeddings"][slot] for slot, c, t in pairs]),
+            grids,
+            boxes,
+            batch_size,
+        )
 
 
 register_video_inference_mode("release", ReleaseVideoLevel)

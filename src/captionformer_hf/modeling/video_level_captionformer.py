@@ -61,6 +61,11 @@ class CaptionFormerVideoOutput(ModelOutput):
         algorithm assigns the final ids after the clips, as release mode's greedy association).
     precision (`str`, *optional*): release mode: `config.release_precision` (`"fp16_autocast"`: the processor
         converts the boxes to pixels in fp16, as the release).
+    part_caption_ids (`torch.LongTensor` of shape `(K, L)`, *optional*): captions of parts of trajectories (release
+        mode with `release_captions_per_video > 1`: one per captioned part of the video); `caption_ids` then holds
+        each trajectory's first one.
+    frame_caption_indices (`torch.LongTensor` of shape `(M,)`, *optional*): the row of `part_caption_ids` that
+        captions each per-frame entry (-1: none); set with `part_caption_ids`.
     """
 
     track_ids: torch.LongTensor | None = None
@@ -77,6 +82,8 @@ class CaptionFormerVideoOutput(ModelOutput):
     video_inference_mode: str | None = None
     frame_mask_track_ids: torch.LongTensor | None = None
     precision: str | None = None
+    part_caption_ids: torch.LongTensor | None = None
+    frame_caption_indices: torch.LongTensor | None = None
 
 
 class CaptionFormerVideoLevel:
@@ -136,10 +143,12 @@ class CaptionFormerVideoLevel:
 
     def video_output(self, session, track_ids, scores, category_ids, caption_ids, captioned, frame_track,
                      frame_index, frame_boxes: torch.Tensor, frame_scores,
-                     precision: str | None = None, frame_mask_track_ids=None) -> CaptionFormerVideoOutput:
+                     precision: str | None = None, frame_mask_track_ids=None, part_caption_ids=None,
+                     frame_caption_indices=None) -> CaptionFormerVideoOutput:
         """The :class:`CaptionFormerVideoOutput` of per-trajectory lists (``track_ids``, ``scores``,
         ``category_ids``) and per-frame lists (``frame_track``, ``frame_index``, ``frame_scores``; ``frame_boxes``
-        ``(M, 4)``; ``frame_mask_track_ids``: see the output), tagged with this mode's name and the session's frame count and input size."""
+        ``(M, 4)``; ``frame_mask_track_ids``, ``part_caption_ids``, ``frame_caption_indices``: see the output),
+        tagged with this mode's name and the session's frame count and input size."""
         return CaptionFormerVideoOutput(
             video_inference_mode=self.name,
             track_ids=torch.tensor(track_ids, dtype=torch.long),
@@ -156,6 +165,8 @@ class CaptionFormerVideoLevel:
             precision=precision,
             frame_mask_track_ids=(None if frame_mask_track_ids is None
                                   else torch.tensor(frame_mask_track_ids, dtype=torch.long)),
+            part_caption_ids=part_caption_ids,
+            frame_caption_indices=frame_caption_indices,
         )
 
     def memory_nbytes(self) -> int:

@@ -111,7 +111,8 @@ class CaptionFormerProcessor(ProcessorMixin):
     ) -> VideoTrajectories:
         """A :class:`CaptionFormerVideoOutput` -> a video of the trajectory format (``docs/format.md``: geometry,
         masks and labels by the video processor; ``num_frames``, ``fps`` and ``video_id`` as given, see
-        ``CaptionFormerVideoProcessor.post_process_dense_captions``) with the captions' text."""
+        ``CaptionFormerVideoProcessor.post_process_dense_captions``) with the captions' text (several captions per
+        trajectory, ``frame_caption_indices``: each per-frame entry's ``caption`` too)."""
         result = self.video_processor.post_process_dense_captions(
             outputs, original_size, content_size=content_size, id2label=id2label, mask_rles=mask_rles,
             num_frames=num_frames, fps=fps, video_id=video_id,
@@ -120,6 +121,15 @@ class CaptionFormerProcessor(ProcessorMixin):
             captioned = outputs.captioned if outputs.captioned is not None else [True] * len(outputs.caption_ids)
             for trajectory, ids, ok in zip(result["trajectories"], outputs.caption_ids, captioned):
                 trajectory["caption"] = self.decode_caption(ids) if ok else ""
+        indices = getattr(outputs, "frame_caption_indices", None)
+        if indices is not None and outputs.part_caption_ids is not None:
+            # several captions per trajectory: each per-frame entry gets its part's caption ("": none); the entries
+            # were appended to their trajectories in the output's order
+            texts = [self.decode_caption(ids) for ids in outputs.part_caption_ids]
+            seen = [0] * len(result["trajectories"])
+            for track, row in zip(outputs.frame_track_indices.tolist(), indices.tolist()):
+                result["trajectories"][track]["frames"][seen[track]]["caption"] = texts[row] if row >= 0 else ""
+                seen[track] += 1
         return result
 
 
