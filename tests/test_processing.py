@@ -225,6 +225,9 @@ def test_mask_encoder_equals_pycocotools_on_the_resized_masks(method):
     step = torch.nn.functional.interpolate(logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)
     step = torch.nn.functional.interpolate(step[..., :40, :56], size=(50, 70), mode="bilinear", align_corners=False)
     assert np.array_equal(binary, (step[:, 0] > 0).numpy())
+    columns = encoder.binary_masks(logits, column_major=True)
+    assert columns.shape == (7, 70, 50) and columns.is_contiguous()
+    assert np.array_equal(columns.numpy(), binary.transpose(0, 2, 1).astype(bool))
     assert encoder(logits[:0]) == []
 
 

@@ -1054,15 +1054,21 @@ class ClipMaskEncoder:
         self.max_chunk_bytes = max_chunk_bytes
         self.method = method
 
-    def binary_masks(self, masks_logits: torch.Tensor) -> torch.Tensor:
-        """``(N, h, w)`` logits -> ``(N, H, W)`` bool masks at the original size (one chunk's worth)."""
+    def binary_masks(self, masks_logits: torch.Tensor, column_major: bool = False) -> torch.Tensor:
+        """``(N, h, w)`` logits -> ``(N, H, W)`` bool masks at the original size (one chunk's worth);
+        ``column_major``: ``(N, W, H)`` instead, each mask's columns contiguous as COCO RLE reads them (the threshold
+        writes the transposed layout in the same pass, rather than a copy afterwards)."""
         padded, content, original = self.geometry.padded_size, self.geometry.content_size, self.geometry.original_size
         logits = masks_logits[:, None].float()
         logits = torch.nn.functional.interpolate(logits, size=tuple(padded), mode="bilinear", align_corners=False)
         logits = logits[..., : content[0], : content[1]]
         if tuple(content) != tuple(original):
             logits = torch.nn.functional.interpolate(logits, size=tuple(original), mode="bilinear", align_corners=False)
-        return logits[:, 0] > 0
+        logits = logits[:, 0]
+        if not column_major:
+            return logits > 0
+        out = torch.empty(logits.shape[0], logits.shape[2], logits.shape[1], dtype=torch.bool, device=logits.device)
+        return torch.gt(logits.transpose(1, 2), 0, out=out)
 
     def __call__(self, masks_logits: torch.Tensor) -> list[str]:
         count = masks_logits.shape[0]
@@ -1079,14 +1085,15 @@ class ClipMaskEncoder:
         if mask_utils is not None and (self.method == "pycocotools" or masks_logits.device.type == "cpu"):
             strings = []
             for start in range(0, count, chunk):
-                binary = self.binary_masks(masks_logits[start : start + chunk]).numpy().view(np.uint8)
-                rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+                binary = self.binary_masks(masks_logits[start : start + chunk], column_major=True)
+                # (N, W, H) C order is (H, W, N) Fortran order: pycocotools reads it without a copy
+                rles = mask_utils.encode(binary.numpy().view(np.uint8).transpose(2, 1, 0))
                 strings.extend(r["counts"].decode("ascii") for r in rles)
             return strings
         rows, positions, firsts = [], [], []
         for start in range(0, count, chunk):
-            binary = self.binary_masks(masks_logits[start : start + chunk])
-            flat = binary.transpose(1, 2).reshape(binary.shape[0], -1)  # column-major, as COCO RLE
+            binary = self.binary_masks(masks_logits[start : start + chunk], column_major=True)
+            flat = binary.reshape(binary.shape[0], -1)  # column-major, as COCO RLE
             changes = torch.nonzero(flat[:, 1:] != flat[:, :-1])
             rows.append(changes[:, 0] + start)
             positions.append(changes[:, 1] + 1)
