@@ -190,9 +190,12 @@ def caption_videos(tokenizer):
     return torch.stack(pixels), labels
 
 
-def train_video_captions(aggregation, pixels, labels, steps=300, zero_caption=False, seed=0):
+def train_video_captions(aggregation, pixels, labels, steps=1000, zero_caption=False, seed=0, lr=3e-3,
+                         decay=True):
     """The caption path (vision encoder, Q-Former, aggregation, LM) trained on video-level captions, the segmenter
-    frozen as in the paper's second stage."""
+    frozen as in the paper's second stage. ``decay``: the learning rate falls linearly to 0 (300 steps at a constant
+    rate learnt all four captions on some CPUs and seeds only, e.g. one caption for all four videos with AVX-512
+    kernels; 1000 decayed steps learnt them on 5 of 5 seeds with AVX-512 and 3 of 3 with AVX2)."""
     torch.manual_seed(seed)
     config = toy_config(clip_length=1, num_labels=4, t_agg=4, aggregation=aggregation, freeze_segmenter=True,
                         freeze_vision_encoder=False, freeze_language_model=False, max_caption_length=8,
@@ -202,16 +205,18 @@ def train_video_captions(aggregation, pixels, labels, steps=300, zero_caption=Fa
     if zero_caption:  # the only loss term of this stage is zeroed: nothing is trained
         return model.eval()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     model.train()
     with torch.no_grad():  # the frozen segmenter's outputs and matching do not change from step to step: once
         outputs = model.model(pixels)
         indices = model.criterion.matcher(dict(outputs.items()), labels)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps if decay else 1.0)
     for _ in range(steps):
         # the loss the model's forward computes with caption_level="video"
         model.caption_loss(pixels, outputs, labels, indices, caption_level="video").backward()
         optimizer.step()
         optimizer.zero_grad()
+        schedule.step()
     return model.eval()
 
 
@@ -232,7 +237,8 @@ def caption_data():
 
 
 def test_order_aware_aggregation_learns_exact_video_captions(caption_data):
-    """``concat`` (the embedded default's aggregation) learns all four captions, direction included, in 300 steps."""
+    """``concat`` (the embedded default's aggregation) learns all four captions, direction included, in 1000
+    steps."""
     pixels, labels, tokenizer = caption_data
     model = train_video_captions("concat", pixels, labels)
     assert video_captions(model, pixels, labels, tokenizer) == [caption_for(*video) for video in VIDEOS]
@@ -242,10 +248,9 @@ def test_order_aware_aggregation_learns_exact_video_captions(caption_data):
 @pytest.mark.parametrize("aggregation", ["linear", "self-attention"])
 def test_learned_aggregations_learn_exact_video_captions(caption_data, aggregation):
     """``linear`` and ``self-attention`` start as the order-free mean over time (``linear``'s weight is [I/K, ...]), so
-    they need about three times the steps of ``concat`` to break the symmetry: still wrong directions after 300
-    steps, exact after 900 (about 3 min each on 2 cores: a slow test)."""
+    they need more steps than ``concat`` to break the symmetry: exact after 1500 decayed steps (a slow test)."""
     pixels, labels, tokenizer = caption_data
-    model = train_video_captions(aggregation, pixels, labels, steps=900)
+    model = train_video_captions(aggregation, pixels, labels, steps=1500)
     assert video_captions(model, pixels, labels, tokenizer) == [caption_for(*video) for video in VIDEOS]
 
 
