@@ -24,6 +24,7 @@ from .video_level_captionformer import (
     CaptionFormerVideoLevel,
     CaptionFormerVideoOutput,
     caption_head_outputs,
+    caption_pad_id,
     check_positive_ints,
     generate_track_captions,
     register_video_inference_mode,
@@ -635,14 +636,15 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
                 keys = clips[c].get("mask_keys")  # greedy: the slot's query of that clip (its id at `step`)
                 mask_keys.append(track.slot if keys is None else int(keys[track.slot]))
         caption_ids = captioned = part_caption_ids = frame_caption_indices = None
-        if caption and session.caption and tracks and self.tracker.captions_per_video > 1:
-            caption_ids, captioned, part_caption_ids, frame_caption_indices = self._part_captions(
-                model, tracks, clips, batch_size, generate_kwargs)
-        elif caption and session.caption and tracks:
-            captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
-            with self.autocast(model.device):
-                queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
-                caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
+        if caption and session.caption and tracks:
+            if self.tracker.captions_per_video > 1:
+                caption_ids, captioned, part_caption_ids, frame_caption_indices = self._part_captions(
+                    model, tracks, clips, batch_size, generate_kwargs)
+            else:
+                captioned = torch.tensor([bool(t.caption_clips) for t in tracks])
+                with self.autocast(model.device):
+                    queries = self._caption_queries(model, tracks, clips, batch_size) if captioned.any() else None
+                    caption_ids = generate_track_captions(model, queries, captioned, **generate_kwargs)
         return self.video_output(session, [t.slot for t in tracks], [t.score for t in tracks],
                                  [t.label for t in tracks], caption_ids, captioned, frame_track, frame_index,
                                  torch.stack(frame_boxes) if frame_boxes else torch.zeros(0, 4), frame_scores,
@@ -677,8 +679,7 @@ class ReleaseVideoLevel(CaptionFormerVideoLevel):
                 rows = [row for start, end, row in rows_of_track.get(position, []) if start <= at < end]
                 frame_caption_indices.append(rows[0] if rows else -1)
         captioned = torch.tensor([position in rows_of_track for position in range(len(tracks))])
-        caption_ids = part_caption_ids.new_full((len(tracks), part_caption_ids.shape[1]),
-                                                int(model.generation_config.pad_token_id or 0))
+        caption_ids = part_caption_ids.new_full((len(tracks), part_caption_ids.shape[1]), caption_pad_id(model))
         for position, rows in rows_of_track.items():
             caption_ids[position] = part_caption_ids[rows[0][2]]
         return caption_ids, captioned, part_caption_ids, torch.tensor(frame_caption_indices, dtype=torch.long)

@@ -327,6 +327,12 @@ def caption_head_outputs(head, frames: list[torch.Tensor], which: torch.Tensor, 
     ])
 
 
+def caption_pad_id(model) -> int:
+    """The id that pads caption rows: the generation config's ``pad_token_id``, 0 without one."""
+    pad_id = model.generation_config.pad_token_id
+    return 0 if pad_id is None else int(pad_id)
+
+
 def generate_track_captions(model, queries: torch.Tensor, captioned: torch.Tensor, aggregation: str | None = None,
                             weights: torch.Tensor | None = None, valid: torch.Tensor | None = None,
                             **generate_kwargs) -> torch.LongTensor:
@@ -334,8 +340,7 @@ def generate_track_captions(model, queries: torch.Tensor, captioned: torch.Tenso
     the rows of trajectories without a caption (``captioned`` ``(N,)`` False) stay padding. ``queries`` are the
     captioned trajectories' caption queries: ``(N_c, L_q, D)``, or ``(N_c, K, L_q, D)`` aggregated by
     ``aggregation`` with ``weights`` ``(N_c, K)`` (the clips' scores) and ``valid`` ``(N_c, K)``."""
-    pad_id = model.generation_config.pad_token_id
-    pad_id = 0 if pad_id is None else int(pad_id)
+    pad_id = caption_pad_id(model)
     caption_ids = torch.full((len(captioned), 1), pad_id, dtype=torch.long)
     if not bool(captioned.any()):
         return caption_ids
@@ -352,6 +357,7 @@ __all__ = [
     "CaptionFormerVideoSession",
     "best_memory_slots",
     "caption_head_outputs",
+    "caption_pad_id",
     "check_positive_ints",
     "generate_track_captions",
     "register_video_inference_mode",
