@@ -71,8 +71,8 @@ def assert_half_precision_result(full, half, box_tolerance, max_split_frames=8):
     AVX-512 / AMX kernels) in bfloat16, the tracker may split a stretch of the partly occluded frames 23-32 off into a
     short second track of the same object ('a purple circle standing still'): the longest track has the float32
     caption and category; together the tracks cover exactly the float32 frames, each frame's box within
-    ``box_tolerance`` of float32's (where a frame lies in two tracks, the main track's); a split-off track is at most ``max_split_frames`` long and names the same colour
-    and shape."""
+    ``box_tolerance`` of float32's (where a frame lies in two tracks, the main track's); a split-off track is at most
+    ``max_split_frames`` long and names the same colour and shape."""
     [reference] = full["trajectories"]
     boxes = {f["frame_index"]: f["box"] for f in reference["frames"]}
     main, *split = sorted(half["trajectories"], key=lambda t: -len(t["frames"]))
@@ -91,7 +91,7 @@ def assert_half_precision_result(full, half, box_tolerance, max_split_frames=8):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_on_cpu_gives_the_float32_result(pipe, tmp_path, dtype):
+def test_half_precision_on_cpu_keeps_the_float32_track_and_caption(pipe, tmp_path, dtype):
     import torch
 
     path = sample_path(tmp_path)
