@@ -83,7 +83,38 @@ def test_a_new_model_is_initialised_as_transformers_initialises_mask2former(toy_
     assert layer.cross_attn.in_proj_weight.abs().max() <= bound  # xavier uniform
     prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
     torch.testing.assert_close(model.model.segmenter.class_head.classifier.bias, prior.expand(config.num_labels))
-    assert model.is_custom_code()  # the switch is only taken while initialising
+    assert model.is_custom_code()  # our model is custom code to transformers, and stays so
+
+
+def test_missing_weights_get_the_composite_initialisation_and_loaded_weights_stay_exact(toy_config, tmp_path):
+    """``from_pretrained`` with weights missing (``strict_weights=False``): the deformable attention's tensors, held
+    by a module without parameters of its own, get Mask2Former's grid; every loaded tensor is bit-exact."""
+    from safetensors.torch import load_file, save_file
+
+    config = toy_config(aggregation="linear")
+    model = build(config, seed=1)
+    with torch.no_grad():  # make every weight differ from any initialisation
+        for parameter in model.parameters():
+            parameter.add_(0.5)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    prefix = "model.segmenter.pixel_level_module.decoder.encoder.layers.0.self_attn."
+    missing = {key for key in weights if key.startswith(prefix)} | {"model.segmenter.class_head.classifier.bias"}
+    assert len(missing) == 9  # sampling offsets, attention weights, value and output projections; the class prior
+    save_file({key: value for key, value in weights.items() if key not in missing}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+
+    loaded = CaptionFormerForDenseVideoObjectCaptioning.from_pretrained(tmp_path, strict_weights=False)
+    state = loaded.state_dict()
+    for key, value in weights.items():
+        if key not in missing:
+            assert torch.equal(state[key], value), key
+    attention = loaded.model.segmenter.pixel_level_module.decoder.encoder.layers[0].self_attn
+    assert attention.sampling_offsets.bias[:4].tolist() == [1.0, 0.0, 2.0, 0.0]
+    assert not attention.sampling_offsets.weight.any() and not attention.attention_weights.weight.any()
+    assert not attention.value_proj.bias.any() and not attention.output_proj.bias.any()
+    prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+    torch.testing.assert_close(loaded.model.segmenter.class_head.classifier.bias, prior.expand(config.num_labels))
 
 
 def test_the_default_backbone_loads_without_a_warning_and_others_still_warn():

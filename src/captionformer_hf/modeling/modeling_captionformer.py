@@ -128,25 +128,48 @@ class CaptionFormerGenerateOutput(ModelOutput):
     clip_outputs: CaptionFormerModelOutput | None = None
 
 
-class _LibraryInitialization:
-    """Weight initialisation as transformers runs it for its own models.
+def _composite_modules(model: PreTrainedModel) -> list[tuple[PreTrainedModel, nn.Module]]:
+    """``(owner, module)`` for each module of ``model`` without parameters or buffers of its own but with children,
+    children before parents (transformers' initialisation order), each with the nearest pre-trained model holding it
+    (whose ``_init_weights`` applies to it)."""
+    found = []
 
-    transformers treats a model class defined outside the library as custom code that may not use its guarded init
-    functions, and then skips every module without parameters of its own (a composite such as Mask2Former's
-    deformable attention, its decoder layers, or our class head) and flags it as initialised: Mask2Former's
-    initialisation (deformable sampling grid, xavier decoder layers) and the class prior bias never ran, and models
-    trained from scratch learnt with a degenerate pixel decoder. Our ``_init_weights`` only uses transformers'
-    guarded init functions (they leave loaded weights alone), so the library's own path applies."""
+    def visit(module: nn.Module, owner: PreTrainedModel) -> None:
+        for child in module.children():
+            visit(child, child if isinstance(child, PreTrainedModel) else owner)
+        own = [*module.parameters(recurse=False), *(b for b in module.buffers(recurse=False) if b is not None)]
+        if not own and next(module.children(), None) is not None:
+            found.append((owner, module))
+
+    visit(model, model)
+    return found
+
+
+class _CompositeInitialization:
+    """Transformers' ``initialize_weights``, plus the composite modules it skips in a model defined outside the library.
+
+    For such a model (``is_custom_code()``), transformers marks every module without parameters or buffers of its own
+    as initialised without calling ``_init_weights`` on it: it cannot tell a module whose tensors all live in its
+    children from one whose tensors were all loaded. Transformers' own models initialise exactly such composites:
+    Mask2Former's deformable attention (its sampling grid), decoder layers (xavier) and prediction blocks; here also
+    the class head (prior bias) and the linear temporal aggregation. So the composites not yet initialised when the
+    call starts get, once transformers' pass is done, the ``_init_weights`` of the nearest pre-trained model holding
+    them, children before parents. Every ``_init_weights`` in the tree uses transformers' guarded init functions,
+    which leave a tensor flagged as loaded alone: on ``from_pretrained`` only missing weights are initialised.
+    (This replaces switching ``is_custom_code`` off while initialising: that switch also decides whether transformers
+    applies its checkpoint conversions, which must not reach our segmenter.)"""
 
     def initialize_weights(self):
-        self.is_custom_code = lambda: False  # read once by initialize_weights for the whole module tree
-        try:
-            super().initialize_weights()
-        finally:
-            del self.is_custom_code
+        pending = [(owner, module) for owner, module in _composite_modules(self)
+                   if not getattr(module, "_is_hf_initialized", False)]
+        super().initialize_weights()
+        if self.is_custom_code():
+            with torch.no_grad(), init.guard_torch_init_functions():
+                for owner, module in pending:
+                    owner._init_weights(module)
 
 
-class CaptionFormerSegmenter(_LibraryInitialization, CaptionFormerClipSegmenterMixin, Mask2FormerPreTrainedModel):
+class CaptionFormerSegmenter(_CompositeInitialization, CaptionFormerClipSegmenterMixin, Mask2FormerPreTrainedModel):
     """The clip segmenter as a Mask2Former pre-trained model, so that Mask2Former's own weight initialisation
     (deformable attention, decoder, embeddings) applies to it."""
 
@@ -167,7 +190,7 @@ class CaptionFormerSegmenter(_LibraryInitialization, CaptionFormerClipSegmenterM
                 init.constant_(module.classifier.bias, bias)
 
 
-class CaptionFormerPreTrainedModel(_LibraryInitialization, PreTrainedModel):
+class CaptionFormerPreTrainedModel(_CompositeInitialization, PreTrainedModel):
     config_class = CaptionFormerConfig
     config: CaptionFormerConfig
     base_model_prefix = "model"
