@@ -98,11 +98,11 @@ def video():
         (lambda v: v.update(num_frames=0), ValueError, "`num_frames` must be a positive integer"),
         (lambda v: v["trajectories"][0]["frames"][0].update(frame_index=3), ValueError, r"track_id 1, frame 3: frame_index out of range \[0, 3\)"),
         (lambda v: v["trajectories"][0]["frames"][0].update(box=[0, 0, -1, 2]), ValueError, "negative width"),
-        (lambda v: v["trajectories"][0]["frames"][0].update(box=["a", 0, 1, 2]), ValueError, "frame 0: `box` must be a number, got str"),
-        (lambda v: v["trajectories"][0]["frames"][0].update(score="high"), ValueError, "`score` must be a number"),
+        (lambda v: v["trajectories"][0]["frames"][0].update(box=["a", 0, 1, 2]), TypeError, "frame 0: `box` must be a number, got str 'a'"),
+        (lambda v: v["trajectories"][0]["frames"][0].update(score="high"), TypeError, "frame 0: `score` must be a number, got str 'high'"),
         (lambda v: v["trajectories"][0]["frames"][0].update(mask_rle="!!"), ValueError, "frame 0: bad mask RLE"),
         (lambda v: v["trajectories"].append(dict(v["trajectories"][0])), ValueError, "duplicate track_id"),
-        (lambda v: v["trajectories"][0].update(track_id=[1]), TypeError, "`track_id` must be an int or a string"),
+        (lambda v: v["trajectories"][0].update(track_id=[1]), TypeError, "trajectory 0: `track_id` must be an integer or a string, got list"),
         (lambda v: v["trajectories"][0].update(caption=3), TypeError, "`caption` must be a string"),
         (lambda v: v["trajectories"][0]["frames"].append(dict(v["trajectories"][0]["frames"][0])), ValueError, "lists this frame twice"),
         (lambda v: v.pop("height"), ValueError, "needs the video's `height`"),
@@ -141,3 +141,34 @@ def test_the_format_module_imports_neither_torch_nor_pycocotools():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().endswith("OK"), out.stderr[-2000:]
+
+
+def test_check_video_returns_each_trajectory_as_checked_arrays():
+    """The one validator (datasets, CHOTA, the CLI) returns what it checked: frames in listed order, boxes, scores
+    falling back to the trajectory's, captions falling back to the trajectory's then "", masks with their size;
+    the fields a use needs are required on request, naming the frame."""
+    from captionformer_hf.processing.trajectory_captionformer import check_video
+
+    video = {"video_id": "v", "num_frames": 5, "height": 4, "width": 3, "trajectories": [
+        {"track_id": 7, "score": 0.5, "caption": "a cat", "frames": [
+            {"frame_index": 3, "box": [1, 2, 3, 4], "score": 0.9, "caption": "a cat sits"},
+            {"frame_index": 1, "box": [0, 0, 1, 1]}]},
+        {"track_id": "b", "frames": [{"frame_index": 0, "mask_rle": {"counts": [2, 10], "size": [4, 3]}}]}]}
+    num_frames, (cat, other) = check_video(video)
+    assert num_frames == 5
+    assert (cat.index, cat.track_id, cat.frame_indices.tolist()) == (0, 7, [3, 1])
+    assert cat.boxes.tolist() == [[1, 2, 3, 4], [0, 0, 1, 1]] and cat.scores.tolist() == [0.9, 0.5]
+    assert cat.captions == ["a cat sits", "a cat"] and cat.masks is None
+    assert (other.index, other.track_id, other.boxes, other.scores, other.captions) == (1, "b", None, None, [""])
+    assert other.masks == [([2, 10], (4, 3))]
+    for kwargs, message in [
+        ({"require_scores": True}, "video 'v', track_id 'b', frame 0: predictions need a `score`"),
+        ({"require_boxes": True}, r"video 'v', track_id 'b', frame 0: `box` \[x, y, w, h\] is needed"),
+        ({"require_masks": True}, "video 'v', track_id 7, frame 3: `mask_rle` is needed"),
+        ({"max_frames": 4}, "video 'v': `num_frames` is 5, more than the 4 frames"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_video(video, **kwargs)
+    video["trajectories"][1]["frames"][0]["mask_rle"]["counts"] = [2, 9]
+    with pytest.raises(ValueError, match="frame 0: bad mask RLE \\(its runs cover 11 pixels, a 4x3 frame has 12\\)"):
+        check_video(video)

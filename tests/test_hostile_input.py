@@ -70,9 +70,9 @@ def test_chota_refuses_masks_that_do_not_fit_the_frame_instead_of_hanging():
 
 @pytest.mark.parametrize("mutate, error, message", [
     (lambda v: v["trajectories"][0]["frames"][0].update(box=["a", 0, 5, 5]), TypeError,
-     r"video 'v', prediction, track_id 1, frame 0: `box` must hold numbers, got 'a'"),
+     r"video 'v', prediction, track_id 1, frame 0: `box` must be a number, got str 'a'"),
     (lambda v: v["trajectories"][0].update(score="high"), TypeError,
-     r"video 'v', prediction, track_id 1, frame 0: `score` must hold numbers, got 'high'"),
+     r"video 'v', prediction, track_id 1: `score` must be a number, got str 'high'"),
     (lambda v: v["trajectories"][0].update(track_id=[1]), TypeError,
      r"video 'v', prediction: trajectory 0: `track_id` must be an integer or a string, got list"),
     (lambda v: v.update(video_id={"a": 1}), TypeError, r"prediction video `video_id` must be a string or an integer"),

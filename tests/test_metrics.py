@@ -206,7 +206,7 @@ def test_box_iou_by_hand():
         (lambda p: p[0]["trajectories"][0]["frames"].append({"frame_index": 0, "box": [1, 1, 1, 1]}), "duplicate track id in one frame"),
         (lambda p: p[0]["trajectories"].append(track(1, [2])), "duplicate track_id"),
         (lambda p: p[0]["trajectories"][0]["frames"][0].update(box=[0, 0, -1, 5]), "negative width"),
-        (lambda p: p[0]["trajectories"][0]["frames"][0].update(box=[float("nan"), 0, 1, 5]), "not finite"),
+        (lambda p: p[0]["trajectories"][0]["frames"][0].update(box=[float("nan"), 0, 1, 5]), r"frame 0: `box` must be finite, got nan"),
         (lambda p: p[0]["trajectories"][0]["frames"][0].update(frame_index=6), "out of range"),
         (lambda p: p[0]["trajectories"][0]["frames"][0].update(frame_index=-1), "out of range"),
         (lambda p: p[0].update(video_id="other"), "video ids of predictions and references differ"),
@@ -456,9 +456,10 @@ def test_capa_with_captions_matches_pycocoevalcap_on_matched_pairs(reference_met
 
 
 def test_the_array_path_of_box_parsing_gives_the_entry_by_entry_result(monkeypatch):
-    """Well-formed trajectories are parsed with array operations; the result is the one of the entry-by-entry checks
-    (JSON numbers and numpy numbers, scores filtered, frames unordered, per-frame captions)."""
-    import captionformer_hf.metrics.chota_core as core
+    """Well-formed trajectories are checked and parsed by the format's validator with array operations; the result is
+    the one of its entry-by-entry checks, arrays and CHOTA alike (JSON numbers and numpy numbers, scores filtered,
+    frames unordered, per-frame captions)."""
+    import captionformer_hf.processing.trajectory_captionformer as trajectory_format
 
     rng = np.random.default_rng(5)
     videos = []
@@ -474,14 +475,27 @@ def test_the_array_path_of_box_parsing_gives_the_entry_by_entry_result(monkeypat
                                             for f in frames]})
         videos.append({"video_id": f"v{v}", "num_frames": 20, "trajectories": trajectories})
     fast = compute_chota(videos, videos, caption_metrics=("cider",), alphas=(0.3, 0.5, 0.7))
-    monkeypatch.setattr(core, "_fast_boxes", lambda *args, **kwargs: False)
+    fast_arrays = [trajectory_format.check_video(v, require_scores=True, require_boxes=True) for v in videos]
+    calls = []
+    array_path = trajectory_format._fast_trajectory
+    monkeypatch.setattr(trajectory_format, "_fast_trajectory", lambda *args: calls.append(array_path(*args)))
     slow = compute_chota(videos, videos, caption_metrics=("cider",), alphas=(0.3, 0.5, 0.7))
+    assert len(calls) == 2 * 3 * 4 and all(call is not None for call in calls)  # the array path took every one
     assert fast == slow
+    for (num_frames, fast_tracks), video in zip(fast_arrays, videos):
+        assert num_frames == 20
+        slow_frames, slow_tracks = trajectory_format.check_video(video, require_scores=True, require_boxes=True)
+        for a, b in zip(fast_tracks, slow_tracks, strict=True):
+            for field in ("frame_indices", "boxes", "scores"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+            assert (a.index, a.track_id, a.captions, a.masks) == (b.index, b.track_id, b.captions, b.masks)
+        for t, track in enumerate(slow_tracks):  # a frame's own caption, else its trajectory's
+            assert track.captions == ["a frame caption" if f % 5 == 0 else f"a thing {t}" for f in track.frame_indices]
     # a bool where a number belongs, in one box of many: refused by name (the entry-by-entry checks find it)
     monkeypatch.undo()
     videos[1]["trajectories"][2]["frames"][7]["box"][0] = True
     frame = videos[1]["trajectories"][2]["frames"][7]["frame_index"]
-    with pytest.raises(TypeError, match=f"video 'v1', reference, track_id 2, frame {frame}: `box` must hold numbers"):
+    with pytest.raises(TypeError, match=f"video 'v1', reference, track_id 2, frame {frame}: `box` must be a number, got bool True"):
         compute_chota(videos, videos, caption_metrics=("cider",))
 
 

@@ -23,9 +23,9 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 
 try:  # inside captionformer_hf
-    from ..processing.trajectory_captionformer import check_mask_size, check_rle
+    from ..processing.trajectory_captionformer import check_video
 except ImportError:  # a self-contained copy of the metric (chota_module_path(), the CHOTA Space): a sibling file
-    from .trajectory_captionformer import check_mask_size, check_rle
+    from .trajectory_captionformer import check_video
 from .caption_scores import SUPPORTED_CAPTION_METRICS, check_caption_metrics_runnable, get_pair_scorer
 from .hota import HOTA_FIELDS, box_iou, combine_sequences, hota_pairs
 
@@ -71,213 +71,48 @@ class _Detections:
         return self
 
 
-def _where(video_id, side, track_id=None, frame=None) -> str:
-    parts = [f"video {video_id!r}", side]
-    if track_id is not None:
-        parts.append(f"track_id {track_id!r}")
-    if frame is not None:
-        parts.append(f"frame {frame!r}")
-    return ", ".join(parts)
-
-
 def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: float | None) -> tuple[int, _Detections, int]:
-    """Validate one video and collect its detections. Returns ``(num_frames, detections, num_tracks)``."""
+    """Validate one video with the format's validator and collect its detections above ``score_threshold`` (all of
+    them when it is None). Returns ``(num_frames, detections, num_tracks)``."""
     if not isinstance(video, Mapping):
         raise TypeError(f"each {side} video must be a dict, got {type(video).__name__}")
     for key in ("video_id", "num_frames", "trajectories"):
         if key not in video:
             raise ValueError(f"{side} video {video.get('video_id', '?')!r} is missing `{key}`")
-    video_id = video["video_id"]
-    num_frames = video["num_frames"]
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise ValueError(f"{_where(video_id, side)}: `num_frames` must be a positive integer, got {num_frames!r}")
-    if num_frames > MAX_FRAMES_PER_VIDEO:
-        raise ValueError(f"{_where(video_id, side)}: `num_frames` is {num_frames}, more than the {MAX_FRAMES_PER_VIDEO} "
-                         "frames a video may have here")
-    trajectories = video["trajectories"]
-    if not isinstance(trajectories, Sequence) or isinstance(trajectories, (str, bytes)):
-        raise TypeError(f"{_where(video_id, side)}: `trajectories` must be a list, got {type(trajectories).__name__}")
-    height, width = video.get("height"), video.get("width")
+    num_frames, trajectories = check_video(
+        video, f"video {video['video_id']!r}, {side}", require_scores=score_threshold is not None,
+        require_boxes=iou_type == "box", require_masks=iou_type == "mask", max_frames=MAX_FRAMES_PER_VIDEO)
     detections = _Detections()
-    seen_tracks = set()
-    for track_index, trajectory in enumerate(trajectories):
-        if not isinstance(trajectory, Mapping):
-            raise TypeError(f"{_where(video_id, side)}: each trajectory must be a dict, got {type(trajectory).__name__}")
-        track_id = trajectory.get("track_id", track_index)
-        if not isinstance(track_id, Hashable):
-            raise TypeError(f"{_where(video_id, side)}: trajectory {track_index}: `track_id` must be an integer or a "
-                            f"string, got {type(track_id).__name__}")
-        if track_id in seen_tracks:
-            raise ValueError(f"{_where(video_id, side, track_id)}: duplicate track_id in the same video")
-        seen_tracks.add(track_id)
-        caption = trajectory.get("caption") or ""
-        if not isinstance(caption, str):
-            raise TypeError(f"{_where(video_id, side, track_id)}: `caption` must be a string, got {type(caption).__name__}")
-        track_score = trajectory.get("score")
-        frames = trajectory.get("frames")
-        if not isinstance(frames, Sequence):
-            raise ValueError(f"{_where(video_id, side, track_id)}: `frames` must be a list of per-frame dicts")
-        if iou_type == "box" and _fast_boxes(frames, num_frames, score_threshold, track_score, caption, track_index,
-                                             detections):
-            continue  # every entry well-formed: taken in one go (the loop below names the first bad one otherwise)
-        seen_frames = set()
-        kept_frames, kept_boxes = [], []
-        for entry in frames:
-            frame = entry.get("frame_index") if isinstance(entry, Mapping) else None
-            if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
-                raise ValueError(f"{_where(video_id, side, track_id)}: every frame needs an integer `frame_index`")
-            if not 0 <= frame < num_frames:
-                raise ValueError(
-                    f"{_where(video_id, side, track_id, frame)}: frame_index out of range [0, {num_frames})"
-                )
-            if frame in seen_frames:
-                raise ValueError(
-                    f"{_where(video_id, side, track_id, frame)}: duplicate track id in one frame (the trajectory lists "
-                    "this frame twice)"
-                )
-            seen_frames.add(frame)
-            if score_threshold is not None:
-                score = entry.get("score", track_score)
-                if score is None:
-                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: predictions need a `score`")
-                score = _number(score, lambda: f"{_where(video_id, side, track_id, frame)}: `score`")
-                if math.isnan(score):
-                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: `score` is NaN")
-                if not score > score_threshold:
-                    continue
-            if iou_type == "box":
-                box = entry.get("box")
-                if box is None or len(box) != 4:
-                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: `box` must be [x, y, w, h]")
-                box = [_number(v, lambda: f"{_where(video_id, side, track_id, frame)}: `box`") for v in box]
-                if not all(math.isfinite(v) for v in box):
-                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} is not finite")
-                if box[2] < 0 or box[3] < 0:
-                    raise ValueError(f"{_where(video_id, side, track_id, frame)}: box {box} has a negative width or height")
-                kept_boxes.append(box)
-            else:
-                detections.masks.append(_rle(entry.get("mask_rle"), height, width, _where(video_id, side, track_id, frame)))
-            frame_caption = entry.get("caption", caption) or ""
-            if not isinstance(frame_caption, str):
-                raise TypeError(f"{_where(video_id, side, track_id, frame)}: `caption` must be a string, got "
-                                f"{type(frame_caption).__name__}")
-            kept_frames.append(int(frame))
-            detections.captions.append(frame_caption)
-        detections.add(kept_frames, track_index, kept_boxes if iou_type == "box" else None)
+    for trajectory in trajectories:
+        keep = None if score_threshold is None else np.flatnonzero(trajectory.scores > score_threshold)
+        if keep is None:
+            frames, boxes, captions, masks = (trajectory.frame_indices, trajectory.boxes, trajectory.captions,
+                                              trajectory.masks)
+        else:
+            frames, captions = trajectory.frame_indices[keep], [trajectory.captions[k] for k in keep.tolist()]
+            boxes = None if trajectory.boxes is None else trajectory.boxes[keep]
+            masks = None if trajectory.masks is None else [trajectory.masks[k] for k in keep.tolist()]
+        detections.add(frames, trajectory.index, boxes if iou_type == "box" else None)
+        detections.captions.extend(captions)
+        if iou_type == "mask":
+            detections.masks.extend(_coco_rle(counts, size) for counts, size in masks)
     detections.finish()
     if len(detections.frames) > MAX_DETECTIONS_PER_FRAME:
         counts = np.bincount(detections.frames)
         crowded = int(counts.argmax())
         if counts[crowded] > MAX_DETECTIONS_PER_FRAME:
-            raise ValueError(f"{_where(video_id, side, frame=crowded)}: {int(counts[crowded])} detections in one frame, "
-                             f"more than the {MAX_DETECTIONS_PER_FRAME} allowed")
-    return int(num_frames), detections, len(trajectories)
+            raise ValueError(f"video {video['video_id']!r}, {side}, frame {crowded}: {int(counts[crowded])} detections "
+                             f"in one frame, more than the {MAX_DETECTIONS_PER_FRAME} allowed")
+    return num_frames, detections, len(trajectories)
 
 
-# the number types of JSON and numpy (a bool is not a number here)
-_PLAIN_INTEGERS = frozenset((int, np.int64, np.int32))
-_PLAIN_NUMBERS = frozenset((int, float, np.int64, np.int32, np.float64, np.float32))
-
-
-def _fast_boxes(frames, num_frames, score_threshold, track_score, caption, track_index, detections) -> bool:
-    """Collect a trajectory's box detections with array operations when every entry is well-formed (plain dicts,
-    integer frame indices in range and distinct, four finite non-negative-size numbers a box, numeric scores, string
-    captions); ``False`` (nothing collected) otherwise, and the entry-by-entry checks then name the problem. The
-    same result as those checks, many times faster on large inputs."""
-    from itertools import chain
-
-    # type checks through map / set (C loops): one set of types for each field
-    if not frames:
-        return True
-    try:
-        if set(map(type, frames)) != {dict}:
-            return False
-        indices = [entry["frame_index"] for entry in frames]
-        boxes = [entry["box"] for entry in frames]
-        scores = [entry.get("score", track_score) for entry in frames] if score_threshold is not None else None
-        captions = [entry.get("caption", caption) or "" for entry in frames]
-    except (KeyError, TypeError):
-        return False
-    if not set(map(type, indices)) <= _PLAIN_INTEGERS or not set(map(type, boxes)) <= {list, tuple}:
-        return False
-    if set(map(len, boxes)) != {4} or not set(map(type, chain.from_iterable(boxes))) <= _PLAIN_NUMBERS:
-        return False
-    if scores is not None and not set(map(type, scores)) <= _PLAIN_NUMBERS:
-        return False
-    if set(map(type, captions)) != {str}:
-        return False
-    index = np.fromiter(indices, dtype=np.int64, count=len(indices))
-    box = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes)).reshape(-1, 4)
-    if (index < 0).any() or (index >= num_frames).any():
-        return False
-    if not (np.diff(index) > 0).all() and len(np.unique(index)) != len(index):  # listed in order: distinct at once
-        return False
-    if not np.isfinite(box).all() or (box[:, 2:] < 0).any():
-        return False
-    keep = None
-    if scores is not None:
-        score = np.asarray(scores, dtype=np.float64)
-        if np.isnan(score).any():
-            return False
-        keep = score > score_threshold
-    if keep is None:
-        detections.add(index, track_index, box)
-        detections.captions.extend(captions)
-    else:
-        kept = np.flatnonzero(keep)
-        detections.add(index[kept], track_index, box[kept])
-        detections.captions.extend(captions[k] for k in kept.tolist())
-    return True
-
-
-_NUMBER_TYPES = (int, float, np.integer, np.floating)
-
-
-def _number(value, where) -> float:
-    """``float(value)`` for numbers only (a string such as "0.5" is refused like any other non-number); ``where()``
-    names the field, built only for the error."""
-    if value.__class__ in (int, float) or (isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool)):
-        return float(value)
-    raise TypeError(f"{where()} must hold numbers, got {value!r}")
-
-
-def _rle(value, height, width, where: str):
-    """A pycocotools RLE dict of a mask entry, checked to be a valid mask of its size first (pycocotools loops
-    forever on runs that do not cover the frame, and reads garbage strings as empty masks)."""
-    if value is None:
-        raise ValueError(f"{where}: iou_type='mask' needs `mask_rle`")
-    if isinstance(value, Mapping):
-        if "counts" not in value or "size" not in value:
-            raise ValueError(f"{where}: an RLE dict needs `counts` and `size`")
-        counts = value["counts"]
-        try:
-            size = [int(v) for v in value["size"]]
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: an RLE `size` must be [height, width], got {value['size']!r}") from None
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"{where}: an RLE `size` must be [height, width], got {value['size']!r}")
-    elif isinstance(value, (str, bytes)):
-        if height is None or width is None:
-            raise ValueError(f"{where}: a string `mask_rle` needs the video's `height` and `width`")
-        counts, size = value, [int(height), int(width)]
-    else:
-        raise ValueError(f"{where}: `mask_rle` must be a COCO RLE string or dict, got {type(value).__name__}")
-    pixels = check_mask_size(size[0], size[1], where)
-    if isinstance(counts, list):  # uncompressed RLE
-        if len(counts) > pixels + 1:
-            raise ValueError(f"{where}: bad mask RLE ({len(counts)} runs, more than a {size[0]}x{size[1]} mask has)")
-        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= pixels for c in counts):
-            raise ValueError(f"{where}: bad mask RLE (uncompressed counts must be integers from 0 to the pixel count)")
-        if sum(int(c) for c in counts) != pixels:
-            raise ValueError(
-                f"{where}: bad mask RLE (its runs cover {sum(counts)} pixels, a {size[0]}x{size[1]} frame has "
-                f"{size[0] * size[1]})"
-            )
+def _coco_rle(counts, size) -> dict:
+    """pycocotools' RLE object of a checked mask (``check_mask_rle``)."""
+    if isinstance(counts, list):  # uncompressed
         from pycocotools import mask as mask_utils
 
-        return mask_utils.frPyObjects({"counts": counts, "size": size}, size[0], size[1])
-    check_rle(counts, size[0], size[1], where)
-    return {"counts": counts.encode() if isinstance(counts, str) else counts, "size": size}
+        return mask_utils.frPyObjects({"counts": counts, "size": list(size)}, *size)
+    return {"counts": counts.encode() if isinstance(counts, str) else counts, "size": list(size)}
 
 
 PAIR_BUDGET = 1 << 20  # similarities computed at once (a chunk of frames, or of one crowded frame's GT rows)

@@ -6,16 +6,19 @@ installed."""
 import importlib.util
 
 from .trajectory_captionformer import (
+    CheckedTrajectory,
     FrameEntry,
     Trajectory,
     VideoTrajectories,
     check_rle,
+    check_video,
     rle_decode,
     rle_encode,
     validate_video,
 )
 
-__all__ = ["FrameEntry", "Trajectory", "VideoTrajectories", "check_rle", "rle_decode", "rle_encode", "validate_video"]
+__all__ = ["CheckedTrajectory", "FrameEntry", "Trajectory", "VideoTrajectories", "check_rle", "check_video",
+           "rle_decode", "rle_encode", "validate_video"]
 
 try:
     _HAS_TORCH = importlib.util.find_spec("torch") is not None
