@@ -477,24 +477,29 @@ def _fast_trajectory(frames, num_frames: int, track_score, caption: str, require
     on large inputs."""
     from itertools import chain
 
+    if not frames:  # what the entry-by-entry checks give
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4)), np.zeros(0), [], []
     try:
-        if frames and set(map(type, frames)) != {dict}:
+        if set(map(type, frames)) != {dict}:
             return None
+        keys = set(chain.from_iterable(frames))  # the fields present on some entry: absent ones cost nothing
         indices = [entry["frame_index"] for entry in frames]
         boxes = [entry["box"] for entry in frames]
-        scores = [entry.get("score") for entry in frames]
-        captions = [entry.get("caption") for entry in frames]
-        if any(entry.get("mask_rle") is not None for entry in frames):
-            return None
     except (KeyError, TypeError):
+        return None
+    if "mask_rle" in keys and any(entry.get("mask_rle") is not None for entry in frames):
         return None
     if not set(map(type, indices)) <= _PLAIN_INTEGERS or not set(map(type, boxes)) <= {list, tuple}:
         return None
     if boxes and (set(map(len, boxes)) != {4} or not set(map(type, chain.from_iterable(boxes))) <= _PLAIN_NUMBERS):
         return None
-    if not set(map(type, captions)) <= {str, type(None)}:
-        return None
-    captions = [frame_caption or caption for frame_caption in captions]
+    if "caption" in keys:
+        captions = [entry.get("caption") for entry in frames]
+        if not set(map(type, captions)) <= {str, type(None)}:
+            return None
+        captions = [frame_caption or caption for frame_caption in captions]
+    else:
+        captions = [caption] * len(frames)
     index = np.fromiter(indices, dtype=np.int64, count=len(indices))
     box = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes)).reshape(-1, 4)
     if (index < 0).any() or (index >= num_frames).any():
@@ -503,11 +508,14 @@ def _fast_trajectory(frames, num_frames: int, track_score, caption: str, require
         return None
     if not np.isfinite(box).all() or (box[:, 2:] < 0).any():
         return None
-    if None in scores:
+    scores = [entry.get("score") for entry in frames] if "score" in keys else None
+    if scores is None or None in scores:
         if track_score is None:
-            if require_scores:
+            if require_scores or (scores is not None and any(s is not None for s in scores)):
                 return None
-            return (index, box, None, captions, None) if all(s is None for s in scores) else None
+            return index, box, None, captions, None
+        if scores is None:
+            return index, box, np.full(len(frames), track_score, dtype=np.float64), captions, None
         scores = [track_score if s is None else s for s in scores]
     if not set(map(type, scores)) <= _PLAIN_NUMBERS:
         return None
