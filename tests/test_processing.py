@@ -231,6 +231,29 @@ def test_mask_encoder_equals_pycocotools_on_the_resized_masks(method):
     assert encoder(logits[:0]) == []
 
 
+def test_mask_encoder_chunks_by_device_by_default(monkeypatch):
+    """``max_chunk_bytes=None``: 16 MiB chunks on the CPU (the strings do not depend on the chunking); a bad budget is
+    refused by name."""
+    from captionformer_hf.processing import VideoGeometry
+    from captionformer_hf.processing.video_processing_captionformer import ClipMaskEncoder
+
+    geometry = VideoGeometry(original_size=(480, 640), content_size=(480, 640), padded_size=(480, 640))
+    logits = torch.randn(12, 30, 40, generator=torch.Generator().manual_seed(0))
+    encoder = ClipMaskEncoder(geometry)
+    sizes = []
+    binary_masks = ClipMaskEncoder.binary_masks
+    monkeypatch.setattr(ClipMaskEncoder, "binary_masks", lambda self, x, **kw: sizes.append(len(x)) or
+                        binary_masks(self, x, **kw))
+    strings = encoder(logits)
+    per_mask = 4 * 2 * 480 * 640 + 2 * 480 * 640
+    assert sizes == [ClipMaskEncoder.CPU_CHUNK_BYTES // per_mask] * 2 + [12 % (ClipMaskEncoder.CPU_CHUNK_BYTES // per_mask)]
+    sizes.clear()
+    assert ClipMaskEncoder(geometry, max_chunk_bytes=1 << 30)(logits) == strings and sizes == [12]
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="`max_chunk_bytes` must be a positive integer or None"):
+            ClipMaskEncoder(geometry, max_chunk_bytes=bad)
+
+
 def test_processor_round_trip_and_captions(tmp_path):
     processor = toy_processor(clip_length=2)
     encoded = processor(text=["a red square moving to the left", ""])

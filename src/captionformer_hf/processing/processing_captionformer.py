@@ -93,7 +93,7 @@ class CaptionFormerProcessor(ProcessorMixin):
     def batch_decode(self, sequences, **kwargs) -> list[str]:
         return [self.decode_caption(s) for s in sequences]
 
-    def post_process_clip_masks(self, outputs, geometry, max_chunk_bytes: int = 1 << 28) -> dict:
+    def post_process_clip_masks(self, outputs, geometry, max_chunk_bytes: int | None = None) -> dict:
         """One clip batch's masks as RLE strings at the original size, ``{(track_id, frame_index): rle}``
         (``CaptionFormerVideoProcessor.post_process_clip_masks``)."""
         return self.video_processor.post_process_clip_masks(outputs, geometry, max_chunk_bytes=max_chunk_bytes)
