@@ -7,7 +7,9 @@ no hysteresis: all 100 queries of every clip tracked and their masks encoded at 
 Random weights of the ``small`` config of ``inference_speed.py`` (100 queries). Prints, for clip batches of 1 and of
 8 clips, the time with masks, without, and the overhead in percent (goal: at most 15 %), with the masks encoded as
 ``predict_video`` does (``processor.post_process_clip_masks``: on an accelerator in a worker thread while the next
-batch runs, on the CPU in the loop) and, for comparison, always in the loop's own thread.
+batch runs, on the CPU in the loop) and, for comparison, always in the loop's own thread. Then the mask encoder
+alone (``ClipMaskEncoder``: resize, threshold, RLE) on 800 masks of 120x160 logits to 480x640, 8 calls of 100, with
+its default chunks and with the former 256 MiB ones: the part of the overhead that does not move with the model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from inference_speed import synchronize  # noqa: E402
+
 
 def main():
     parser = argparse.ArgumentParser()
@@ -30,7 +34,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from inference_speed import small_config, synchronize
+    from inference_speed import small_config
 
     from captionformer_hf import CaptionFormerForDenseVideoObjectCaptioning, CaptionFormerProcessor, predict_video
     from captionformer_hf.data.synthetic import SyntheticVideoConfig, generate_video, write_video
@@ -83,6 +87,28 @@ def main():
             entries = sum(len(t["frames"]) for t in result["trajectories"])
             print(f"| {batch_size} | {t_boxes:.2f} s | {t_masks:.2f} s | {100 * (t_masks / t_boxes - 1):+.0f} % | "
                   f"{t_loop:.2f} s | {100 * (t_loop / t_boxes - 1):+.0f} % |  ({entries} masks)")
+    encoder_alone(args)
+
+
+def encoder_alone(args):
+    from captionformer_hf.processing import VideoGeometry
+    from captionformer_hf.processing.video_processing_captionformer import ClipMaskEncoder
+
+    geometry = VideoGeometry(original_size=(480, 640), content_size=(480, 640), padded_size=(480, 640))
+    blobs = torch.randn(800, 1, 15, 20, generator=torch.Generator().manual_seed(0))
+    logits = 5 * torch.nn.functional.interpolate(blobs, size=(120, 160), mode="bilinear")[:, 0].to(args.device)
+    for name, budget in (("default chunks", None), ("256 MiB chunks", 1 << 28)):
+        encoder = ClipMaskEncoder(geometry, max_chunk_bytes=budget)
+        times = []
+        for _ in range(max(args.repeats, 5)):
+            synchronize(args.device)
+            start = time.perf_counter()
+            for first in range(0, 800, 100):
+                encoder(logits[first : first + 100])
+            synchronize(args.device)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        print(f"mask encoder alone, {name}: 800 masks in {times[0]:.2f} s (median {times[len(times) // 2]:.2f} s)")
 
 
 if __name__ == "__main__":
