@@ -250,7 +250,7 @@ def test_mask_encoder_chunks_by_device_by_default(monkeypatch):
     sizes.clear()
     assert ClipMaskEncoder(geometry, max_chunk_bytes=1 << 30)(logits) == strings and sizes == [12]
     for bad in (0, True, 2.5):
-        with pytest.raises(ValueError, match="`max_chunk_bytes` must be a positive integer or None"):
+        with pytest.raises(ValueError, match="`max_chunk_bytes` must be a positive integer, got "):
             ClipMaskEncoder(geometry, max_chunk_bytes=bad)
 
 

@@ -1055,9 +1055,7 @@ class ClipMaskEncoder:
     def __init__(self, geometry: VideoGeometry, max_chunk_bytes: int | None = None, method: str = "auto"):
         if method not in ("auto", "runs", "pycocotools"):
             raise ValueError(f"`method` must be 'auto', 'runs' or 'pycocotools', got {method!r}")
-        if max_chunk_bytes is not None and (isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int)
-                                            or max_chunk_bytes < 1):
-            raise ValueError(f"`max_chunk_bytes` must be a positive integer or None, got {max_chunk_bytes!r}")
+        check_positive_ints(True, max_chunk_bytes=max_chunk_bytes)
         self.geometry = geometry
         self.max_chunk_bytes = max_chunk_bytes
         self.method = method
