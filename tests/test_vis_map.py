@@ -132,7 +132,7 @@ def test_a_video_is_matched_over_all_its_frames_and_ranked_by_its_mean_area():
 def test_vis_map_refuses_what_it_cannot_score():
     common = {"video_id": "v", "height": 4, "width": 4, "num_frames": 1}
     ref = {**common, "trajectories": [{"track_id": 0, "category_id": 1, "frames": [{"frame_index": 0, "box": [0, 0, 1, 1]}]}]}
-    with pytest.raises(ValueError, match="`mask_rle` is missing"):
+    with pytest.raises(ValueError, match="video 'v', reference, track_id 0, frame 0: `mask_rle` is needed"):
         video_instance_map([], [ref])
     good = {**common, "trajectories": [{"track_id": 0, "category_id": 1,
                                          "frames": [{"frame_index": 0, "mask_rle": rle(np.ones((4, 4)))}]}]}
@@ -141,6 +141,21 @@ def test_vis_map_refuses_what_it_cannot_score():
         video_instance_map([unscored], [good])
     with pytest.raises(ValueError, match="lacks"):
         video_instance_map([{**good, "video_id": "w"}], [good])
+    # the format's validator checks every mask before pycocotools reads it (a string whose runs do not cover the
+    # frame would make it loop or read garbage), and the masks must have the video's size
+    for frame, message in [
+        ({"frame_index": 0, "mask_rle": "0"}, r"video 'v', prediction, track_id 0, frame 0: bad mask RLE"),
+        ({"frame_index": 0, "mask_rle": {"counts": [0, 6], "size": [2, 3]}},
+         r"video 'v', prediction, track_id 0, frame 0: a 2x3 mask in a 4x4 video"),
+    ]:
+        bad = {**common, "trajectories": [{"track_id": 0, "category_id": 1, "score": 0.5, "frames": [frame]}]}
+        with pytest.raises(ValueError, match=message):
+            video_instance_map([bad], [good])
+    with pytest.raises(ValueError, match="video 'v', reference: the VIS mAP needs the video's `height` and `width`"):
+        video_instance_map([], [{**{k: v for k, v in good.items() if k != "height"},
+                                 "trajectories": [{**good["trajectories"][0], "frames": []}]}])
+    with pytest.raises(ValueError, match="track_id 0: the VIS mAP needs an integer `category_id`, got None"):
+        video_instance_map([], [{**good, "trajectories": [{"track_id": 0, "frames": []}]}])
 
 
 def test_captionformer_evaluate_vis_map(tmp_path, capsys):

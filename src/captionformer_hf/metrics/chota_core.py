@@ -95,7 +95,7 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
         detections.add(frames, trajectory.index, boxes if iou_type == "box" else None)
         detections.captions.extend(captions)
         if iou_type == "mask":
-            detections.masks.extend(_coco_rle(counts, size) for counts, size in masks)
+            detections.masks.extend(coco_rle(counts, size) for counts, size in masks)
     detections.finish()
     if len(detections.frames) > MAX_DETECTIONS_PER_FRAME:
         counts = np.bincount(detections.frames)
@@ -106,8 +106,8 @@ def _parse_video(video: Mapping, side: str, iou_type: str, score_threshold: floa
     return num_frames, detections, len(trajectories)
 
 
-def _coco_rle(counts, size) -> dict:
-    """pycocotools' RLE object of a checked mask (``check_mask_rle``)."""
+def coco_rle(counts, size) -> dict:
+    """pycocotools' RLE object of a mask checked by the format's validator (``check_mask_rle``'s ``(counts, size)``)."""
     if isinstance(counts, list):  # uncompressed
         from pycocotools import mask as mask_utils
 

@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..processing.trajectory_captionformer import check_video
+from .chota_core import coco_rle
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETECTIONS = (1, 10, 100)
@@ -46,33 +49,37 @@ def _mask_utils():
 
 
 def _trajectories(video: Mapping, side: str, scored: bool) -> list[dict]:
-    """The trajectories of one video with per-frame RLEs (``None`` where absent), per-frame areas and the mean area."""
+    """The trajectories of one video, checked by the format's validator (a mask of the video's size on every frame;
+    a ``category_id`` on each, and a ``score`` on each prediction), with per-frame RLEs (``None`` where absent),
+    per-frame areas and the mean area."""
     mask_utils = _mask_utils()
-    height, width, num_frames = int(video["height"]), int(video["width"]), int(video["num_frames"])
+    video_where = f"video {video.get('video_id')!r}, {side}" if isinstance(video, Mapping) else side
+    num_frames, checked = check_video(video, video_where, require_masks=True)
+    size = (video.get("height"), video.get("width"))
+    if None in size:
+        raise ValueError(f"{video_where}: the VIS mAP needs the video's `height` and `width`")
     out = []
-    for trajectory in video.get("trajectories") or []:
-        where = f"{side} video {video.get('video_id')!r}, track {trajectory.get('track_id')!r}"
-        if trajectory.get("category_id") is None:
-            raise ValueError(f"{where}: the VIS mAP needs a `category_id`")
-        if scored and trajectory.get("score") is None:
+    for trajectory in checked:
+        where = f"{video_where}, track_id {trajectory.track_id!r}"
+        fields = video["trajectories"][trajectory.index]
+        category_id = fields.get("category_id")
+        if isinstance(category_id, bool) or not isinstance(category_id, (int, np.integer)):
+            raise ValueError(f"{where}: the VIS mAP needs an integer `category_id`, got {category_id!r}")
+        if scored and fields.get("score") is None:
             raise ValueError(f"{where}: a prediction needs a `score`")
         rles: list = [None] * num_frames
         areas = []
-        for entry in trajectory.get("frames") or []:
-            frame = int(entry["frame_index"])
-            if not 0 <= frame < num_frames:
-                raise ValueError(f"{where}: frame {frame} is outside the video's {num_frames} frames")
-            if entry.get("mask_rle") is None:
-                raise ValueError(f"{where}, frame {frame}: the VIS mAP compares masks: `mask_rle` is missing")
-            counts = entry["mask_rle"]
-            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
-            rles[frame] = rle
-            areas.append(int(mask_utils.area(rle)))
+        for frame, (counts, mask_size) in zip(trajectory.frame_indices.tolist(), trajectory.masks):
+            if mask_size != size:
+                raise ValueError(f"{where}, frame {frame}: a {mask_size[0]}x{mask_size[1]} mask in a "
+                                 f"{size[0]}x{size[1]} video")
+            rles[frame] = coco_rle(counts, mask_size)
+            areas.append(int(mask_utils.area(rles[frame])))
         nonzero = [a for a in areas if a]
         out.append({
-            "category_id": int(trajectory["category_id"]),
-            "score": float(trajectory["score"]) if scored else None,
-            "iscrowd": bool(trajectory.get("iscrowd", False)),
+            "category_id": int(category_id),
+            "score": float(fields["score"]) if scored else None,
+            "iscrowd": bool(fields.get("iscrowd", False)),
             "rles": rles,
             "area": float(np.mean(nonzero)) if nonzero else 0.0,
         })
