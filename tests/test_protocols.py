@@ -123,11 +123,11 @@ def test_box_and_mask_protocols_are_chota_with_cider_at_threshold_zero(name, iou
 def test_vln_keeps_the_sparse_frames_of_dense_predictions():
     gt = coco_to_videos(coco_gt())  # 4 annotated frames per video
     sparse = predicted_videos()  # what the model predicts on the annotated frames
-    dense_frames = {1: [0, 3, 6, 9], 2: [1, 2, 5, 8]}  # the annotated frames inside 10-frame videos
+    dense_frames = {1: [0, 3, 6, 9], 2: [1, 2, 5, 8]}  # the annotated frames inside 11-frame videos
     dense = []
     for video in sparse:
         frames = dense_frames[video["video_id"]]
-        dense.append({**video, "num_frames": 10, "trajectories": [
+        dense.append({**video, "num_frames": 11, "trajectories": [
             {**t, "frames": [dict(f, frame_index=frames[f["frame_index"]]) for f in t["frames"]]
              + [dict(t["frames"][0], frame_index=frames[-1] + 1)]}  # a detection on an unannotated frame
             for t in video["trajectories"]]})
@@ -171,6 +171,24 @@ def test_protocols_name_the_missing_annotations():
         evaluate_protocol("vidstg", predicted_videos(), coco_to_videos(coco_gt(captions=False)))
     with pytest.raises(ValueError, match="`protocol` must be one of"):
         evaluate_protocol("coco", predicted_videos(), coco_to_videos(coco_gt()))
+
+
+def test_protocols_check_both_sides_with_the_format_validator():
+    """A protocol and the size breakdown validate predictions and references before reading them (the size classes
+    read mask areas with pycocotools, which must never see a bad RLE string)."""
+    from captionformer_hf.metrics.protocols import size_breakdown
+
+    predictions = predicted_videos()
+    predictions[1]["trajectories"][1]["frames"][2]["mask_rle"] = "0"
+    with pytest.raises(ValueError, match="video 2, prediction, track_id 1, frame 2: bad mask RLE"):
+        evaluate_protocol("lvviscap", predictions, coco_to_videos(coco_gt()))
+    predictions[1]["trajectories"][1]["frames"][2]["box"] = [1, 2, -3, 4]  # the box too: reported first
+    with pytest.raises(ValueError, match="video 2, prediction, track_id 1, frame 2: box .* negative width"):
+        size_breakdown(predictions, coco_to_videos(coco_gt()), iou_type="box", caption_metrics=())
+    references = coco_to_videos(coco_gt())
+    del references[0]["num_frames"]
+    with pytest.raises(ValueError, match="video 1, reference: `num_frames` must be a positive integer, got None"):
+        evaluate_protocol("vidstg", predicted_videos(), references)
 
 
 def test_cli_protocol(tmp_path, capsys):

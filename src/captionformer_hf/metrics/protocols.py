@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..processing.trajectory_captionformer import check_video
 from .caption_scores import SUPPORTED_CAPTION_METRICS, cider_d_pair_scores
 from .chota_core import compute_chota
 from .hota import box_iou
@@ -77,8 +78,19 @@ def restrict_to_frames(videos: Sequence[Mapping], frames_of_video: Mapping) -> l
     return restricted
 
 
+def check_videos(videos: Sequence[Mapping], side: str) -> None:
+    """Every video of ``videos`` (``side``: "prediction" or "reference") checked by the trajectory format's
+    validator, before a protocol reads them (``TypeError`` / ``ValueError`` naming the video, track and frame)."""
+    if not isinstance(videos, Sequence) or isinstance(videos, (str, bytes)):
+        raise TypeError(f"the {side}s must be a list of videos, got {type(videos).__name__}")
+    for video in videos:
+        check_video(video, f"video {video.get('video_id')!r}, {side}" if isinstance(video, Mapping) else side)
+
+
 def check_references(references: Sequence[Mapping], protocol: Protocol) -> None:
-    """The annotations the protocol needs: boxes or masks on every ground-truth detection, and captions."""
+    """The annotations the protocol needs: valid videos (:func:`check_videos`), boxes or masks on every ground-truth
+    detection, and captions."""
+    check_videos(references, "reference")
     key = "mask_rle" if protocol.iou_type == "mask" else "box"
     kind = "masks (`mask_rle` / `segmentation`)" if key == "mask_rle" else "boxes"
     any_caption = False
@@ -198,6 +210,7 @@ def evaluate_protocol(
         raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {name!r}")
     protocol = PROTOCOLS[name]
     check_references(references, protocol)
+    check_videos(predictions, "prediction")
     if sparse_frames is not None:
         frames = sparse_frames if "videos" not in sparse_frames else sparse_frames_of(sparse_frames)
         predictions = restrict_to_frames(predictions, frames)
@@ -285,6 +298,8 @@ def chota_by_object_size(predictions: Sequence[Mapping], references: Sequence[Ma
     (``chota_kwargs`` go to ``compute_chota``). A class without reference detections, or without predicted ones,
     scores 0 (CHOTA, HOTA, DetA, AssA), as there. Returns ``{"stats": {size: {"gt_count", "pred_count"}},
     "metrics": {size: result}}``."""
+    check_videos(references, "reference")
+    check_videos(predictions, "prediction")
     result = {"stats": {}, "metrics": {}}
     zero = {"CHOTA": 0.0, "HOTA": 0.0, "DetA": 0.0, "AssA": 0.0}
     for size in OBJECT_SIZES:
@@ -305,5 +320,5 @@ def size_breakdown(predictions: Sequence[Mapping], references: Sequence[Mapping]
                    **sizes["stats"][size]} for size in sizes["metrics"]}
 
 
-__all__ = ["OBJECT_SIZES", "PROTOCOLS", "Protocol", "chota_by_object_size", "detection_size", "evaluate_protocol",
+__all__ = ["OBJECT_SIZES", "PROTOCOLS", "Protocol", "check_videos", "chota_by_object_size", "detection_size", "evaluate_protocol",
            "restrict_to_frames", "size_breakdown", "smot_caption_pairs", "smot_language_scores", "sparse_frames_of"]
