@@ -367,7 +367,8 @@ def check_video(
     max_frames: int | None = None,
 ) -> tuple[int, list[CheckedTrajectory]]:
     """Check a video against the trajectory format and return ``(num_frames, trajectories)`` as
-    :class:`CheckedTrajectory` arrays: the package's one validator (datasets, CHOTA, the CLI).
+    :class:`CheckedTrajectory` arrays: the package's one validator (datasets, CHOTA, the VIS mAP, the protocols,
+    the CLI).
 
     ``TypeError`` / ``ValueError`` name the video (``where``, by default ``video <id>``), track and frame of the first
     problem. ``key``: the field holding the trajectories. ``require_scores`` (predictions), ``require_boxes`` (box
