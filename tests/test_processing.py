@@ -245,8 +245,8 @@ def test_mask_encoder_chunks_by_device_by_default(monkeypatch):
     monkeypatch.setattr(ClipMaskEncoder, "binary_masks", lambda self, x, **kw: sizes.append(len(x)) or
                         binary_masks(self, x, **kw))
     strings = encoder(logits)
-    per_mask = 4 * 2 * 480 * 640 + 2 * 480 * 640
-    assert sizes == [ClipMaskEncoder.CPU_CHUNK_BYTES // per_mask] * 2 + [12 % (ClipMaskEncoder.CPU_CHUNK_BYTES // per_mask)]
+    # a 480x640 mask takes 4 * (480 * 640 + 480 * 640) + 2 * 480 * 640 bytes: 5 fit in 16 MiB
+    assert ClipMaskEncoder.CPU_CHUNK_BYTES == 16 * 2**20 and sizes == [5, 5, 2]
     sizes.clear()
     assert ClipMaskEncoder(geometry, max_chunk_bytes=1 << 30)(logits) == strings and sizes == [12]
     for bad in (0, True, 2.5):

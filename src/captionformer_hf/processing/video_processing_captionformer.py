@@ -1062,8 +1062,8 @@ class ClipMaskEncoder:
 
     def binary_masks(self, masks_logits: torch.Tensor, column_major: bool = False) -> torch.Tensor:
         """``(N, h, w)`` logits -> ``(N, H, W)`` bool masks at the original size (one chunk's worth);
-        ``column_major``: ``(N, W, H)`` instead, each mask's columns contiguous as COCO RLE reads them (the threshold
-        writes the transposed layout in the same pass, rather than a copy afterwards)."""
+        ``column_major``: ``(N, W, H)`` instead, each mask's columns contiguous as COCO RLE reads them (a transposed
+        copy of the bool masks after the threshold: thresholding in the transposed layout was slower)."""
         padded, content, original = self.geometry.padded_size, self.geometry.content_size, self.geometry.original_size
         logits = masks_logits[:, None].float()
         logits = torch.nn.functional.interpolate(logits, size=tuple(padded), mode="bilinear", align_corners=False)
