@@ -31,7 +31,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     from inference_speed import small_config
@@ -63,27 +63,30 @@ def main():
         return processor.post_process_dense_captions(out, geometry.original_size, geometry.content_size,
                                                      mask_rles=masks)
 
-    def best(fn):
-        times = []
-        for _ in range(args.repeats):
-            synchronize(args.device)
-            start = time.perf_counter()
-            result = fn()
-            synchronize(args.device)
-            times.append(time.perf_counter() - start)
-        return min(times), result
+    def timed(fn):
+        synchronize(args.device)
+        start = time.perf_counter()
+        result = fn()
+        synchronize(args.device)
+        return time.perf_counter() - start, result
 
     print(f"{args.frames} frames 480x640, 100 queries tracked, captions off, {args.device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; median of {args.repeats} rounds, the three runs interleaved in each "
+          "(this VM's speed drifts by more than the overhead between blocks of runs)")
     print("| clips a batch | no masks | masks (predict_video) | overhead | masks (in the loop) | overhead |")
     print("|---|---|---|---|---|---|")
     with torch.no_grad():
         for batch_size in (1, 8):
             common = dict(worst, clip_batch_size=batch_size)
             predict_video(model, processor, path, **common)  # warm-up
-            t_boxes, _ = best(lambda: predict_video(model, processor, path, return_masks=False, **common))
-            t_masks, result = best(lambda: predict_video(model, processor, path, **common))
-            t_loop, _ = best(lambda: in_the_loop(batch_size))
+            runs = {"boxes": [], "masks": [], "loop": []}
+            for _ in range(args.repeats):
+                runs["boxes"].append(timed(lambda: predict_video(model, processor, path, return_masks=False,
+                                                                 **common))[0])
+                elapsed, result = timed(lambda: predict_video(model, processor, path, **common))
+                runs["masks"].append(elapsed)
+                runs["loop"].append(timed(lambda: in_the_loop(batch_size))[0])
+            t_boxes, t_masks, t_loop = (sorted(times)[len(times) // 2] for times in runs.values())
             entries = sum(len(t["frames"]) for t in result["trajectories"])
             print(f"| {batch_size} | {t_boxes:.2f} s | {t_masks:.2f} s | {100 * (t_masks / t_boxes - 1):+.0f} % | "
                   f"{t_loop:.2f} s | {100 * (t_loop / t_boxes - 1):+.0f} % |  ({entries} masks)")
